@@ -1,0 +1,47 @@
+// The C ABI of liblightseq.so: the one list of exported functions. Every .cu includes this header,
+// so the compiler checks each definition against its declaration.
+//
+// Conventions (all functions):
+// - return int: the cudaError_t of cudaGetLastError() after the launch (0 = success; the error is
+//   sticky-cleared as cudaGetLastError does);
+// - the cudaStream_t is the LAST argument; nothing synchronizes the host;
+// - n (element count) is int64_t; n == 0 returns 0 without launching (ls_sumsq_*: writes 0 to *out);
+// - bf16 is passed as uint16_t* (raw bits); f32 <-> bf16 rounding is round-to-nearest-even;
+// - pointers must be device pointers; an in-place call (out == a, out == b, y == x) is allowed,
+//   partial overlap is not.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+#define LS_API extern "C" __attribute__((visibility("default")))
+
+LS_API int ls_abi_version(void);
+LS_API int ls_noop(cudaStream_t s);
+
+LS_API int ls_fill_u32(uint32_t* out, uint32_t bits, int64_t n, cudaStream_t s);
+LS_API int ls_fill_u16(uint16_t* out, uint16_t bits, int64_t n, cudaStream_t s);
+
+LS_API int ls_rand_uniform_f32(float* out, int64_t n, uint64_t seed, uint64_t offset, float lo, float hi, cudaStream_t s);
+LS_API int ls_rand_uniform_bf16(uint16_t* out, int64_t n, uint64_t seed, uint64_t offset, float lo, float hi, cudaStream_t s);
+LS_API int ls_rand_normal_f32(float* out, int64_t n, uint64_t seed, uint64_t offset, float mean, float std, cudaStream_t s);
+LS_API int ls_rand_normal_bf16(uint16_t* out, int64_t n, uint64_t seed, uint64_t offset, float mean, float std, cudaStream_t s);
+
+LS_API int ls_cast_f32_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t s);
+LS_API int ls_cast_bf16_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t s);
+
+LS_API int ls_add_f32(const float* a, const float* b, float* out, int64_t n, cudaStream_t s);
+LS_API int ls_add_bf16(const uint16_t* a, const uint16_t* b, uint16_t* out, int64_t n, cudaStream_t s);
+LS_API int ls_add_i32(const int32_t* a, const int32_t* b, int32_t* out, int64_t n, cudaStream_t s);
+LS_API int ls_mul_f32(const float* a, const float* b, float* out, int64_t n, cudaStream_t s);
+LS_API int ls_mul_bf16(const uint16_t* a, const uint16_t* b, uint16_t* out, int64_t n, cudaStream_t s);
+LS_API int ls_mul_i32(const int32_t* a, const int32_t* b, int32_t* out, int64_t n, cudaStream_t s);
+
+LS_API int ls_scale_f32(const float* x, float* out, float alpha, int64_t n, cudaStream_t s);
+LS_API int ls_scale_bf16(const uint16_t* x, uint16_t* out, float alpha, int64_t n, cudaStream_t s);
+LS_API int ls_axpy_f32(float alpha, const float* x, float* y, int64_t n, cudaStream_t s);
+LS_API int ls_axpy_bf16(float alpha, const uint16_t* x, uint16_t* y, int64_t n, cudaStream_t s);
+
+LS_API int64_t ls_sumsq_partials(void);
+LS_API int ls_sumsq_f32(const float* x, int64_t n, double* partials, float* out, cudaStream_t s);
+LS_API int ls_sumsq_bf16(const uint16_t* x, int64_t n, double* partials, float* out, cudaStream_t s);
