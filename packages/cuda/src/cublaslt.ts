@@ -3,8 +3,8 @@
 // data moves. Descriptors and the heuristic's algorithm are made once per problem and cached.
 
 import { CString } from "bun:ffi";
-import { type Bound, bind } from "./ffi.ts";
 import { CublasError, LibraryNotFoundError } from "./errors.ts";
+import { type Bound, bind } from "./ffi.ts";
 import { CUBLASLT, locateLibrary } from "./locate.ts";
 import { DeviceAllocator, type Stream, setDevice } from "./runtime.ts";
 
@@ -52,7 +52,11 @@ export function cublasLt(): CublasLt {
   if (lib) return lib.symbols;
   const found = locateLibrary(CUBLASLT);
   if (found.path === null) {
-    throw new LibraryNotFoundError(CUBLASLT.name, found.tried, "Install `pip install nvidia-cublas` or the CUDA toolkit, or set LIGHTSEQ_CUBLASLT_SO.");
+    throw new LibraryNotFoundError(
+      CUBLASLT.name,
+      found.tried,
+      "Install `pip install nvidia-cublas` or the CUDA toolkit, or set LIGHTSEQ_CUBLASLT_SO.",
+    );
   }
   lib = { symbols: bind(found.path, cublasLtSymbols), path: found.path };
   return lib.symbols;
@@ -139,9 +143,15 @@ export class Matmul {
     const layout = Number(out64[0]);
     if (batch > 1) {
       i32buf[0] = batch;
-      checkLt(cublasLt().cublasLtMatrixLayoutSetAttribute(layout, LAYOUT_BATCH_COUNT, i32buf, 4), "cublasLtMatrixLayoutSetAttribute(BATCH_COUNT)");
+      checkLt(
+        cublasLt().cublasLtMatrixLayoutSetAttribute(layout, LAYOUT_BATCH_COUNT, i32buf, 4),
+        "cublasLtMatrixLayoutSetAttribute(BATCH_COUNT)",
+      );
       i64buf[0] = BigInt(stride);
-      checkLt(cublasLt().cublasLtMatrixLayoutSetAttribute(layout, LAYOUT_STRIDED_BATCH_OFFSET, i64buf, 8), "cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET)");
+      checkLt(
+        cublasLt().cublasLtMatrixLayoutSetAttribute(layout, LAYOUT_STRIDED_BATCH_OFFSET, i64buf, 8),
+        "cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET)",
+      );
     }
     return layout;
   }
@@ -203,6 +213,7 @@ export class Matmul {
       WORKSPACE_BYTES,
       stream.handle,
     );
-    if (st !== 0) checkLt(st, "cublasLtMatmul", `${p.dtype} m=${p.m} n=${p.n} k=${p.k} transA=${p.transA} transB=${p.transB} batch=${p.batch}`);
+    if (st !== 0)
+      checkLt(st, "cublasLtMatmul", `${p.dtype} m=${p.m} n=${p.n} k=${p.k} transA=${p.transA} transB=${p.transB} batch=${p.batch}`);
   }
 }

@@ -1,5 +1,5 @@
+export * from "./cublaslt.ts";
 export * from "./errors.ts";
+export * from "./kernels.ts";
 export * from "./locate.ts";
 export * from "./runtime.ts";
-export * from "./kernels.ts";
-export * from "./cublaslt.ts";

@@ -4,8 +4,8 @@
 
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { type Bound, bind } from "./ffi.ts";
 import { LibraryNotFoundError } from "./errors.ts";
+import { type Bound, bind } from "./ffi.ts";
 import { check, cudart } from "./runtime.ts";
 
 const u = ["ptr", "ptr", "ptr", "i64", "ptr"] as const; // (a, b, out, n, stream)
@@ -45,7 +45,11 @@ let lib: Kernels | null = null;
 export function kernelsPath(): { path: string; tried: string[] } {
   const env = process.env.LIGHTSEQ_KERNELS_SO;
   const repoBuild = resolve(import.meta.dir, "../../../kernels/build/liblightseq.so");
-  const tried = [env ? `$LIGHTSEQ_KERNELS_SO=${env}` : "$LIGHTSEQ_KERNELS_SO (unset)", repoBuild, join(process.cwd(), "kernels/build/liblightseq.so")];
+  const tried = [
+    env ? `$LIGHTSEQ_KERNELS_SO=${env}` : "$LIGHTSEQ_KERNELS_SO (unset)",
+    repoBuild,
+    join(process.cwd(), "kernels/build/liblightseq.so"),
+  ];
   for (const p of [env, repoBuild, join(process.cwd(), "kernels/build/liblightseq.so")]) {
     if (p && existsSync(p)) return { path: p, tried };
   }
@@ -56,11 +60,16 @@ export function kernels(): Kernels {
   if (lib) return lib;
   cudart(); // the runtime first, by absolute path
   const { path, tried } = kernelsPath();
-  if (!path) throw new LibraryNotFoundError("lightseq kernels (liblightseq.so)", tried, "Build it with `bun run build:kernels` (needs nvcc).");
+  if (!path)
+    throw new LibraryNotFoundError("lightseq kernels (liblightseq.so)", tried, "Build it with `bun run build:kernels` (needs nvcc).");
   const loaded = bind(path, kernelSymbols);
   const abi = loaded.ls_abi_version();
   if (abi !== KERNELS_ABI_VERSION) {
-    throw new LibraryNotFoundError("lightseq kernels (liblightseq.so)", [path], `ABI version ${abi}, expected ${KERNELS_ABI_VERSION}: rebuild with \`bun run build:kernels\`.`);
+    throw new LibraryNotFoundError(
+      "lightseq kernels (liblightseq.so)",
+      [path],
+      `ABI version ${abi}, expected ${KERNELS_ABI_VERSION}: rebuild with \`bun run build:kernels\`.`,
+    );
   }
   lib = loaded;
   return lib;

@@ -4,8 +4,8 @@
 // a cached ptr() of a small typed array goes stale after JIT tier-up).
 
 import { CString, toArrayBuffer } from "bun:ffi";
-import { type Bound, bind } from "./ffi.ts";
 import { CudaError, CudaOutOfMemoryError, LibraryNotFoundError, NoGpuError } from "./errors.ts";
+import { type Bound, bind } from "./ffi.ts";
 import { CUDART, locateLibrary } from "./locate.ts";
 
 const cudartSymbols = {
@@ -169,7 +169,9 @@ export function requireDevice(index: number): void {
   const { count, reason } = probeGpus();
   if (count === 0) throw new NoGpuError(`no CUDA device available: ${reason}`);
   if (!Number.isInteger(index) || index < 0 || index >= count) {
-    throw new NoGpuError(`cuda:${index} does not exist: ${count} device(s) visible (CUDA_VISIBLE_DEVICES=${process.env.CUDA_VISIBLE_DEVICES ?? "unset"})`);
+    throw new NoGpuError(
+      `cuda:${index} does not exist: ${count} device(s) visible (CUDA_VISIBLE_DEVICES=${process.env.CUDA_VISIBLE_DEVICES ?? "unset"})`,
+    );
   }
 }
 
@@ -209,7 +211,10 @@ export function deviceInfo(index: number): DeviceInfo {
   return {
     index,
     name,
-    computeCapability: [deviceAttribute(DeviceAttr.computeCapabilityMajor, index), deviceAttribute(DeviceAttr.computeCapabilityMinor, index)],
+    computeCapability: [
+      deviceAttribute(DeviceAttr.computeCapabilityMajor, index),
+      deviceAttribute(DeviceAttr.computeCapabilityMinor, index),
+    ],
     multiProcessors: deviceAttribute(DeviceAttr.multiProcessorCount, index),
     l2Bytes: deviceAttribute(DeviceAttr.l2CacheSize, index),
     sharedMemoryPerBlockOptin: deviceAttribute(DeviceAttr.maxSharedMemoryPerBlockOptin, index),
@@ -377,7 +382,10 @@ export class DeviceAllocator {
     check(cudart().cudaDeviceGetDefaultMemPool(outU64, device), "cudaDeviceGetDefaultMemPool");
     this.pool = readPtr();
     this.#value[0] = 0xffffffffffffffffn;
-    check(cudart().cudaMemPoolSetAttribute(this.pool, MemPoolAttr.releaseThreshold, this.#value), "cudaMemPoolSetAttribute(ReleaseThreshold)");
+    check(
+      cudart().cudaMemPoolSetAttribute(this.pool, MemPoolAttr.releaseThreshold, this.#value),
+      "cudaMemPoolSetAttribute(ReleaseThreshold)",
+    );
   }
 
   static #byDevice = new Map<number, DeviceAllocator>();
@@ -405,7 +413,11 @@ export class DeviceAllocator {
           return { free: Number.NaN, total: Number.NaN };
         }
       })();
-      check(code, "cudaMallocAsync", `requested ${fmtBytes(bytes)} on cuda:${this.device}; in use ${fmtBytes(this.inUse)}, device free ${fmtBytes(info.free)} of ${fmtBytes(info.total)}`);
+      check(
+        code,
+        "cudaMallocAsync",
+        `requested ${fmtBytes(bytes)} on cuda:${this.device}; in use ${fmtBytes(this.inUse)}, device free ${fmtBytes(info.free)} of ${fmtBytes(info.total)}`,
+      );
     }
     this.inUse += bytes;
     this.allocs++;
@@ -499,12 +511,33 @@ export class PinnedBuffer implements Disposable {
 }
 
 /** Async copy of `bytes` between any two addresses (device or pinned host; UVA decides the kind). */
-export function memcpyAsync(dst: number | NodeJS.TypedArray, src: number | NodeJS.TypedArray, bytes: number, stream: Stream, context?: string): void {
+export function memcpyAsync(
+  dst: number | NodeJS.TypedArray,
+  src: number | NodeJS.TypedArray,
+  bytes: number,
+  stream: Stream,
+  context?: string,
+): void {
   if (bytes === 0) return;
-  check(cudart().cudaMemcpyAsync(dst as never, src as never, bytes, MemcpyKind.default, stream.handle), "cudaMemcpyAsync", context ?? fmtBytes(bytes));
+  check(
+    cudart().cudaMemcpyAsync(dst as never, src as never, bytes, MemcpyKind.default, stream.handle),
+    "cudaMemcpyAsync",
+    context ?? fmtBytes(bytes),
+  );
 }
 
 export function memsetAsync(dst: number, value: number, bytes: number, stream: Stream): void {
   if (bytes === 0) return;
   check(cudart().cudaMemsetAsync(dst, value, bytes, stream.handle), "cudaMemsetAsync", fmtBytes(bytes));
+}
+
+/**
+ * For test files: true when GPU tests must be skipped. With LIGHTSEQ_REQUIRE_GPU=1 (`bun run test:gpu`)
+ * a missing GPU is an error instead, so a GPU run can never pass by skipping everything.
+ */
+export function skipWithoutGpu(): boolean {
+  const { count, reason } = probeGpus();
+  if (count > 0) return false;
+  if (process.env.LIGHTSEQ_REQUIRE_GPU === "1") throw new NoGpuError(`LIGHTSEQ_REQUIRE_GPU=1 but ${reason}`);
+  return true;
 }

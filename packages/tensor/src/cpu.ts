@@ -3,7 +3,7 @@
 // after each op, matching __fadd_rn/__fmul_rn), results round to bf16 nearest-even. Reductions and
 // matmul accumulate in f64.
 
-import { bf16BitsToF32 as widen, f32ToBf16Bits as narrowBits } from "./bf16.ts";
+import { f32ToBf16Bits as narrowBits, bf16BitsToF32 as widen } from "./bf16.ts";
 import type { DType, HostArray } from "./dtype.ts";
 
 const fr = Math.fround;

@@ -7,10 +7,10 @@ import { bf16BitsToF32, f32ToBf16Bits } from "./bf16.ts";
 import * as cpu from "./cpu.ts";
 import { allocate, cu, streamOf, sumsqScratch } from "./cuda.ts";
 import { type Device, type DeviceLike, parseDevice } from "./device.ts";
-import { type DType, assertDType, dtypeBytes, isFloating } from "./dtype.ts";
-import { TensorError, assertShape, fmtShape, shapeNumel } from "./errors.ts";
+import { assertDType, type DType, dtypeBytes, isFloating } from "./dtype.ts";
+import { assertShape, fmtShape, shapeNumel, TensorError } from "./errors.ts";
 import { fillNormalBf16, fillNormalF32, fillUniformBf16, fillUniformF32 } from "./rng.ts";
-import { Tensor, assertDTypeOf, assertSameDType, assertSameDevice, assertSameShape, assertTensor, hostTensor } from "./tensor.ts";
+import { assertDTypeOf, assertSameDevice, assertSameDType, assertSameShape, assertTensor, hostTensor, type Tensor } from "./tensor.ts";
 
 export interface Placement {
   dtype?: DType;
@@ -164,7 +164,8 @@ export function copy(dst: Tensor, src: Tensor, stream?: Stream): void {
   assertTensor(dst, "dst");
   assertTensor(src, "src");
   assertSameDType(dst, "dst", src, "src");
-  if (dst.numel !== src.numel) throw new TensorError(`src: expected ${dst.numel} elements (as dst ${fmtShape(dst.shape)}), got ${src.numel} (${fmtShape(src.shape)})`);
+  if (dst.numel !== src.numel)
+    throw new TensorError(`src: expected ${dst.numel} elements (as dst ${fmtShape(dst.shape)}), got ${src.numel} (${fmtShape(src.shape)})`);
   if (dst.device.kind === "cpu" && src.device.kind === "cpu") {
     dst.data("dst").set(src.data("src") as never);
     return;
@@ -227,8 +228,10 @@ export function cast(x: Tensor, dtype: DType, o: OpOptions = {}): Tensor {
   }
   const s = streamOf(x, o.stream);
   if (x.dtype === dtype) cu.memcpyAsync(out.ptr(), x.ptr(), x.bytes, s);
-  else if (x.dtype === "f32" && dtype === "bf16") cu.checkLaunch(cu.kernels().ls_cast_f32_bf16(x.ptr(), out.ptr(), x.numel, s.handle), "ls_cast_f32_bf16");
-  else if (x.dtype === "bf16" && dtype === "f32") cu.checkLaunch(cu.kernels().ls_cast_bf16_f32(x.ptr(), out.ptr(), x.numel, s.handle), "ls_cast_bf16_f32");
+  else if (x.dtype === "f32" && dtype === "bf16")
+    cu.checkLaunch(cu.kernels().ls_cast_f32_bf16(x.ptr(), out.ptr(), x.numel, s.handle), "ls_cast_f32_bf16");
+  else if (x.dtype === "bf16" && dtype === "f32")
+    cu.checkLaunch(cu.kernels().ls_cast_bf16_f32(x.ptr(), out.ptr(), x.numel, s.handle), "ls_cast_bf16_f32");
   else {
     out.dispose();
     throw new TensorError(`cast: ${x.dtype} -> ${dtype} is not supported on cuda (only f32 <-> bf16)`);

@@ -3,8 +3,8 @@
 
 import { type Device, deviceName, sameDevice } from "./device.ts";
 import { type DType, dtypeBytes, type HostArray, hostView } from "./dtype.ts";
-import { TensorError, fmtShape, shapeNumel } from "./errors.ts";
-import { HostStorage, type Storage, release, retain } from "./storage.ts";
+import { fmtShape, shapeNumel, TensorError } from "./errors.ts";
+import { HostStorage, release, retain, type Storage } from "./storage.ts";
 
 /** Storage living in device memory; implemented by the CUDA backend. */
 export interface DeviceStorage extends Storage {
@@ -25,9 +25,7 @@ export class Tensor implements Disposable {
     const numel = shapeNumel(shape);
     const end = (offset + numel) * dtypeBytes(dtype);
     if (end > storage.bytes) {
-      throw new TensorError(
-        `view ${fmtShape(shape)} ${dtype} at element ${offset} needs ${end} bytes; storage has ${storage.bytes}`,
-      );
+      throw new TensorError(`view ${fmtShape(shape)} ${dtype} at element ${offset} needs ${end} bytes; storage has ${storage.bytes}`);
     }
     this.#storage = storage;
     this.dtype = dtype;

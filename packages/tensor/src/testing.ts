@@ -34,7 +34,13 @@ export function compareClose(got: Tensor | ArrayLike<number>, ref: Tensor | Arra
   const r = values(ref);
   const label = o.label ? `${o.label}: ` : "";
   if (g.length !== r.length) {
-    return { ok: false, toleranceUsed: Number.POSITIVE_INFINITY, maxAbsError: Number.NaN, relativeError: Number.NaN, message: `${label}length ${g.length} != reference length ${r.length}` };
+    return {
+      ok: false,
+      toleranceUsed: Number.POSITIVE_INFINITY,
+      maxAbsError: Number.NaN,
+      relativeError: Number.NaN,
+      message: `${label}length ${g.length} != reference length ${r.length}`,
+    };
   }
   const worst: { i: number; used: number }[] = [];
   let used = 0;
