@@ -151,7 +151,9 @@ describe.skipIf(noGpu)("cuda backend equals the CPU reference", () => {
     const step = () => {
       const a = T.randn([1 << 20], { seed: 1, device: dev });
       const b = T.add(a, a);
-      const c = T.matmul(a.reshape([1024, 1024]), b.reshape([1024, 1024]));
+      using a2 = a.reshape([1024, 1024]);
+      using b2 = b.reshape([1024, 1024]);
+      const c = T.matmul(a2, b2);
       const s = T.sumOfSquares(c);
       for (const t of [a, b, c, s]) t.dispose();
     };
