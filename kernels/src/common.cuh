@@ -25,15 +25,15 @@ inline unsigned grid_for(int64_t items) {
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// V elements moved with 16-byte loads/stores (sizeof(T) * V must be a multiple of 16).
+// V elements moved with one vector load/store per 16 bytes (or one 8-byte access for a half pack).
 template <typename T, int V>
-struct alignas(16) Pack {
+struct alignas(sizeof(T) * V >= 16 ? 16 : sizeof(T) * V) Pack {
+  static_assert(sizeof(T) * V % 16 == 0 || sizeof(T) * V == 8, "a pack is 8 bytes or whole 16-byte words");
   T v[V];
 };
 
 template <typename T, int V>
 __device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
-  static_assert(sizeof(T) * V % 16 == 0, "a pack is a whole number of 16-byte words");
   return *reinterpret_cast<const Pack<T, V>*>(p);
 }
 

@@ -1,0 +1,5 @@
+export * from "./block.ts";
+export * from "./layout.ts";
+export * from "./merge.ts";
+export * from "./reference.ts";
+export * from "./schedule.ts";
