@@ -3,3 +3,5 @@ export * from "./layout.ts";
 export * from "./merge.ts";
 export * from "./reference.ts";
 export * from "./schedule.ts";
+export * from "./distattn.ts";
+export * from "./placement.ts";

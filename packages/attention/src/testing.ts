@@ -8,7 +8,7 @@
 import { describe, expect, test } from "bun:test";
 import { type DeviceLike, fromArray, parseDevice, randn, type Tensor, to, toFloat32Array, zeros } from "@lightseq/tensor";
 import { type CloseOptions, expectClose } from "@lightseq/tensor/testing";
-import type { AttentionBackend, AttentionOptions } from "./block.ts";
+import type { AttentionBackend, AttentionOptions, ForwardOptions } from "./block.ts";
 import { kvHeadOf } from "./layout.ts";
 import { type AttentionPartial, emptyPartial, mergeInto } from "./merge.ts";
 import { referenceBackend } from "./reference.ts";
@@ -139,7 +139,7 @@ export function attentionBackendSuite(backend: AttentionBackend, options: SuiteO
     };
   }
 
-  function fwd(pool: TensorPool, x: Inputs, opts: AttentionOptions, k = x.k, v = x.v, q = x.q) {
+  function fwd(pool: TensorPool, x: Inputs, opts: ForwardOptions, k = x.k, v = x.v, q = x.q) {
     return pool.addAll(backend.forward(q, k, v, opts));
   }
 

@@ -1,0 +1,59 @@
+// DistAttn equals single-rank attention over the whole sequence: real processes over the CPU comm
+// backend, P in {1, 2, 3, 4, 8}, every schedule, MHA, GQA and MQA, lengths not divisible by P or 2P.
+
+import { describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { launch } from "@lightseq/comm";
+import type { DistCase } from "./fixtures/distattn-worker.ts";
+import { SCHEDULES } from "./schedule.ts";
+
+const worker = join(import.meta.dir, "fixtures", "distattn-worker.ts");
+
+async function runRanks(P: number, cases: DistCase[]): Promise<{ exitCode: number; lines: Record<string, unknown>[]; log: string[] }> {
+  const lines: Record<string, unknown>[] = [];
+  const log: string[] = [];
+  const r = await launch({
+    nprocs: P,
+    script: worker,
+    args: ["cpu", "cpu", "f32", JSON.stringify(cases)],
+    gpus: 0,
+    env: { LIGHTSEQ_COMM_TIMEOUT_MS: "30000" },
+    onLine: (rank, _s, line) => {
+      log.push(`[rank ${rank}] ${line}`);
+      if (line.startsWith("{")) lines.push(JSON.parse(line));
+    },
+    log: (m) => log.push(`[launcher] ${m}`),
+  });
+  return { exitCode: r.exitCode, lines, log };
+}
+
+describe("DistAttn equals single-rank attention (CPU backend, real processes)", () => {
+  for (const P of [1, 2, 3, 4, 8]) {
+    test(`P = ${P}`, async () => {
+      const cases: DistCase[] = [];
+      for (const schedule of SCHEDULES) {
+        // MHA with N divisible by 2P; GQA and MQA with N divisible by neither P nor 2P.
+        cases.push({ schedule, N: 8 * P, Hq: 2, Hkv: 2, D: 8 });
+        cases.push({ schedule, N: 6 * P + 5, Hq: 4, Hkv: 2, D: 8 });
+        cases.push({ schedule, N: 4 * P + 3, Hq: 4, Hkv: 1, D: 4 });
+      }
+      if (P === 4) cases.push({ schedule: "lightseq", N: 37, Hq: 2, Hkv: 1, D: 8, mode: "sync" });
+      const r = await runRanks(P, cases);
+      if (r.exitCode !== 0) console.error(r.log.join("\n"));
+      expect(r.exitCode).toBe(0);
+      expect(r.lines.length).toBe(P * cases.length);
+      for (const l of r.lines) {
+        if (!l.ok) throw new Error(`rank ${l.rank} ${JSON.stringify(l.case)}:\n${(l.failures as string[]).join("\n")}`);
+      }
+    }, 120_000);
+  }
+
+  test("a sequence shorter than the number of chunks still works (empty chunks)", async () => {
+    const r = await runRanks(3, [
+      { schedule: "zigzag", N: 4, Hq: 2, Hkv: 1, D: 4 },
+      { schedule: "lightseq", N: 2, Hq: 2, Hkv: 2, D: 4 },
+    ]);
+    if (r.exitCode !== 0) console.error(r.log.join("\n"));
+    expect(r.exitCode).toBe(0);
+  }, 60_000);
+});
