@@ -254,7 +254,7 @@ export async function distAttnForward(
       if (b.rank !== rank) continue;
       const ownQ = s.owner[b.q] === rank;
       const ownKv = s.owner[b.kv] === rank;
-      using qb = ownQ ? rows(ctx, q, b.q) : (arrived.get(`q|${b.q}`)?.[0] as Tensor).view();
+      using qb = ownQ ? rows(ctx, q, b.q) : ((arrived.get(`q|${b.q}`) as Tensor[])[0] as Tensor).view();
       const kvb = ownKv ? [rows(ctx, k, b.kv), rows(ctx, v, b.kv)] : (arrived.get(`kv|${b.kv}`) as Tensor[]).map((x) => x.view());
       const part = backend.forward(qb, kvb[0] as Tensor, kvb[1] as Tensor, { causal: b.causal, scale: ctx.scale, outDtype: "f32", stream });
       for (const x of kvb) x.dispose();
@@ -307,7 +307,6 @@ export async function distAttnBackward(
   const [, Hkv] = k.shape as [number, number, number];
   const qd = q.dtype as "f32" | "bf16";
   const stream = ctx.compute;
-  const dev = ctx.gpu ? `cuda:${stream?.device}` : "cpu";
   if (out.lse.length !== (s.chunksOf[rank] as number[]).length) {
     throw new TensorError(
       `distAttnBackward: expected ${(s.chunksOf[rank] as number[]).length} lse tensors (one per local chunk), got ${out.lse.length}`,
