@@ -45,3 +45,5 @@ LS_API int ls_axpy_bf16(float alpha, const uint16_t* x, uint16_t* y, int64_t n, 
 LS_API int64_t ls_sumsq_partials(void);
 LS_API int ls_sumsq_f32(const float* x, int64_t n, double* partials, float* out, cudaStream_t s);
 LS_API int ls_sumsq_bf16(const uint16_t* x, int64_t n, double* partials, float* out, cudaStream_t s);
+
+// The block-attention entry points (ls_attn_*) are declared in attention.cuh, which includes this header.

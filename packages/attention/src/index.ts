@@ -1,4 +1,5 @@
 export * from "./block.ts";
+export * from "./cuda.ts";
 export * from "./distattn.ts";
 export * from "./layout.ts";
 export * from "./merge.ts";

@@ -11,6 +11,8 @@
 import type { Stream } from "@lightseq/cuda";
 import {
   assertTensor,
+  cast,
+  copy,
   type DeviceLike,
   deviceName,
   empty,
@@ -21,6 +23,7 @@ import {
   toFloat32Array,
   zeros,
 } from "@lightseq/tensor";
+import { mergeIntoCuda } from "./cuda.ts";
 import { AttentionError } from "./layout.ts";
 
 /** A normalised partial result: o over some keys and the log-sum-exp of those keys' scores. */
@@ -85,13 +88,21 @@ export function merge(a: AttentionPartial, b: AttentionPartial, opts: MergeOptio
       mergeCpu(a, b, out);
       return out;
     }
-    case "cuda":
-      return notOnCuda(who);
+    case "cuda": {
+      const out: AttentionPartial = {
+        o: empty(a.o.shape, { dtype: "f32", device: a.o.device, stream: opts.stream }),
+        lse: empty(a.lse.shape, { dtype: "f32", device: a.o.device, stream: opts.stream }),
+      };
+      cast(a.o, "f32", { out: out.o, stream: opts.stream }).dispose();
+      copy(out.lse, a.lse, opts.stream);
+      mergeIntoCuda(out, b, opts);
+      return out;
+    }
   }
 }
 
 /** acc <- merge(acc, part) in place; acc.o and acc.lse must be f32 (start from emptyPartial). */
-export function mergeInto(acc: AttentionPartial, part: AttentionPartial, _opts: MergeOptions = {}): void {
+export function mergeInto(acc: AttentionPartial, part: AttentionPartial, opts: MergeOptions = {}): void {
   const who = "mergeInto";
   checkPartial(who, acc, "acc");
   if (acc.o.dtype !== "f32") fail(who, `acc.o: expected dtype f32 (the accumulator is fp32), got ${acc.o.dtype}`);
@@ -101,13 +112,8 @@ export function mergeInto(acc: AttentionPartial, part: AttentionPartial, _opts: 
       mergeCpu(acc, part, acc);
       return;
     case "cuda":
-      notOnCuda(who);
+      mergeIntoCuda(acc, part, opts);
   }
-}
-
-// The CUDA merge kernel is written elsewhere (src/cuda*.ts); it is called from the "cuda" cases above.
-function notOnCuda(who: string): never {
-  throw new AttentionError(`${who}: not available on cuda yet (no CUDA merge kernel is wired in @lightseq/attention); merge on the cpu`);
 }
 
 /** out = merge(a, b) elementwise in f64, stored as f32; out may be a. */

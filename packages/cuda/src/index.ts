@@ -1,5 +1,6 @@
 export * from "./cublaslt.ts";
 export * from "./errors.ts";
+export * from "./ffi.ts";
 export * from "./kernels.ts";
 export * from "./locate.ts";
 export * from "./runtime.ts";

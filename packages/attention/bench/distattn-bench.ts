@@ -1,0 +1,220 @@
+// DistAttn on GPUs (issue 5): forward+backward time per schedule and mode at total T, H = 32, D = 128,
+// causal, bf16, MHA and GQA; speedup over one GPU on the whole sequence (our kernel) and over the
+// ideal; measured traffic against the schedule's analytic count; plus a bf16 equality check against
+// one-GPU attention. Self-launching: run it plainly and it starts one rank per GPU over NCCL.
+//   bun packages/attention/bench/distattn-bench.ts out.json [T1,T2,...] [Hkv1,Hkv2] [schedules] [modes]
+
+import { type Communicator, initCommunicator, launch } from "@lightseq/comm";
+import { Event, probeGpus } from "@lightseq/cuda";
+import * as T from "@lightseq/tensor";
+import { compareClose } from "@lightseq/tensor/testing";
+import { attentionCost } from "../src/block.ts";
+import { cudaBackend } from "../src/cuda.ts";
+import { type DistMode, distAttnBackward, distAttnForward } from "../src/distattn.ts";
+import { localRanges, placeSequence } from "../src/placement.ts";
+import { checkSchedule, makeSchedule, SCHEDULES, type Schedule, type ScheduleName } from "../src/schedule.ts";
+
+const [outPath = "", tsArg = "65536,131072,262144", hkvArg = "32,8", schedArg = SCHEDULES.join(","), modeArg = "overlap,sync,nocomm"] =
+  process.argv.slice(2);
+
+if (process.env.RANK === undefined) {
+  const gpus = probeGpus().count;
+  if (gpus < 2) throw new Error(`distattn-bench needs at least 2 GPUs, found ${gpus}: ${probeGpus().reason}`);
+  const r = await launch({ nprocs: gpus, script: import.meta.path, args: process.argv.slice(2) });
+  process.exit(r.exitCode);
+}
+
+const comm: Communicator = await initCommunicator({ backend: "nccl" });
+const P = comm.size;
+const dev = "cuda:0";
+const stream = T.currentStream(0);
+const H = 32;
+const D = 128;
+const say = (m: string) => {
+  if (comm.rank === 0) console.log(m);
+};
+
+async function maxOverRanks(x: number): Promise<number> {
+  const t = T.fromArray([x], [1], { device: dev });
+  await comm.allReduce(t, "max");
+  const v = T.item(t);
+  t.dispose();
+  return v;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] as number;
+}
+
+/** Median over reps of the slowest rank's time (ms) of `fn` on the compute stream. */
+async function timeMs(fn: () => Promise<void>, reps = 5, warmup = 2): Promise<number> {
+  for (let i = 0; i < warmup; i++) await fn();
+  const e0 = Event.create(0, { timing: true });
+  const e1 = Event.create(0, { timing: true });
+  const out: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    stream.synchronize();
+    await comm.barrier();
+    e0.record(stream);
+    await fn();
+    e1.record(stream);
+    e1.synchronize();
+    out.push(await maxOverRanks(e0.elapsedMs(e1)));
+  }
+  e0.dispose();
+  e1.dispose();
+  return median(out);
+}
+
+/** Chunk-sized tensors of each payload one rank sends, from the schedule (the analytic count), in bytes. */
+function analyticBytes(s: Schedule, N: number, Hkv: number, rank: number): { fwd: number; bwd: number } {
+  const p = placeSequence(s, N);
+  const per = (payload: string, n: number): number => {
+    const row = {
+      kv: 2 * Hkv * D * 2,
+      q: H * D * 2,
+      out: H * D * 4 + H * 4,
+      qbwd: 3 * H * D * 2 + H * 4,
+      dq: H * D * 4,
+      dkv: 2 * Hkv * D * 4,
+    }[payload] as number;
+    return row * n;
+  };
+  const count = (steps: Schedule["forward"]) =>
+    steps.reduce(
+      (a, st) => a + st.transfers.filter((x) => x.from === rank).reduce((b, x) => b + per(x.payload, p.len[x.chunk] as number), 0),
+      0,
+    );
+  return { fwd: count(s.forward), bwd: count(s.backward) };
+}
+
+const results: Record<string, unknown>[] = [];
+const Ts = tsArg.split(",").map(Number);
+for (const Hkv of hkvArg.split(",").map(Number)) {
+  for (const N of Ts) {
+    const cost = attentionCost({ Tq: N, Tk: N, Hq: H, D, causal: true }, "forward+backward").flops;
+    // One GPU on the whole sequence (rank 0), as the speedup baseline.
+    let oneGpuMs = Number.NaN;
+    if (comm.rank === 0) {
+      try {
+        const q = T.randn([N, H, D], { seed: 1, dtype: "bf16", device: dev });
+        const k = T.randn([N, Hkv, D], { seed: 2, dtype: "bf16", device: dev });
+        const v = T.randn([N, Hkv, D], { seed: 3, dtype: "bf16", device: dev });
+        const dO = T.randn([N, H, D], { seed: 4, dtype: "bf16", device: dev });
+        const e0 = Event.create(0, { timing: true });
+        const e1 = Event.create(0, { timing: true });
+        const ts: number[] = [];
+        for (let r = 0; r < 5; r++) {
+          e0.record(stream);
+          const f = cudaBackend.forward(q, k, v, { causal: true });
+          const g = cudaBackend.backward(q, k, v, f.o, f.lse, dO, { causal: true });
+          e1.record(stream);
+          e1.synchronize();
+          if (r >= 1) ts.push(e0.elapsedMs(e1));
+          for (const x of [f.o, f.lse, g.dq, g.dk, g.dv]) x.dispose();
+        }
+        oneGpuMs = median(ts);
+        for (const x of [q, k, v, dO, e0, e1]) x.dispose();
+      } catch (e) {
+        console.log(`one GPU at T=${N}: ${(e as Error).message.split("\n")[0]}`);
+      }
+    }
+    oneGpuMs = await maxOverRanks(Number.isNaN(oneGpuMs) ? -1 : oneGpuMs);
+    for (const name of schedArg.split(",") as ScheduleName[]) {
+      const s = makeSchedule(name, P);
+      const p = placeSequence(s, N);
+      const n = p.localLen[comm.rank] as number;
+      const seed = 100 + comm.rank;
+      const q = T.randn([n, H, D], { seed, dtype: "bf16", device: dev });
+      const k = T.randn([n, Hkv, D], { seed: seed + 10, dtype: "bf16", device: dev });
+      const v = T.randn([n, Hkv, D], { seed: seed + 20, dtype: "bf16", device: dev });
+      const dO = T.randn([n, H, D], { seed: seed + 30, dtype: "bf16", device: dev });
+      const row: Record<string, unknown> = { N, H, Hkv, D, P, schedule: name, oneGpuMs };
+      for (const mode of modeArg.split(",") as DistMode[]) {
+        const opts = { schedule: s, N, comm, backend: cudaBackend, mode };
+        let traffic = { fwd: 0, bwd: 0 };
+        const fwdMs = await timeMs(async () => {
+          const f = await distAttnForward(q, k, v, opts);
+          f.o.dispose();
+          for (const l of f.lse) l.dispose();
+        });
+        const ms = await timeMs(async () => {
+          const f = await distAttnForward(q, k, v, opts);
+          const g = await distAttnBackward(q, k, v, f, dO, opts);
+          traffic = { fwd: f.traffic.sentBytes, bwd: g.traffic.sentBytes };
+          for (const x of [f.o, ...f.lse, g.dq, g.dk, g.dv]) x.dispose();
+        });
+        row[`${mode}_fwd_ms`] = fwdMs;
+        row[`${mode}_ms`] = ms;
+        row[`${mode}_tflops_per_gpu`] = cost / (ms * 1e-3) / 1e12 / P;
+        if (mode === "overlap") {
+          row.sent_bytes_rank0 = traffic;
+          row.analytic_bytes_rank0 = analyticBytes(s, N, Hkv, 0);
+        }
+      }
+      // The ideal is P (perfect scaling); the schedule's own bound (its critical path with free
+      // communication) is below P for ring and, for even P, lightseq.
+      row.schedule_bound = checkSchedule(s).idealSpeedup;
+      if (oneGpuMs > 0) {
+        row.speedup = oneGpuMs / (row.overlap_ms as number);
+        row.fraction_of_ideal = (row.speedup as number) / P;
+      }
+      for (const x of [q, k, v, dO]) x.dispose();
+      results.push(row);
+      say(JSON.stringify(row));
+    }
+  }
+}
+
+// Equality with one-GPU attention in bf16 (T = 8192, every schedule, MHA and GQA).
+for (const Hkv of [H, 8]) {
+  const N = 8192 + 37;
+  const g = {
+    q: T.randn([N, H, D], { seed: 7, dtype: "bf16" }),
+    k: T.randn([N, Hkv, D], { seed: 8, dtype: "bf16" }),
+    v: T.randn([N, Hkv, D], { seed: 9, dtype: "bf16" }),
+    dO: T.randn([N, H, D], { seed: 10, dtype: "bf16" }),
+  };
+  const gd = { q: T.to(g.q, dev), k: T.to(g.k, dev), v: T.to(g.v, dev), dO: T.to(g.dO, dev) };
+  const ref = cudaBackend.forward(gd.q, gd.k, gd.v, { causal: true });
+  const refG = cudaBackend.backward(gd.q, gd.k, gd.v, ref.o, ref.lse, gd.dO, { causal: true });
+  const host = { o: T.to(ref.o, "cpu"), dq: T.to(refG.dq, "cpu"), dk: T.to(refG.dk, "cpu"), dv: T.to(refG.dv, "cpu") };
+  for (const name of schedArg.split(",") as ScheduleName[]) {
+    const s = makeSchedule(name, P);
+    const ranges = localRanges(s, placeSequence(s, N), comm.rank);
+    const take = (t: T.Tensor): T.Tensor => {
+      const inner = t.numel / (t.shape[0] as number);
+      const n = ranges.reduce((a, [, l]) => a + l, 0);
+      const out = T.empty([n, ...t.shape.slice(1)], { dtype: t.dtype });
+      let at = 0;
+      for (const [st, l] of ranges) {
+        out.data().set(t.data().subarray(st * inner, (st + l) * inner) as never, at * inner);
+        at += l;
+      }
+      return out;
+    };
+    const opts = { schedule: s, N, comm, backend: cudaBackend };
+    const lq = T.to(take(g.q), dev);
+    const lk = T.to(take(g.k), dev);
+    const lv = T.to(take(g.v), dev);
+    const ldO = T.to(take(g.dO), dev);
+    const f = await distAttnForward(lq, lk, lv, opts);
+    const b = await distAttnBackward(lq, lk, lv, f, ldO, opts);
+    const errs: Record<string, number> = {};
+    for (const [label, got, want] of [
+      ["o", f.o, host.o],
+      ["dq", b.dq, host.dq],
+      ["dk", b.dk, host.dk],
+      ["dv", b.dv, host.dv],
+    ] as const) {
+      errs[label] = compareClose(got, take(want), { rtol: 1, atol: 1 }).relativeError;
+    }
+    const worst = await maxOverRanks(Math.max(...Object.values(errs)));
+    say(JSON.stringify({ check: "bf16 equality vs one GPU", N, Hkv, schedule: name, worstRelErr: worst, ok: worst <= 1e-2 }));
+    results.push({ check: "equality", N, Hkv, schedule: name, worstRelErr: worst });
+  }
+}
+
+if (comm.rank === 0 && outPath) await Bun.write(outPath, JSON.stringify({ P, results }, null, 2));
+await comm.destroy();

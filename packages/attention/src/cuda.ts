@@ -1,0 +1,291 @@
+// CUDA block attention: our flash-attention kernels (kernels/src/attention.cu) behind the block contract
+// of block.ts, plus the lower-level calls DistAttn uses. Layouts: layout.ts. What each kernel computes
+// and how it is built: the comments at the top of kernels/src/attention.cu and attention_kernels.cuh.
+//
+//   cudaBackend.forward(q, k, v)              bf16 q [Tq,Hq,D], k/v [Tk,Hkv,D] -> o bf16, lse [Hq,Tq] f32
+//   cudaBackend.backward(q, k, v, o, lse, dO) -> dq, dk, dv bf16 (summed in f32, rounded once)
+//   forwardInto(q, k, v, { o, lse })          the same into preallocated o (bf16, or f32 for partials)
+//   backwardAccumulate(..., { dq, dk, dv })   f32 dq, dk, dv += this block's gradient (pieces add in fp32)
+//   mergeIntoCuda(acc, part)                  acc (f32) <- merge(acc, part), merge.ts semantics
+//
+// Supported: bf16 q, k, v, o, dO on one CUDA device; D in FAST_HEAD_DIMS (64, 128); scale > 0; every
+// tensor starting on a 16-byte boundary (allocations are; so is a narrow() view of whole rows). Anything
+// else throws an AttentionError that says what and why before anything is launched: no silent fallback.
+// Nothing here synchronises the host; temporaries are allocated and freed on the stream of the call.
+
+import { dlopen } from "bun:ffi";
+import { checkLaunch, kernels, kernelsPath, type Stream, setDevice } from "@lightseq/cuda";
+import { cast, currentStream, deviceName, empty, fill, fmtShape, sameDevice, type Tensor } from "@lightseq/tensor";
+import {
+  type AttentionBackend,
+  type AttentionGrads,
+  type AttentionOptions,
+  type AttentionOutput,
+  type CheckedCall,
+  checkBackwardArgs,
+  checkForwardArgs,
+} from "./block.ts";
+import { AttentionError, FAST_HEAD_DIMS } from "./layout.ts";
+import type { AttentionPartial } from "./merge.ts";
+
+const fwdArgs = ["ptr", "ptr", "ptr", "ptr", "ptr", "i32", "i32", "i32", "i32", "i32", "f32", "i32", "ptr"] as const;
+const mergeArgs = ["ptr", "ptr", "ptr", "ptr", "i32", "i32", "i32", "ptr"] as const;
+const attnSymbols = {
+  // (q, k, v, o, lse, Tq, Tk, Hq, Hkv, D, scale, causal, stream)
+  ls_attn_fwd_bf16: { args: fwdArgs, returns: "i32" },
+  ls_attn_fwd_bf16_f32out: { args: fwdArgs, returns: "i32" },
+  // (q, k, v, o, lse, dout, dq, dk, dv, workspace, Tq, Tk, Hq, Hkv, D, scale, causal, stream)
+  ls_attn_bwd_bf16: {
+    args: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "i32", "i32", "i32", "i32", "i32", "f32", "i32", "ptr"],
+    returns: "i32",
+  },
+  ls_attn_bwd_workspace_bytes: { args: ["i32", "i32", "i32"], returns: "i64" },
+  // (acc_o, acc_lse, o_part, lse_part, Tq, Hq, D, stream)
+  ls_attn_merge_f32: { args: mergeArgs, returns: "i32" },
+  ls_attn_merge_bf16: { args: mergeArgs, returns: "i32" },
+} as const;
+
+// Device addresses and handles are plain numbers (as in @lightseq/cuda's ffi.ts, which the package does
+// not export); every call returns a cudaError_t, except the workspace size (i64 -> bigint).
+type Args<A extends readonly unknown[]> = { -readonly [I in keyof A]: number | null };
+type Table = typeof attnSymbols;
+type AttnFns = { [K in keyof Table]: (...a: Args<Table[K]["args"]>) => Table[K]["returns"] extends "i64" ? bigint : number };
+
+let lib: AttnFns | null = null;
+
+/** The attention entry points of liblightseq.so (the runtime and the library's ABI check come first). */
+function attn(): AttnFns {
+  if (lib) return lib;
+  kernels(); // loads libcudart, then the library, and checks its ABI version
+  const { path } = kernelsPath();
+  try {
+    lib = dlopen(path, attnSymbols).symbols as unknown as AttnFns;
+  } catch (e) {
+    throw new AttentionError(`cuda: ${path} has no attention kernels (${(e as Error).message}); rebuild it with \`bun run build:kernels\``);
+  }
+  return lib;
+}
+
+function fail(who: string, msg: string): never {
+  throw new AttentionError(`${who}: ${msg}`);
+}
+
+/** A non-zero cudaError_t becomes a CudaError naming the call, the code, CUDA's message and the sizes. */
+function checkCode(who: string, code: number, call: string, c: CheckedCall): void {
+  checkLaunch(code, call, `${who}: Tq=${c.Tq} Tk=${c.Tk} Hq=${c.Hq} Hkv=${c.Hkv} D=${c.D} causal=${c.causal} scale=${c.scale}`);
+}
+
+const INT32_MAX = 2 ** 31 - 1;
+
+/** What the kernels can take beyond the contract's checks (block.ts): refuses loudly, launches nothing. */
+function requireSupported(who: string, c: CheckedCall, tensors: Record<string, Tensor>): number {
+  let device = -1;
+  for (const [name, t] of Object.entries(tensors)) {
+    if (t.device.kind !== "cuda")
+      fail(who, `${name}: the CUDA backend needs tensors on a cuda device, got ${t.describe()} (use the reference backend on the cpu)`);
+    if (device < 0) device = t.device.index;
+    else if (t.device.index !== device)
+      fail(who, `${name}: expected device cuda:${device} (as the other inputs), got ${deviceName(t.device)}`);
+    if (t.numel > 0 && t.ptr(name) % 16 !== 0) {
+      fail(
+        who,
+        `${name}: the kernels need 16-byte aligned tensors (vector loads), got an address 16n + ${t.ptr(name) % 16}; a narrow() view must start on a whole row`,
+      );
+    }
+  }
+  if (c.dtype !== "bf16")
+    fail(who, `q: the CUDA kernels take bf16 q, k, v (they accumulate in f32), got ${c.dtype}: cast to bf16 or use the reference backend`);
+  if (!FAST_HEAD_DIMS.includes(c.D)) fail(who, `q: head dim D = ${c.D} has no CUDA kernel (built for D in ${FAST_HEAD_DIMS.join(", ")})`);
+  if (!(c.scale > 0))
+    fail(who, `opts.scale: the CUDA kernels need scale > 0 (the online softmax tracks the max of the raw scores), got ${c.scale}`);
+  if (c.Tq > INT32_MAX || c.Tk > INT32_MAX) fail(who, `sequence lengths must fit in int32, got Tq = ${c.Tq}, Tk = ${c.Tk}`);
+  return device;
+}
+
+/** An output (or merge operand): dtype, shape, device, and `align` bytes (the kernels' vector width). */
+function checkOut(
+  who: string,
+  t: Tensor,
+  name: string,
+  dtypes: readonly string[],
+  shape: readonly number[],
+  device: number,
+  align = 16,
+): void {
+  if (!dtypes.includes(t.dtype)) fail(who, `${name}: expected dtype ${dtypes.join(" or ")}, got ${t.dtype}`);
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
+    fail(who, `${name}: expected shape ${fmtShape(shape)}, got ${fmtShape(t.shape)}`);
+  if (t.device.kind !== "cuda" || t.device.index !== device)
+    fail(who, `${name}: expected device cuda:${device}, got ${deviceName(t.device)}`);
+  if (t.numel > 0 && t.ptr(name) % align !== 0)
+    fail(who, `${name}: the kernels need a ${align}-byte aligned tensor, got an address ${align}n + ${t.ptr(name) % align}`);
+}
+
+function streamFor(device: number, stream: Stream | undefined): Stream {
+  setDevice(device);
+  return stream ?? currentStream(device);
+}
+
+/**
+ * o, lse <- attention(q, k, v) into preallocated outputs: o [Tq, Hq, D] bf16 or f32 (f32 for DistAttn
+ * partials that are merged in fp32), lse [Hq, Tq] f32. Enqueued on opts.stream (default: current).
+ */
+export function forwardInto(q: Tensor, k: Tensor, v: Tensor, out: AttentionOutput, opts: AttentionOptions): void {
+  const who = "cuda.forwardInto";
+  const c = checkForwardArgs(who, q, k, v, opts);
+  const device = requireSupported(who, c, { q, k, v });
+  checkOut(who, out.o, "out.o", ["bf16", "f32"], q.shape, device);
+  checkOut(who, out.lse, "out.lse", ["f32"], [c.Hq, c.Tq], device, 4);
+  launchForward(who, c, q, k, v, out.o, out.lse, streamFor(device, opts.stream));
+}
+
+function launchForward(who: string, c: CheckedCall, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, s: Stream): void {
+  const L = attn();
+  const fn = o.dtype === "f32" ? L.ls_attn_fwd_bf16_f32out : L.ls_attn_fwd_bf16;
+  const code = fn(q.ptr(), k.ptr(), v.ptr(), o.ptr(), lse.ptr(), c.Tq, c.Tk, c.Hq, c.Hkv, c.D, c.scale, c.causal ? 1 : 0, s.handle);
+  checkCode(who, code, o.dtype === "f32" ? "ls_attn_fwd_bf16_f32out" : "ls_attn_fwd_bf16", c);
+}
+
+/** Bytes of scratch one backward call needs (Delta = rowsum(dO * o), f32 [Hq, Tq]). */
+export function backwardWorkspaceBytes(Tq: number, Hq: number, D: number): number {
+  return Number(attn().ls_attn_bwd_workspace_bytes(Tq, Hq, D));
+}
+
+export interface AccumulateOptions extends AttentionOptions {
+  /** Scratch of at least backwardWorkspaceBytes(Tq, Hq, D) bytes on the device (default: allocated per call). */
+  workspace?: Tensor;
+}
+
+/**
+ * dq [Tq,Hq,D], dk, dv [Tk,Hkv,D] (all f32) += the gradient of this block, given the FINAL (merged) o and
+ * lse of the query rows (block.ts). The caller zeroes them for a fresh result. dq is summed with f32
+ * atomics (not bitwise reproducible across runs); dk, dv have a single writer (reproducible).
+ */
+export function backwardAccumulate(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  o: Tensor,
+  lse: Tensor,
+  dO: Tensor,
+  grads: AttentionGrads,
+  opts: AccumulateOptions,
+): void {
+  const who = "cuda.backwardAccumulate";
+  const c = checkBackwardArgs(who, q, k, v, o, lse, dO, opts);
+  const device = requireSupported(who, c, { q, k, v, o, dO });
+  if (lse.device.kind !== "cuda" || lse.device.index !== device)
+    fail(who, `lse: expected device cuda:${device}, got ${deviceName(lse.device)}`);
+  checkOut(who, grads.dq, "grads.dq", ["f32"], q.shape, device);
+  checkOut(who, grads.dk, "grads.dk", ["f32"], k.shape, device);
+  checkOut(who, grads.dv, "grads.dv", ["f32"], v.shape, device);
+  const s = streamFor(device, opts.stream);
+  const bytes = backwardWorkspaceBytes(c.Tq, c.Hq, c.D);
+  let ws = opts.workspace;
+  if (ws !== undefined) {
+    if (ws.device.kind !== "cuda" || ws.device.index !== device)
+      fail(who, `opts.workspace: expected device cuda:${device}, got ${deviceName(ws.device)}`);
+    if (ws.bytes < bytes) fail(who, `opts.workspace: needs ${bytes} bytes for Tq = ${c.Tq}, Hq = ${c.Hq}, got ${ws.bytes}`);
+    if (ws.numel > 0 && ws.ptr() % 16 !== 0) fail(who, "opts.workspace: expected a 16-byte aligned tensor");
+  }
+  const own = ws === undefined ? empty([Math.max(bytes, 16) / 4], { dtype: "f32", device: q.device, stream: s }) : undefined;
+  ws ??= own as Tensor;
+  try {
+    const code = attn().ls_attn_bwd_bf16(
+      q.ptr(),
+      k.ptr(),
+      v.ptr(),
+      o.ptr(),
+      lse.ptr(),
+      dO.ptr(),
+      grads.dq.ptr(),
+      grads.dk.ptr(),
+      grads.dv.ptr(),
+      ws.ptr(),
+      c.Tq,
+      c.Tk,
+      c.Hq,
+      c.Hkv,
+      c.D,
+      c.scale,
+      c.causal ? 1 : 0,
+      s.handle,
+    );
+    checkCode(who, code, "ls_attn_bwd_bf16", c);
+  } finally {
+    own?.dispose(); // stream-ordered free: after the kernels that read it
+  }
+}
+
+/**
+ * acc <- merge(acc, part) in place (merge.ts): acc.o [T,H,D] f32, acc.lse [H,T] f32; part.o f32 or bf16.
+ * An accumulator may start as (anything, lse = -Infinity): the empty side is never read into the sum.
+ */
+export function mergeIntoCuda(acc: AttentionPartial, part: AttentionPartial, opts: { stream?: Stream } = {}): void {
+  const who = "cuda.mergeInto";
+  const [T, H, D] = acc.o.shape as [number, number, number];
+  if (acc.o.shape.length !== 3) fail(who, `acc.o: expected rank 3 [T, H, D], got shape ${fmtShape(acc.o.shape)}`);
+  if (acc.o.device.kind !== "cuda") fail(who, `acc.o: expected a cuda tensor, got ${acc.o.describe()}`);
+  const device = acc.o.device.index;
+  // Any alignment: the merge kernel takes 16-byte vectors when it can and single elements otherwise.
+  checkOut(who, acc.o, "acc.o", ["f32"], [T, H, D], device, 1);
+  checkOut(who, acc.lse, "acc.lse", ["f32"], [H, T], device, 1);
+  checkOut(who, part.o, "part.o", ["f32", "bf16"], [T, H, D], device, 1);
+  checkOut(who, part.lse, "part.lse", ["f32"], [H, T], device, 1);
+  for (const [name, t] of [
+    ["acc.o", acc.o],
+    ["acc.lse", acc.lse],
+    ["part.o", part.o],
+    ["part.lse", part.lse],
+  ] as const) {
+    if (!sameDevice(t.device, acc.o.device)) fail(who, `${name}: expected device ${deviceName(acc.o.device)}, got ${deviceName(t.device)}`);
+  }
+  const s = streamFor(device, opts.stream);
+  const L = attn();
+  const fn = part.o.dtype === "f32" ? L.ls_attn_merge_f32 : L.ls_attn_merge_bf16;
+  const code = fn(acc.o.ptr(), acc.lse.ptr(), part.o.ptr(), part.lse.ptr(), T, H, D, s.handle);
+  checkLaunch(code, `ls_attn_merge_${part.o.dtype}`, `${who}: T=${T} H=${H} D=${D}`);
+}
+
+export const cudaBackend: AttentionBackend = {
+  name: "cuda",
+
+  forward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): AttentionOutput {
+    const who = "cuda.forward";
+    const c = checkForwardArgs(who, q, k, v, opts);
+    const device = requireSupported(who, c, { q, k, v });
+    const s = streamFor(device, opts.stream);
+    const o = empty(q.shape, { dtype: "bf16", device: q.device, stream: s });
+    const lse = empty([c.Hq, c.Tq], { dtype: "f32", device: q.device, stream: s });
+    try {
+      launchForward(who, c, q, k, v, o, lse, s);
+    } catch (e) {
+      o.dispose();
+      lse.dispose();
+      throw e;
+    }
+    return { o, lse };
+  },
+
+  backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, dO: Tensor, opts: AttentionOptions): AttentionGrads {
+    const who = "cuda.backward";
+    const c = checkBackwardArgs(who, q, k, v, o, lse, dO, opts);
+    const device = requireSupported(who, c, { q, k, v, o, dO });
+    const s = streamFor(device, opts.stream);
+    // f32 accumulators, zeroed, then one rounding to bf16 (dq like q, dk/dv like k/v).
+    const acc: AttentionGrads = {
+      dq: empty(q.shape, { dtype: "f32", device: q.device, stream: s }),
+      dk: empty(k.shape, { dtype: "f32", device: q.device, stream: s }),
+      dv: empty(v.shape, { dtype: "f32", device: q.device, stream: s }),
+    };
+    try {
+      for (const t of [acc.dq, acc.dk, acc.dv]) fill(t, 0, s);
+      backwardAccumulate(q, k, v, o, lse, dO, acc, { ...opts, stream: s });
+      return { dq: cast(acc.dq, "bf16", { stream: s }), dk: cast(acc.dk, "bf16", { stream: s }), dv: cast(acc.dv, "bf16", { stream: s }) };
+    } finally {
+      acc.dq.dispose();
+      acc.dk.dispose();
+      acc.dv.dispose();
+    }
+  },
+};
