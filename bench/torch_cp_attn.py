@@ -23,7 +23,7 @@ def flops(T):  # causal halved: fwd 4*T*T*H*D/2, bwd 2.5x
     f = 4 * T * T * H * D / 2
     return f, 3.5 * f
 
-def med_time(fn, warmup=2, reps=5):
+def med_time(fn, warmup=1, reps=3):
     for _ in range(warmup):
         fn()
     ts = []
@@ -56,7 +56,6 @@ for T in Ts:
                 def fwdbwd():
                     o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
                     o.backward(do)
-                row["cp_fwd_ms"] = med_time(fwd)
                 row["cp_fwdbwd_ms"] = med_time(fwdbwd)
     except Exception as e:  # noqa: BLE001
         row["cp_error"] = f"{type(e).__name__}: {e}"[:300]
@@ -70,9 +69,9 @@ for T in Ts:
             with sdpa_kernel(backend):
                 def f1():
                     o = F.scaled_dot_product_attention(q, k, v, is_causal=True); o.backward(do)
-                for _ in range(2): f1()
+                f1()
                 ts = []
-                for _ in range(5):
+                for _ in range(3):
                     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     s.record(); f1(); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
                 row["one_gpu_fwdbwd_ms"] = statistics.median(ts)

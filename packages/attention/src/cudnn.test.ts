@@ -1,0 +1,81 @@
+// The cuDNN block attention (cudnn.ts) against the reference through the shared block-contract suite,
+// plus its refusals. Skipped (visibly) without a GPU or without a usable cuDNN; `bun run test:gpu` makes
+// a missing GPU an error, and LIGHTSEQ_REQUIRE_CUDNN=1 does the same for a missing cuDNN.
+//
+// Tolerance: the suite's bf16 default (atol = rtol = 2e-2 per element): cuDNN, like our kernels, rounds P
+// and dS to bf16 before the P V, dS K and dS^T Q products and writes o, dq, dk, dv in bf16.
+
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { skipWithoutGpu } from "@lightseq/cuda";
+import { empty, randn } from "@lightseq/tensor";
+import { cudnnAvailable, cudnnBackend, cudnnBackwardInto, cudnnForwardInto } from "./cudnn.ts";
+import { attentionBackendSuite, TensorPool } from "./testing.ts";
+
+const noGpu = skipWithoutGpu();
+const available = noGpu ? { ok: false, reason: "no GPU" } : cudnnAvailable();
+if (!noGpu && !available.ok && process.env.LIGHTSEQ_REQUIRE_CUDNN === "1") {
+  throw new Error(`LIGHTSEQ_REQUIRE_CUDNN=1 but the cuDNN backend is unavailable: ${available.reason}`);
+}
+const skip = !available.ok;
+const dev = "cuda:0";
+// The CPU reference at a few hundred tokens takes seconds, and every new shape builds a cuDNN plan
+// (cuDNN may compile its kernel at run time on the first one).
+setDefaultTimeout(300_000);
+
+let seed = Number(process.env.LIGHTSEQ_TEST_SEED ?? Date.now() % 1_000_000);
+
+// Sequence lengths x17: odd, not multiples of cuDNN's tiles, and spanning several of them.
+describe.skipIf(skip)("cudnn backend: block-contract suite", () => {
+  for (const headDim of [64, 128]) attentionBackendSuite(cudnnBackend, { device: dev, dtypes: ["bf16"], headDim, seqMultiple: 17 });
+});
+
+describe.skipIf(skip)("cudnn refuses what it cannot do, before launching", () => {
+  test("f32 inputs, head dim 96, scale <= 0, misaligned views, wrong output dtypes", () => {
+    using pool = new TensorPool();
+    const make = (shape: number[], dtype: "f32" | "bf16" = "bf16") => pool.add(randn(shape, { seed: seed++, dtype, device: dev }));
+    const [q, k, v] = [make([8, 4, 64]), make([8, 2, 64]), make([8, 2, 64])];
+    expect(() => cudnnBackend.forward(make([8, 4, 64], "f32"), make([8, 2, 64], "f32"), make([8, 2, 64], "f32"), { causal: true })).toThrow(
+      "cudnn.forward: q: the cuDNN backend takes bf16 q, k, v",
+    );
+    expect(() => cudnnBackend.forward(make([8, 4, 96]), make([8, 2, 96]), make([8, 2, 96]), { causal: true })).toThrow(
+      "cudnn.forward: q: head dim D = 96 is not supported by the cuDNN backend (D in 64, 128)",
+    );
+    expect(() => cudnnBackend.forward(q, k, v, { causal: true, scale: -0.1 })).toThrow(
+      "opts.scale: the cuDNN backend is validated for scale > 0 only",
+    );
+    const flat = make([8 * 4 * 64 + 1]);
+    const shifted = pool.add(pool.add(flat.narrow(1, 8 * 4 * 64)).reshape([8, 4, 64]));
+    expect(() => cudnnBackend.forward(shifted, k, v, { causal: true })).toThrow("q: cuDNN's tensors are declared 16-byte aligned");
+    const o = pool.add(empty([8, 4, 64], { dtype: "bf16", device: dev }));
+    const lse = pool.add(empty([4, 8], { dtype: "f32", device: dev }));
+    expect(() => cudnnForwardInto(q, k, v, { o, lse: pool.add(empty([8, 4], { device: dev })) }, { causal: true })).toThrow(
+      "out.lse: expected shape [4, 8], got [8, 4]",
+    );
+    const g = {
+      dq: pool.add(empty([8, 4, 64], { device: dev })),
+      dk: pool.add(empty([8, 2, 64], { dtype: "bf16", device: dev })),
+      dv: pool.add(empty([8, 2, 64], { dtype: "bf16", device: dev })),
+    };
+    expect(() => cudnnBackwardInto(q, k, v, o, lse, make([8, 4, 64]), g, { causal: true })).toThrow(
+      "grads.dq: expected dtype bf16, got f32",
+    );
+  });
+});
+
+test("cpu tensors are refused before cuDNN is looked for", () => {
+  using pool = new TensorPool();
+  const make = (shape: number[]) => pool.add(randn(shape, { seed: seed++, dtype: "bf16" }));
+  expect(() => cudnnBackend.forward(make([4, 2, 64]), make([4, 1, 64]), make([4, 1, 64]), { causal: false })).toThrow(
+    "cudnn.forward: q: the cuDNN backend needs tensors on a cuda device",
+  );
+});
+
+test("cudnnAvailable() answers with a reason and never throws", () => {
+  const a = cudnnAvailable();
+  expect(typeof a.ok).toBe("boolean");
+  expect(a.reason.length).toBeGreaterThan(0);
+});
+
+test.skipIf(!skip)(`without a GPU or cuDNN the cuDNN attention tests are skipped (${available.reason.split("\n")[0]})`, () => {
+  expect(skip).toBe(true);
+});

@@ -1,0 +1,609 @@
+// The NCCL backend: the Communicator of communicator.ts on CUDA tensors, through bun:ffi.
+//
+// Library: found by locateLibrary(NCCL) (LIGHTSEQ_NCCL_SO, pip wheel folders, the toolkit,
+// ldconfig); the version is read through a one-symbol table first, because opening the full table
+// on an old library would fail on a missing symbol before we could say which version it is.
+//
+// Init: ncclCommInitRankScalable(&comm, nranks, rank, 1, &id, NULL) with the 128-byte id made by
+// rank 0 (ncclGetUniqueId) and shared through the rendezvous store. bun:ffi cannot pass a struct by
+// value, so ncclCommInitRank(comm, n, id, r) is not callable; the scalable form takes the id by
+// pointer (NCCL >= 2.23; with nId = 1 it is ncclCommInitRankConfig). Init and split block the
+// thread until every rank has joined (they are collective).
+//
+// Watchdog: each issued operation (or group) records an event on each stream it used. A poller on
+// the event loop checks the events and ncclCommGetAsyncError; an operation not finished within the
+// timeout aborts the communicator (ncclCommAbort makes the stuck kernels return) and fails with a
+// CommError naming it, its peers and the time waited. It runs only while the JS thread is free: a
+// blocking host sync on a hung stream (stream.synchronize(), to("cpu")) stalls it, so wait for
+// communication with `await comm.wait()` / `barrier()`, which poll. By default a watchdog failure is
+// fatal (the message goes to stderr and the process exits 1, so the launcher stops the other
+// ranks, as torch does); `watchdog: "throw"` leaves it to the next call on the communicator.
+
+import { CString, dlopen } from "bun:ffi";
+import { Event, LibraryNotFoundError, locateLibrary, NCCL, type Stream, setDevice } from "@lightseq/cuda";
+import { currentStream, type Device, type DType, empty, type Tensor } from "@lightseq/tensor";
+import {
+  type AllReduceOptions,
+  assertRank,
+  assertReduceOp,
+  type BackendName,
+  CommError,
+  type Communicator,
+  checkPair,
+  checkTensor,
+  fmtRanks,
+  fmtSeconds,
+  type ReduceOp,
+  rejectHandled,
+  type StreamOption,
+} from "./communicator.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Declarations (nccl.h). ncclComm_t, cudaStream_t and buffers are pointers; size_t counts are u64
+// passed as numbers (< 2^53).
+
+const versionSymbols = { ncclGetVersion: { args: ["ptr"], returns: "i32" } } as const;
+
+const ncclSymbols = {
+  ncclGetVersion: { args: ["ptr"], returns: "i32" },
+  ncclGetUniqueId: { args: ["ptr"], returns: "i32" },
+  ncclCommInitRankScalable: { args: ["ptr", "i32", "i32", "i32", "ptr", "ptr"], returns: "i32" },
+  ncclCommSplit: { args: ["ptr", "i32", "i32", "ptr", "ptr"], returns: "i32" },
+  ncclCommCount: { args: ["ptr", "ptr"], returns: "i32" },
+  ncclCommUserRank: { args: ["ptr", "ptr"], returns: "i32" },
+  ncclCommCuDevice: { args: ["ptr", "ptr"], returns: "i32" },
+  ncclGroupStart: { args: [], returns: "i32" },
+  ncclGroupEnd: { args: [], returns: "i32" },
+  // (buf, count, dtype, peer, comm, stream)
+  ncclSend: { args: ["ptr", "u64", "i32", "i32", "ptr", "ptr"], returns: "i32" },
+  ncclRecv: { args: ["ptr", "u64", "i32", "i32", "ptr", "ptr"], returns: "i32" },
+  // (send, recv, count, dtype, op, comm, stream)
+  ncclAllReduce: { args: ["ptr", "ptr", "u64", "i32", "i32", "ptr", "ptr"], returns: "i32" },
+  // (send, recv, sendcount, dtype, comm, stream)
+  ncclAllGather: { args: ["ptr", "ptr", "u64", "i32", "ptr", "ptr"], returns: "i32" },
+  // (send, recv, recvcount, dtype, op, comm, stream)
+  ncclReduceScatter: { args: ["ptr", "ptr", "u64", "i32", "i32", "ptr", "ptr"], returns: "i32" },
+  // (send, recv, count, dtype, root, comm, stream)
+  ncclBroadcast: { args: ["ptr", "ptr", "u64", "i32", "i32", "ptr", "ptr"], returns: "i32" },
+  ncclCommGetAsyncError: { args: ["ptr", "ptr"], returns: "i32" },
+  ncclCommFinalize: { args: ["ptr"], returns: "i32" },
+  ncclCommAbort: { args: ["ptr"], returns: "i32" },
+  ncclCommDestroy: { args: ["ptr"], returns: "i32" },
+  ncclGetErrorString: { args: ["i32"], returns: "ptr" },
+  ncclGetLastError: { args: ["ptr"], returns: "ptr" },
+} as const;
+
+// Our side of the table: pointers and handles are plain numbers (as in @lightseq/cuda's ffi.ts),
+// out-parameters are typed arrays passed fresh on every call.
+type Arg = number | NodeJS.TypedArray | null;
+type NcclFns<T> = {
+  [K in keyof T]: T[K] extends { args: infer A extends readonly unknown[]; returns: infer R }
+    ? (...a: { [I in keyof A]: Arg }) => R extends "ptr" ? number | null : number
+    : never;
+};
+type Nccl = NcclFns<typeof ncclSymbols>;
+
+export const NCCL_MIN_VERSION = 22300;
+
+/** ncclResult_t names (nccl.h). */
+const RESULT_NAMES = [
+  "ncclSuccess",
+  "ncclUnhandledCudaError",
+  "ncclSystemError",
+  "ncclInternalError",
+  "ncclInvalidArgument",
+  "ncclInvalidUsage",
+  "ncclRemoteError",
+  "ncclInProgress",
+  "ncclTimeout",
+];
+const IN_PROGRESS = 7;
+const SPLIT_NOCOLOR = -1;
+
+export const NCCL_DTYPE: Record<DType, number> = { f32: 7, bf16: 9, i32: 2 };
+export const NCCL_OP: Record<ReduceOp, number> = { sum: 0, max: 2, avg: 4 };
+
+export class NcclError extends Error {
+  override name = "NcclError";
+  constructor(
+    readonly call: string,
+    readonly code: number,
+    readonly libraryMessage: string,
+    readonly lastError: string,
+    readonly context?: string,
+  ) {
+    super(
+      `${call} failed: ${RESULT_NAMES[code] ?? "ncclResult"} (${code}): ${libraryMessage}${lastError ? `; last error: ${lastError}` : ""}${context ? ` [${context}]` : ""}`,
+    );
+  }
+}
+
+let lib: { fns: Nccl; path: string; version: number } | null = null;
+
+function cstr(p: number | null): string {
+  return p ? new CString(p as never).toString() : "";
+}
+
+/** Loads libnccl once and checks its version; throws LibraryNotFoundError or a version error. */
+export function nccl(): Nccl {
+  if (lib) return lib.fns;
+  const found = locateLibrary(NCCL);
+  if (found.path === null) {
+    throw new LibraryNotFoundError(
+      NCCL.name,
+      found.tried,
+      "Install it with `pip install nvidia-nccl-cu13`, or set LIGHTSEQ_NCCL_SO to the library file.",
+    );
+  }
+  const out = new Int32Array(new ArrayBuffer(4));
+  const probe = dlopen(found.path, versionSymbols).symbols as unknown as NcclFns<typeof versionSymbols>;
+  const code = probe.ncclGetVersion(out);
+  if (code !== 0) throw new NcclError("ncclGetVersion", code, "", "", found.path);
+  const version = out[0] as number;
+  if (version < NCCL_MIN_VERSION) {
+    throw new Error(
+      `NCCL ${fmtVersion(version)} at ${found.path} is too old: need >= ${fmtVersion(NCCL_MIN_VERSION)} (ncclCommInitRankScalable). Set LIGHTSEQ_NCCL_SO to a newer libnccl.so.2.`,
+    );
+  }
+  lib = { fns: dlopen(found.path, ncclSymbols).symbols as unknown as Nccl, path: found.path, version };
+  return lib.fns;
+}
+
+export function ncclVersion(): { version: number; text: string; path: string } {
+  nccl();
+  const l = lib as NonNullable<typeof lib>;
+  return { version: l.version, text: fmtVersion(l.version), path: l.path };
+}
+
+function fmtVersion(v: number): string {
+  return `${Math.floor(v / 10000)}.${Math.floor((v % 10000) / 100)}.${v % 100}`;
+}
+
+/** Throws an NcclError with NCCL's message and its last-error text for `comm`. */
+export function ncclCheck(code: number, call: string, comm: number | null, context?: string): void {
+  if (code === 0) return;
+  const f = nccl();
+  throw new NcclError(call, code, cstr(f.ncclGetErrorString(code)), cstr(f.ncclGetLastError(comm)), context);
+}
+
+/** A fresh unique id (rank 0 makes it; it also hosts NCCL's bootstrap root, so it must live until init ends). */
+export function ncclUniqueId(): Uint8Array {
+  const id = new Uint8Array(new ArrayBuffer(128));
+  ncclCheck(nccl().ncclGetUniqueId(id), "ncclGetUniqueId", null);
+  return id;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface NcclCommunicatorOptions {
+  rank: number;
+  size: number;
+  /** CUDA device index this rank drives (set before init; the communicator is bound to it). */
+  device: number;
+  /** The 128-byte unique id from rank 0. */
+  id: Uint8Array;
+  timeoutMs: number;
+  /** What a watchdog failure does: "exit" (default) prints it and exits 1; "throw" waits for the next call. */
+  watchdog?: "exit" | "throw";
+}
+
+interface Issued {
+  name: string;
+  peers: readonly number[];
+  events: Event[];
+  start: number;
+}
+
+interface OpenGroup {
+  depth: number;
+  names: string[];
+  peers: Set<number>;
+  streams: Set<Stream>;
+  error: Error | null;
+}
+
+const POLL_MS = 50;
+
+export class NcclCommunicator implements Communicator {
+  readonly backend: BackendName = "nccl";
+  readonly rank: number;
+  readonly size: number;
+  readonly device: Device;
+  /** The CUDA device index (device.index). */
+  readonly deviceIndex: number;
+  #comm: number;
+  readonly #timeoutMs: number;
+  readonly #watchdog: "exit" | "throw";
+  #issued: Issued[] = [];
+  #eventPool: Event[] = [];
+  #poller: Timer | null = null;
+  #failure: CommError | null = null;
+  #group: OpenGroup | null = null;
+  #barrierScratch: Tensor | null = null;
+  #destroyed = false;
+  readonly #out = new BigUint64Array(new ArrayBuffer(8));
+  readonly #outI32 = new Int32Array(new ArrayBuffer(4));
+
+  private constructor(comm: number, rank: number, size: number, device: number, timeoutMs: number, watchdog: "exit" | "throw") {
+    this.#comm = comm;
+    this.rank = rank;
+    this.size = size;
+    this.deviceIndex = device;
+    this.device = { kind: "cuda", index: device };
+    this.#timeoutMs = timeoutMs;
+    this.#watchdog = watchdog;
+  }
+
+  /** Collective and blocking: returns once every rank has called it with the same id. */
+  static init(o: NcclCommunicatorOptions): NcclCommunicator {
+    if (o.id.byteLength !== 128) throw new CommError("ncclInit", `the unique id must be 128 bytes, got ${o.id.byteLength}`);
+    setDevice(o.device);
+    const f = nccl();
+    const out = new BigUint64Array(new ArrayBuffer(8));
+    // A private copy over its own ArrayBuffer: the id may arrive as a view into a larger pooled buffer.
+    const id = new Uint8Array(new ArrayBuffer(128));
+    id.set(o.id);
+    ncclCheck(
+      f.ncclCommInitRankScalable(out, o.size, o.rank, 1, id, null),
+      "ncclCommInitRankScalable",
+      null,
+      `rank ${o.rank} of ${o.size}, cuda:${o.device}`,
+    );
+    return new NcclCommunicator(Number(out[0]), o.rank, o.size, o.device, o.timeoutMs, o.watchdog ?? "exit");
+  }
+
+  get handle(): number {
+    return this.#comm;
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  send(t: Tensor, peer: number, o: StreamOption = {}): Promise<void> {
+    return this.#p2p("send", t, peer, o);
+  }
+
+  recv(t: Tensor, peer: number, o: StreamOption = {}): Promise<void> {
+    return this.#p2p("recv", t, peer, o);
+  }
+
+  #p2p(dir: "send" | "recv", t: Tensor, peer: number, o: StreamOption): Promise<void> {
+    const name = `${dir} ${dir === "send" ? "to" : "from"} rank ${peer}`;
+    return this.#issue(name, [peer], () => {
+      checkTensor(dir, "t", t, "cuda");
+      this.#checkDevice(dir, t);
+      assertRank(dir, "peer", peer, this.size);
+      const s = o.stream ?? currentStream(this.deviceIndex);
+      const fn = dir === "send" ? nccl().ncclSend : nccl().ncclRecv;
+      ncclCheck(
+        fn(t.ptr(), t.numel, NCCL_DTYPE[t.dtype], peer, this.#comm, s.handle),
+        dir === "send" ? "ncclSend" : "ncclRecv",
+        this.#comm,
+        `${t.describe()}, peer ${peer}`,
+      );
+      return [s];
+    });
+  }
+
+  group(post: () => void): Promise<void> {
+    const outer = this.#group === null;
+    if (outer) {
+      try {
+        this.#throwIfBroken("group");
+        setDevice(this.deviceIndex);
+        ncclCheck(nccl().ncclGroupStart(), "ncclGroupStart", this.#comm);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      this.#group = { depth: 0, names: [], peers: new Set(), streams: new Set(), error: null };
+    }
+    const g = this.#group as OpenGroup;
+    g.depth++;
+    try {
+      const r = post() as unknown;
+      if (r instanceof Promise)
+        g.error ??= new CommError(
+          "group",
+          "the callback must be synchronous (it returned a promise): post sends and receives without awaiting them",
+        );
+    } catch (e) {
+      g.error ??= e as Error;
+    } finally {
+      g.depth--;
+    }
+    if (!outer) return Promise.resolve();
+    this.#group = null;
+    // ncclGroupEnd must balance ncclGroupStart even when a post failed; what was posted before the
+    // failure is issued by it, so the watchdog tracks that too.
+    const code = nccl().ncclGroupEnd();
+    try {
+      ncclCheck(code, "ncclGroupEnd", this.#comm, `group(${g.names.join(", ")})`);
+      if (g.names.length > 0) this.#track(`group(${g.names.join(", ")})`, [...g.peers], [...g.streams]);
+    } catch (e) {
+      return Promise.reject(g.error ?? e);
+    }
+    return g.error ? Promise.reject(g.error) : Promise.resolve();
+  }
+
+  allReduce(t: Tensor, op: ReduceOp, o: AllReduceOptions = {}): Promise<void> {
+    return this.#collective("allReduce", () => {
+      checkTensor("allReduce", "t", t, "cuda");
+      this.#checkDevice("allReduce", t);
+      assertReduceOp("allReduce", op);
+      const out = o.out ?? t;
+      if (o.out) {
+        checkTensor("allReduce", "out", o.out, "cuda");
+        checkPair("allReduce", t, "t", o.out, "out", t.numel);
+      }
+      const s = o.stream ?? currentStream(this.deviceIndex);
+      ncclCheck(
+        nccl().ncclAllReduce(t.ptr(), out.ptr(), t.numel, NCCL_DTYPE[t.dtype], NCCL_OP[op], this.#comm, s.handle),
+        "ncclAllReduce",
+        this.#comm,
+        `${t.describe()}, ${op}`,
+      );
+      return s;
+    });
+  }
+
+  allGather(input: Tensor, output: Tensor, o: StreamOption = {}): Promise<void> {
+    return this.#collective("allGather", () => {
+      checkTensor("allGather", "input", input, "cuda");
+      checkTensor("allGather", "output", output, "cuda");
+      this.#checkDevice("allGather", input);
+      checkPair("allGather", input, "input", output, "output", input.numel * this.size);
+      const s = o.stream ?? currentStream(this.deviceIndex);
+      ncclCheck(
+        nccl().ncclAllGather(input.ptr(), output.ptr(), input.numel, NCCL_DTYPE[input.dtype], this.#comm, s.handle),
+        "ncclAllGather",
+        this.#comm,
+        `${input.describe()} -> ${output.describe()}`,
+      );
+      return s;
+    });
+  }
+
+  reduceScatter(input: Tensor, output: Tensor, op: ReduceOp, o: StreamOption = {}): Promise<void> {
+    return this.#collective("reduceScatter", () => {
+      checkTensor("reduceScatter", "input", input, "cuda");
+      checkTensor("reduceScatter", "output", output, "cuda");
+      this.#checkDevice("reduceScatter", output);
+      assertReduceOp("reduceScatter", op);
+      checkPair("reduceScatter", output, "output", input, "input", output.numel * this.size);
+      const s = o.stream ?? currentStream(this.deviceIndex);
+      ncclCheck(
+        nccl().ncclReduceScatter(input.ptr(), output.ptr(), output.numel, NCCL_DTYPE[input.dtype], NCCL_OP[op], this.#comm, s.handle),
+        "ncclReduceScatter",
+        this.#comm,
+        `${input.describe()} -> ${output.describe()}, ${op}`,
+      );
+      return s;
+    });
+  }
+
+  broadcast(t: Tensor, root: number, o: StreamOption = {}): Promise<void> {
+    return this.#collective("broadcast", () => {
+      checkTensor("broadcast", "t", t, "cuda");
+      this.#checkDevice("broadcast", t);
+      assertRank("broadcast", "root", root, this.size);
+      const s = o.stream ?? currentStream(this.deviceIndex);
+      ncclCheck(
+        nccl().ncclBroadcast(t.ptr(), t.ptr(), t.numel, NCCL_DTYPE[t.dtype], root, this.#comm, s.handle),
+        "ncclBroadcast",
+        this.#comm,
+        `${t.describe()}, root ${root}`,
+      );
+      return s;
+    });
+  }
+
+  /** An all-reduce of one element, then a polled wait for it (the host does not block the watchdog). */
+  async barrier(): Promise<void> {
+    this.#throwIfBroken("barrier");
+    if (this.#barrierScratch === null)
+      this.#barrierScratch = empty([1], { dtype: "f32", device: { kind: "cuda", index: this.deviceIndex } });
+    const scratch = this.#barrierScratch;
+    await this.#collective("barrier", () => {
+      const s = currentStream(this.deviceIndex);
+      ncclCheck(
+        nccl().ncclAllReduce(scratch.ptr(), scratch.ptr(), 1, NCCL_DTYPE.f32, NCCL_OP.sum, this.#comm, s.handle),
+        "ncclAllReduce",
+        this.#comm,
+        "barrier",
+      );
+      return s;
+    });
+    await this.wait();
+  }
+
+  /** Polls until everything issued so far has completed; fails like the watchdog after the timeout. */
+  async wait(timeoutMs = this.#timeoutMs): Promise<void> {
+    let sleep = 0;
+    for (;;) {
+      this.#poll(timeoutMs);
+      this.#throwIfBroken("wait");
+      if (this.#issued.length === 0) return;
+      await Bun.sleep(sleep);
+      sleep = Math.min(sleep + 0.25, 2);
+    }
+  }
+
+  async split(color: number, key: number): Promise<Communicator | null> {
+    if (!Number.isInteger(color) || !Number.isInteger(key))
+      throw new CommError("split", `color and key must be integers, got ${color}, ${key}`);
+    this.#throwIfBroken("split");
+    if (this.#group) throw new CommError("group", "only send and recv may be posted inside a group; split was called");
+    setDevice(this.deviceIndex);
+    const f = nccl();
+    this.#out[0] = 0n;
+    ncclCheck(
+      f.ncclCommSplit(this.#comm, color < 0 ? SPLIT_NOCOLOR : color, key, this.#out, null),
+      "ncclCommSplit",
+      this.#comm,
+      `color ${color}, key ${key}`,
+    );
+    const child = Number(this.#out[0]);
+    if (color < 0 || child === 0) return null;
+    ncclCheck(f.ncclCommUserRank(child, this.#outI32), "ncclCommUserRank", child);
+    const rank = this.#outI32[0] as number;
+    ncclCheck(f.ncclCommCount(child, this.#outI32), "ncclCommCount", child);
+    const size = this.#outI32[0] as number;
+    return new NcclCommunicator(child, rank, size, this.deviceIndex, this.#timeoutMs, this.#watchdog);
+  }
+
+  abort(reason = "abort() called"): void {
+    if (this.#comm === 0) return;
+    this.#failure ??= new CommError("abort", `rank ${this.rank} aborted the communicator: ${reason}`);
+    this.#stopPoller();
+    const comm = this.#comm;
+    this.#comm = 0;
+    nccl().ncclCommAbort(comm);
+  }
+
+  async destroy(): Promise<void> {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    if (this.#comm !== 0 && this.#failure === null) {
+      try {
+        await this.wait();
+      } catch {
+        // The watchdog aborted the communicator; there is nothing left to finalize.
+      }
+    }
+    this.#stopPoller();
+    this.#barrierScratch?.dispose();
+    this.#barrierScratch = null;
+    for (const e of this.#eventPool) e.dispose();
+    this.#eventPool = [];
+    if (this.#comm === 0) return;
+    const comm = this.#comm;
+    this.#comm = 0;
+    setDevice(this.deviceIndex);
+    ncclCheck(nccl().ncclCommFinalize(comm), "ncclCommFinalize", comm);
+    ncclCheck(nccl().ncclCommDestroy(comm), "ncclCommDestroy", null);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Machinery
+
+  #checkDevice(what: string, t: Tensor): void {
+    const d = t.device;
+    if (d.kind === "cuda" && d.index !== this.deviceIndex)
+      throw new CommError(what, `tensor is on cuda:${d.index}; this communicator drives cuda:${this.deviceIndex}`);
+  }
+
+  #throwIfBroken(name: string): void {
+    if (this.#failure)
+      throw new CommError(name, `the communicator is broken: ${this.#failure.message}`, this.#failure.peers, this.#failure.waitedMs);
+    if (this.#destroyed || this.#comm === 0) throw new CommError(name, "the communicator was destroyed");
+  }
+
+  /** Runs `post` (which calls NCCL and returns the streams it used) and tracks it; errors become a rejected promise. */
+  #issue(name: string, peers: readonly number[], post: () => Stream[]): Promise<void> {
+    try {
+      this.#throwIfBroken(name);
+      setDevice(this.deviceIndex);
+      const g = this.#group;
+      if (g) {
+        const streams = post();
+        g.names.push(name);
+        for (const p of peers) g.peers.add(p);
+        for (const s of streams) g.streams.add(s);
+        return Promise.resolve();
+      }
+      this.#track(name, peers, post());
+      return Promise.resolve();
+    } catch (e) {
+      if (this.#group) {
+        this.#group.error ??= e as Error;
+        return rejectHandled(e);
+      }
+      return Promise.reject(e);
+    }
+  }
+
+  #collective(name: string, post: () => Stream): Promise<void> {
+    if (this.#group) {
+      const e = new CommError("group", `only send and recv may be posted inside a group; ${name} was called`);
+      this.#group.error ??= e;
+      return rejectHandled(e);
+    }
+    const all = Array.from({ length: this.size }, (_, r) => r).filter((r) => r !== this.rank);
+    return this.#issue(name, all, () => [post()]);
+  }
+
+  #track(name: string, peers: readonly number[], streams: readonly Stream[]): void {
+    const events = streams.map((s) => (this.#eventPool.pop() ?? Event.create(this.deviceIndex)).record(s));
+    this.#issued.push({ name, peers, events, start: performance.now() });
+    if (this.#poller === null) {
+      this.#poller = setInterval(() => this.#poll(this.#timeoutMs), POLL_MS);
+      this.#poller.unref();
+    }
+  }
+
+  #stopPoller(): void {
+    if (this.#poller !== null) clearInterval(this.#poller);
+    this.#poller = null;
+  }
+
+  /** Retires finished operations; fails the communicator on an async error or an overdue operation. */
+  #poll(timeoutMs: number): void {
+    if (this.#failure || this.#comm === 0) return;
+    try {
+      const f = nccl();
+      ncclCheck(f.ncclCommGetAsyncError(this.#comm, this.#outI32), "ncclCommGetAsyncError", this.#comm);
+      const asyncError = this.#outI32[0] as number;
+      if (asyncError !== 0 && asyncError !== IN_PROGRESS) {
+        const op = this.#issued[0];
+        const waited = op ? performance.now() - op.start : 0;
+        const e = new NcclError(
+          "ncclCommGetAsyncError",
+          asyncError,
+          cstr(f.ncclGetErrorString(asyncError)),
+          cstr(f.ncclGetLastError(this.#comm)),
+        );
+        this.#fail(
+          new CommError(
+            op?.name ?? "communicator",
+            `NCCL reported an asynchronous error after ${fmtSeconds(waited)}: ${e.message}`,
+            op?.peers ?? [],
+            waited,
+          ),
+        );
+        return;
+      }
+      while (this.#issued.length > 0) {
+        const op = this.#issued[0] as Issued;
+        if (!op.events.every((e) => e.query())) break;
+        this.#issued.shift();
+        this.#eventPool.push(...op.events);
+      }
+      const oldest = this.#issued[0];
+      if (oldest) {
+        const waited = performance.now() - oldest.start;
+        if (waited > timeoutMs) {
+          this.#fail(
+            new CommError(
+              oldest.name,
+              `did not complete within ${fmtSeconds(waited)} on cuda:${this.deviceIndex} (rank ${this.rank} of ${this.size}; waiting on ${fmtRanks([...oldest.peers])}; timeout ${fmtSeconds(timeoutMs)}, LIGHTSEQ_COMM_TIMEOUT_MS); the communicator was aborted`,
+              oldest.peers,
+              waited,
+            ),
+          );
+        }
+      } else this.#stopPoller();
+    } catch (e) {
+      this.#fail(e instanceof CommError ? e : new CommError("watchdog", (e as Error).message));
+    }
+  }
+
+  #fail(e: CommError): void {
+    if (this.#failure) return;
+    this.#failure = e;
+    this.#issued = [];
+    this.abort(e.message);
+    if (this.#watchdog === "exit") {
+      console.error(`[lightseq/comm] watchdog: ${e.message}; exiting`);
+      process.exit(1);
+    }
+  }
+}

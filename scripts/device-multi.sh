@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Multi-GPU device runs, one stage per call (each must end inside the tool's 10-minute limit).
+#   A: GPU tests (2 GPUs), attention kernel vs PyTorch SDPA (1 GPU), NCCL vs torch.distributed (2 GPUs)
+#   B: DistAttn vs PyTorch context_parallel on 2 GPUs (T = 64K, 128K, 256K)
+#   C: DistAttn vs PyTorch context_parallel on 4 GPUs (T = 128K .. 512K)
+# Usage: source .device/setup.sh && bash scripts/device-multi.sh A|B|C
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+bun run build:kernels 2>&1 | tail -1
+ngpu=$(nvidia-smi -L | wc -l)
+case "${1:-A}" in
+A)
+  export CUDA_VISIBLE_DEVICES=0,1
+  timeout 240 env LIGHTSEQ_REQUIRE_GPU=1 bun test packages 2>&1 > "$OUT/test.log"
+  grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)$' "$OUT/test.log" | sort | uniq -c | head -20
+  CUDA_VISIBLE_DEVICES=0 timeout 120 bun packages/attention/bench/attn-bench.ts "$OUT/attn.json" --reps 3 2>&1 | tail -12
+  CUDA_VISIBLE_DEVICES=0 timeout 100 python3 packages/attention/bench/torch_sdpa_bench.py "$OUT/sdpa.json" 2>&1 | tail -12
+  timeout 120 bun packages/comm/bench/nccl-bench.ts "$OUT/nccl.json" --trials 5 2>&1 | grep -v '^\[rank [1-9]' | tail -40
+  timeout 120 torchrun --nproc-per-node=2 packages/comm/bench/torch_dist_bench.py "$OUT/torchdist.json" --trials 5 2>&1 | grep -v Warning | tail -40
+  ;;
+B)
+  export CUDA_VISIBLE_DEVICES=0,1
+  timeout 400 bun packages/attention/bench/distattn-bench.ts "$OUT/distattn2.json" 65536,131072,262144 32,8 2>&1 | grep -v '^\[rank [1-9]' | tail -30
+  timeout 180 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp2.json" 65536,131072,262144 32 32 cudnn 2>&1 | grep '^{' | tail -10
+  ;;
+C)
+  BENCH_REPS=2 BENCH_ALL_MODES_HKV=0 timeout 420 bun packages/attention/bench/distattn-bench.ts "$OUT/distattn4.json" 131072,262144,524288 32,8 ring,lightseq,zigzag overlap 2>&1 | grep -v '^\[rank [1-9]' | tail -30
+  timeout 150 torchrun --nproc-per-node="$ngpu" bench/torch_cp_attn.py "$OUT/cp4.json" 131072,262144,524288 32 32 cudnn 2>&1 | grep '^{' | tail -10
+  ;;
+esac
