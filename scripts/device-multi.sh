@@ -11,9 +11,19 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 bun run build:kernels 2>&1 | tail -1
 ngpu=$(nvidia-smi -L | wc -l)
 case "${1:-A}" in
+A2)
+  # Comm (NCCL) and attention GPU tests, NCCL bandwidth, the cuDNN backend check.
+  export CUDA_VISIBLE_DEVICES=0,1
+  timeout 200 env LIGHTSEQ_REQUIRE_GPU=1 bun test packages/comm packages/attention/src/cuda.test.ts > "$OUT/test.log" 2>&1
+  grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)$|^error' "$OUT/test.log" | head -20
+  timeout 100 bun packages/comm/bench/nccl-bench.ts "$OUT/nccl.json" --trials 5 2>&1 | grep -v '^\[rank [1-9]' | tail -24
+  inc=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(nvidia.cudnn.__path__[0], "include"))')
+  cc -I"$inc" -I/usr/local/cuda/include packages/attention/bench/cudnn-abi.c -o /tmp/cudnn-abi && /tmp/cudnn-abi > "$OUT/cudnn-abi.txt"
+  CUDA_VISIBLE_DEVICES=0 timeout 150 bun packages/attention/bench/cudnn-check.ts "$OUT/cudnn-abi.txt" --reps 3 > "$OUT/cudnn.log" 2>&1; tail -30 "$OUT/cudnn.log"
+  ;;
 A)
   export CUDA_VISIBLE_DEVICES=0,1
-  timeout 240 env LIGHTSEQ_REQUIRE_GPU=1 bun test packages 2>&1 > "$OUT/test.log"
+  timeout 240 env LIGHTSEQ_REQUIRE_GPU=1 bun test ${TEST_PATHS:-packages} > "$OUT/test.log" 2>&1
   grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)$' "$OUT/test.log" | sort | uniq -c | head -20
   CUDA_VISIBLE_DEVICES=0 timeout 120 bun packages/attention/bench/attn-bench.ts "$OUT/attn.json" --reps 3 2>&1 | tail -12
   CUDA_VISIBLE_DEVICES=0 timeout 100 python3 packages/attention/bench/torch_sdpa_bench.py "$OUT/sdpa.json" 2>&1 | tail -12

@@ -213,7 +213,7 @@ if (withTiming) {
       const F = attentionCost(shape, "forward").flops;
       const B = attentionCost(shape, "backward").flops;
       const tf = (flops: number, ms: number) => flops / (ms * 1e-3) / 1e12;
-      const report = (name: string, fwd: () => void, both: () => void, planMs: number) => {
+      const report = (name: string, fwd: () => void, both: () => void, planMs: number | null) => {
         const fwdMs = timeMs(fwd);
         const bothMs = timeMs(both);
         console.log(
@@ -222,7 +222,7 @@ if (withTiming) {
             bothMs,
           )
             .toFixed(1)
-            .padStart(7)} ${(planMs / 1000).toFixed(2).padStart(7)}`,
+            .padStart(7)} ${(planMs === null ? "-" : (planMs / 1000).toFixed(2)).padStart(7)}`,
         );
       };
       {
@@ -257,7 +257,7 @@ if (withTiming) {
             fwd();
             bwd();
           },
-          0,
+          null,
         );
       }
     } catch (e) {

@@ -21,8 +21,10 @@ import {
   type AttentionGrads,
   type AttentionOptions,
   type AttentionOutput,
+  type BackwardOptions,
   type CheckedCall,
   checkBackwardArgs,
+  type ForwardOptions,
   checkForwardArgs,
 } from "./block.ts";
 import { AttentionError, FAST_HEAD_DIMS } from "./layout.ts";
@@ -250,12 +252,13 @@ export function mergeIntoCuda(acc: AttentionPartial, part: AttentionPartial, opt
 export const cudaBackend: AttentionBackend = {
   name: "cuda",
 
-  forward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): AttentionOutput {
+  forward(q: Tensor, k: Tensor, v: Tensor, opts: ForwardOptions): AttentionOutput {
     const who = "cuda.forward";
     const c = checkForwardArgs(who, q, k, v, opts);
     const device = requireSupported(who, c, { q, k, v });
     const s = streamFor(device, opts.stream);
-    const o = empty(q.shape, { dtype: "bf16", device: q.device, stream: s });
+    // outDtype "f32": the kernel writes the partial unrounded (DistAttn merges it in fp32).
+    const o = empty(q.shape, { dtype: c.outDtype, device: q.device, stream: s });
     const lse = empty([c.Hq, c.Tq], { dtype: "f32", device: q.device, stream: s });
     try {
       launchForward(who, c, q, k, v, o, lse, s);
@@ -267,11 +270,16 @@ export const cudaBackend: AttentionBackend = {
     return { o, lse };
   },
 
-  backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, dO: Tensor, opts: AttentionOptions): AttentionGrads {
+  backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, dO: Tensor, opts: BackwardOptions): AttentionGrads {
     const who = "cuda.backward";
     const c = checkBackwardArgs(who, q, k, v, o, lse, dO, opts);
     const device = requireSupported(who, c, { q, k, v, o, dO });
     const s = streamFor(device, opts.stream);
+    if (opts.accumulate !== undefined) {
+      // The kernels add into f32 gradients natively: no temporaries.
+      backwardAccumulate(q, k, v, o, lse, dO, opts.accumulate, { ...opts, stream: s });
+      return opts.accumulate;
+    }
     // f32 accumulators, zeroed, then one rounding to bf16 (dq like q, dk/dv like k/v).
     const acc: AttentionGrads = {
       dq: empty(q.shape, { dtype: "f32", device: q.device, stream: s }),

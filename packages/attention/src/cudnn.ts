@@ -37,6 +37,7 @@
 //   temporary (6 bytes) and about 10 bytes of extra traffic (cast reads 2 and writes 4, axpy reads 4
 //   more) on top of the accumulator's own read and write; and each block's gradient is rounded to bf16
 //   once before it is summed in f32 (the CUDA backend adds unrounded f32).
+// - Tq = 0 or Tk = 0 never reach cuDNN (zero-sized tensors): outputs are filled per the contract.
 // - bf16 only, D in FAST_HEAD_DIMS, scale > 0, 16-byte aligned tensors on one device, compute
 //   capability >= 8.0, cuDNN 9.x built for the same CUDA major version as the runtime.
 //
@@ -286,26 +287,16 @@ function nvrtcSpec(cudaMajor: number): LibrarySpec {
 }
 
 function openCudnn(): Library {
-  cudart(); // our runtime first: its version is compared with cuDNN's below
+  cudart(); // our runtime first: cuDNN must be built for its CUDA major version
+  const runtime = runtimeVersion();
   const found = locateLibrary(CUDNN);
   if (found.path === null) {
     throw new Error(
       `cuDNN not found. Looked in:\n  ${found.tried.join("\n  ")}\nInstall nvidia-cudnn-cu13 (pip) or libcudnn9, or set ${CUDNN.envVar}.`,
     );
   }
-  const fns = bind(found.path, cudnnSymbols);
-  const version = Number(fns.cudnnGetVersion());
-  const cudaVersion = Number(fns.cudnnGetCudartVersion());
-  if (version < 90000 || version >= 100000) {
-    throw new Error(`${found.path} is cuDNN ${fmtVersion(version)}; this backend's constants and graphs are written for cuDNN 9.x`);
-  }
-  const runtime = runtimeVersion();
-  if (Math.floor(cudaVersion / 1000) !== Math.floor(runtime / 1000)) {
-    throw new Error(
-      `${found.path} (cuDNN ${fmtVersion(version)}) was built for CUDA ${fmtCuda(cudaVersion)} but the CUDA runtime is ${fmtCuda(runtime)} (${cudartPath()}): install the cuDNN build for CUDA ${Math.floor(runtime / 1000)}`,
-    );
-  }
-  // Best effort: a missing one only matters if an engine needs it, and then finalization says so.
+  // Dependencies before the first cuDNN call, best effort: a missing one only matters if an engine needs
+  // it, and then plan finalization says so (with these notes in cudnnAvailable()'s reason).
   const preloaded: string[] = [];
   const notPreloaded: string[] = [];
   const load = (path: string) => {
@@ -313,9 +304,9 @@ function openCudnn(): Library {
     if (err === null) preloaded.push(path);
     else notPreloaded.push(`${path}: ${err}`);
   };
-  const nvrtc = locateLibrary(nvrtcSpec(Math.floor(cudaVersion / 1000)));
+  const nvrtc = locateLibrary(nvrtcSpec(Math.floor(runtime / 1000)));
   if (nvrtc.path !== null) {
-    // NVRTC loads its builtins library (libnvrtc-builtins.so.M.m) by soname from its own folder.
+    // NVRTC loads its builtins (libnvrtc-builtins.so.M.m) by soname when it compiles.
     const dir = dirname(nvrtc.path);
     for (const n of readdirSync(dir)
       .filter((f) => f.startsWith("libnvrtc-builtins.so."))
@@ -328,6 +319,18 @@ function openCudnn(): Library {
   else notPreloaded.push(`cuBLASLt: not found (${lt.tried.join("; ")})`);
   const dir = dirname(found.path);
   for (const so of CUDNN_SUBLIBRARIES) if (existsSync(join(dir, so))) load(join(dir, so));
+
+  const fns = bind(found.path, cudnnSymbols);
+  const version = Number(fns.cudnnGetVersion());
+  const cudaVersion = Number(fns.cudnnGetCudartVersion());
+  if (version < 90000 || version >= 100000) {
+    throw new Error(`${found.path} is cuDNN ${fmtVersion(version)}; this backend's constants and graphs are written for cuDNN 9.x`);
+  }
+  if (Math.floor(cudaVersion / 1000) !== Math.floor(runtime / 1000)) {
+    throw new Error(
+      `${found.path} (cuDNN ${fmtVersion(version)}) was built for CUDA ${fmtCuda(cudaVersion)} but the CUDA runtime is ${fmtCuda(runtime)} (${cudartPath()}): install the cuDNN build for CUDA ${Math.floor(runtime / 1000)}`,
+    );
+  }
   return { fns, path: found.path, version, cudaVersion, preloaded, notPreloaded };
 }
 
@@ -366,7 +369,8 @@ function lastError(): string {
 
 function check(status: number, call: string, context?: string): void {
   if (status === C.CUDNN_STATUS_SUCCESS) return;
-  throw new CudnnError(call, status, statusName(status), lastError(), context);
+  const message = lastError(); // first: any later cuDNN call may replace it
+  throw new CudnnError(call, status, statusName(status), message, context);
 }
 
 // ---- descriptors -------------------------------------------------------------------------------------------
@@ -824,7 +828,8 @@ function makeExecutionPlan(
     let status = fns.cudnnBackendFinalize(heur);
     if (status !== C.CUDNN_STATUS_SUCCESS) {
       lastStatus = status;
-      tried.push(`heuristics mode ${modeName}: ${statusName(status)}: ${lastError()}`);
+      const message = lastError();
+      tried.push(`heuristics mode ${modeName}: ${statusName(status)}: ${message}`);
       continue;
     }
     status = fns.cudnnBackendGetAttribute(heur, C.CUDNN_ATTR_ENGINEHEUR_RESULTS, C.CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, outCount, null);
@@ -850,7 +855,8 @@ function makeExecutionPlan(
         return { exec, engine: engineIndex(descs, cfg), workspaceBytes };
       }
       lastStatus = status;
-      tried.push(`mode ${modeName} config ${i} (engine ${engineIndex(descs, cfg)}): ${statusName(status)}: ${lastError()}`);
+      const message = lastError();
+      tried.push(`mode ${modeName} config ${i} (engine ${engineIndex(descs, cfg)}): ${statusName(status)}: ${message}`);
       descs.drop(exec);
     }
   }
