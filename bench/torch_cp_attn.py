@@ -44,11 +44,12 @@ for T in Ts:
     if HKV != H:  # context_parallel's ring does not take GQA: K/V are repeated (what users do today)
         k = k.repeat_interleave(H // HKV, dim=1)
         v = v.repeat_interleave(H // HKV, dim=1)
-    for t in (q, k, v):
-        t.requires_grad_(True)
     row = {"T": T, "H": H, "Hkv": HKV, "world": world, "sdpa": backend_name}
     try:
         with context_parallel(mesh, buffers=[q, k, v, do], buffer_seq_dims=[2, 2, 2, 2]):
+            # the buffers are sharded in place on entry; only then can they require grad
+            for t in (q, k, v):
+                t.requires_grad_(True)
             with sdpa_kernel(backend):
                 def fwd():
                     with torch.no_grad():

@@ -8,8 +8,10 @@ import { type Communicator, initCommunicator, launch } from "@lightseq/comm";
 import { Event, probeGpus } from "@lightseq/cuda";
 import * as T from "@lightseq/tensor";
 import { compareClose } from "@lightseq/tensor/testing";
+import type { AttentionBackend } from "../src/block.ts";
 import { attentionCost } from "../src/block.ts";
 import { cudaBackend } from "../src/cuda.ts";
+import { cudnnBackend } from "../src/cudnn.ts";
 import { type DistMode, distAttnBackward, distAttnForward } from "../src/distattn.ts";
 import { localRanges, placeSequence } from "../src/placement.ts";
 import { checkSchedule, makeSchedule, SCHEDULES, type Schedule, type ScheduleName } from "../src/schedule.ts";
@@ -30,6 +32,10 @@ const dev = "cuda:0";
 const stream = T.currentStream(0);
 const H = 32;
 const REPS = Number(process.env.BENCH_REPS ?? 3);
+/** Block kernels: "cuda" (ours) or "cudnn". */
+const backend: AttentionBackend = process.env.BENCH_BACKEND === "cudnn" ? cudnnBackend : cudaBackend;
+/** "run" (default), "only" (equality check, no timing) or "skip". */
+const EQUALITY = process.env.BENCH_EQUALITY ?? "run";
 /** Modes other than overlap only for MHA (each mode is a full fwd+bwd per repetition). */
 const ALL_MODES_HKV = Number(process.env.BENCH_ALL_MODES_HKV ?? 32);
 const D = 128;
@@ -94,7 +100,7 @@ function analyticBytes(s: Schedule, N: number, Hkv: number, rank: number): { fwd
 
 const results: Record<string, unknown>[] = [];
 const Ts = tsArg.split(",").map(Number);
-for (const Hkv of hkvArg.split(",").map(Number)) {
+for (const Hkv of EQUALITY === "only" ? [] : hkvArg.split(",").map(Number)) {
   for (const N of Ts) {
     const cost = attentionCost({ Tq: N, Tk: N, Hq: H, D, causal: true }, "forward+backward").flops;
     // One GPU on the whole sequence (rank 0), as the speedup baseline.
@@ -110,8 +116,8 @@ for (const Hkv of hkvArg.split(",").map(Number)) {
         const ts: number[] = [];
         for (let r = 0; r < REPS + 1; r++) {
           e0.record(stream);
-          const f = cudaBackend.forward(q, k, v, { causal: true });
-          const g = cudaBackend.backward(q, k, v, f.o, f.lse, dO, { causal: true });
+          const f = backend.forward(q, k, v, { causal: true });
+          const g = backend.backward(q, k, v, f.o, f.lse, dO, { causal: true });
           e1.record(stream);
           e1.synchronize();
           if (r >= 1) ts.push(e0.elapsedMs(e1));
@@ -133,10 +139,10 @@ for (const Hkv of hkvArg.split(",").map(Number)) {
       const k = T.randn([n, Hkv, D], { seed: seed + 10, dtype: "bf16", device: dev });
       const v = T.randn([n, Hkv, D], { seed: seed + 20, dtype: "bf16", device: dev });
       const dO = T.randn([n, H, D], { seed: seed + 30, dtype: "bf16", device: dev });
-      const row: Record<string, unknown> = { N, H, Hkv, D, P, schedule: name, oneGpuMs };
+      const row: Record<string, unknown> = { N, H, Hkv, D, P, schedule: name, kernel: backend.name, oneGpuMs };
       for (const mode of modeArg.split(",") as DistMode[]) {
         if (mode !== "overlap" && Hkv !== ALL_MODES_HKV) continue;
-        const opts = { schedule: s, N, comm, backend: cudaBackend, mode };
+        const opts = { schedule: s, N, comm, backend, mode };
         let traffic = { fwd: 0, bwd: 0 };
         const ms = await timeMs(async () => {
           const f = await distAttnForward(q, k, v, opts);
@@ -166,7 +172,7 @@ for (const Hkv of hkvArg.split(",").map(Number)) {
 }
 
 // Equality with one-GPU attention in bf16 (T = 8192, every schedule, MHA and GQA).
-for (const Hkv of [H, 8]) {
+for (const Hkv of EQUALITY === "skip" ? [] : [H, 8]) {
   const N = 8192 + 37;
   const g = {
     q: T.randn([N, H, D], { seed: 7, dtype: "bf16" }),
@@ -175,8 +181,8 @@ for (const Hkv of [H, 8]) {
     dO: T.randn([N, H, D], { seed: 10, dtype: "bf16" }),
   };
   const gd = { q: T.to(g.q, dev), k: T.to(g.k, dev), v: T.to(g.v, dev), dO: T.to(g.dO, dev) };
-  const ref = cudaBackend.forward(gd.q, gd.k, gd.v, { causal: true });
-  const refG = cudaBackend.backward(gd.q, gd.k, gd.v, ref.o, ref.lse, gd.dO, { causal: true });
+  const ref = backend.forward(gd.q, gd.k, gd.v, { causal: true });
+  const refG = backend.backward(gd.q, gd.k, gd.v, ref.o, ref.lse, gd.dO, { causal: true });
   const host = { o: T.to(ref.o, "cpu"), dq: T.to(refG.dq, "cpu"), dk: T.to(refG.dk, "cpu"), dv: T.to(refG.dv, "cpu") };
   for (const name of schedArg.split(",") as ScheduleName[]) {
     const s = makeSchedule(name, P);
@@ -192,7 +198,7 @@ for (const Hkv of [H, 8]) {
       }
       return out;
     };
-    const opts = { schedule: s, N, comm, backend: cudaBackend };
+    const opts = { schedule: s, N, comm, backend };
     const lq = T.to(take(g.q), dev);
     const lk = T.to(take(g.k), dev);
     const lv = T.to(take(g.v), dev);
