@@ -35,13 +35,25 @@ B)
   timeout 400 bun packages/attention/bench/distattn-bench.ts "$OUT/distattn2.json" 65536,131072,262144 32,8 2>&1 | grep -v '^\[rank [1-9]' | tail -30
   timeout 180 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp2.json" 65536,131072,262144 32 32 cudnn 2>&1 | grep '^{' | tail -10
   ;;
-BC)
+BD)
+  # Leftovers: zigzag GQA equality (2 GPUs); 4 GPUs: share of communication hidden at 256K; 1M tokens.
+  CUDA_VISIBLE_DEVICES=0,1 BENCH_EQUALITY=only timeout 50 bun packages/attention/bench/distattn-bench.ts "$OUT/eq2.json" 0 0 zigzag 2>&1 | grep -v '^\[rank [1-9]' | tail -3
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_REPS=2 BENCH_ALL_MODES_HKV=32 timeout 60 bun packages/attention/bench/distattn-bench.ts "$OUT/hidden4.json" 262144 32 zigzag,lightseq overlap,nocomm 2>&1 | grep -v '^\[rank [1-9]' | tail -3
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_REPS=1 BENCH_NO_BASELINE=1 timeout 80 bun packages/attention/bench/distattn-bench.ts "$OUT/m1.json" 1048576 32 zigzag overlap 2>&1 | grep -v '^\[rank [1-9]' | tail -3
+  ;;
+C)
   # 2 GPUs: PyTorch context_parallel, DistAttn bf16 equality, DistAttn on cuDNN blocks; then 4 GPUs.
   CUDA_VISIBLE_DEVICES=0,1 timeout 130 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp2.json" 65536,131072,262144 32 32 cudnn 2>&1 | grep '^{' | tail -4
   CUDA_VISIBLE_DEVICES=0,1 BENCH_EQUALITY=only timeout 50 bun packages/attention/bench/distattn-bench.ts "$OUT/eq2.json" 2>&1 | grep -v '^\[rank [1-9]' | tail -8
   CUDA_VISIBLE_DEVICES=0,1 BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 timeout 100 bun packages/attention/bench/distattn-bench.ts "$OUT/distattn2-cudnn.json" 65536,131072,262144 32 zigzag,lightseq overlap,nocomm 2>&1 | grep -v '^\[rank [1-9]' | tail -8
   BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_REPS=2 BENCH_ALL_MODES_HKV=0 timeout 220 bun packages/attention/bench/distattn-bench.ts "$OUT/distattn4.json" 131072,262144,524288 32,8 ring,lightseq,zigzag overlap 2>&1 | grep -v '^\[rank [1-9]' | tail -30
   timeout 90 torchrun --nproc-per-node="$ngpu" bench/torch_cp_attn.py "$OUT/cp4.json" 131072,262144,524288 32 32 cudnn 2>&1 | grep '^{' | tail -4
+  ;;
+D)
+  # Leftovers: zigzag GQA equality (2 GPUs); 4 GPUs: share of communication hidden at 256K; 1M tokens.
+  CUDA_VISIBLE_DEVICES=0,1 BENCH_EQUALITY=only timeout 50 bun packages/attention/bench/distattn-bench.ts "$OUT/eq2.json" 0 0 zigzag 2>&1 | grep -v '^\[rank [1-9]' | tail -3
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_REPS=2 BENCH_ALL_MODES_HKV=32 timeout 60 bun packages/attention/bench/distattn-bench.ts "$OUT/hidden4.json" 262144 32 zigzag,lightseq overlap,nocomm 2>&1 | grep -v '^\[rank [1-9]' | tail -3
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_REPS=1 BENCH_NO_BASELINE=1 timeout 80 bun packages/attention/bench/distattn-bench.ts "$OUT/m1.json" 1048576 32 zigzag overlap 2>&1 | grep -v '^\[rank [1-9]' | tail -3
   ;;
 C)
   BENCH_REPS=2 BENCH_ALL_MODES_HKV=0 timeout 420 bun packages/attention/bench/distattn-bench.ts "$OUT/distattn4.json" 131072,262144,524288 32,8 ring,lightseq,zigzag overlap 2>&1 | grep -v '^\[rank [1-9]' | tail -30

@@ -105,7 +105,7 @@ for (const Hkv of EQUALITY === "only" ? [] : hkvArg.split(",").map(Number)) {
     const cost = attentionCost({ Tq: N, Tk: N, Hq: H, D, causal: true }, "forward+backward").flops;
     // One GPU on the whole sequence (rank 0), as the speedup baseline.
     let oneGpuMs = Number.NaN;
-    if (comm.rank === 0) {
+    if (comm.rank === 0 && process.env.BENCH_NO_BASELINE !== "1") {
       try {
         const q = T.randn([N, H, D], { seed: 1, dtype: "bf16", device: dev });
         const k = T.randn([N, Hkv, D], { seed: 2, dtype: "bf16", device: dev });
