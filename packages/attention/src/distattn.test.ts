@@ -48,6 +48,14 @@ describe("DistAttn equals single-rank attention (CPU backend, real processes)", 
     }, 120_000);
   }
 
+  test("P = 16 (issue 6: more ranks than the GPU machines lend), every schedule, GQA, uneven chunks", async () => {
+    const cases: DistCase[] = SCHEDULES.map((schedule) => ({ schedule, N: 3 * 16 + 7, Hq: 2, Hkv: 1, D: 4 }));
+    const r = await runRanks(16, cases);
+    if (r.exitCode !== 0) console.error(r.log.join("\n"));
+    expect(r.exitCode).toBe(0);
+    expect(r.lines.filter((l) => l.ok).length).toBe(16 * cases.length);
+  }, 120_000);
+
   test("a sequence shorter than the number of chunks still works (empty chunks)", async () => {
     const r = await runRanks(3, [
       { schedule: "zigzag", N: 4, Hq: 2, Hkv: 1, D: 4 },
