@@ -24,8 +24,8 @@ import {
   type BackwardOptions,
   type CheckedCall,
   checkBackwardArgs,
-  type ForwardOptions,
   checkForwardArgs,
+  type ForwardOptions,
 } from "./block.ts";
 import { AttentionError, FAST_HEAD_DIMS } from "./layout.ts";
 import type { AttentionPartial } from "./merge.ts";
