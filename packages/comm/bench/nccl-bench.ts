@@ -1,6 +1,6 @@
 // NCCL bandwidth through our bindings, in nccl-tests' conventions, plus communication/GEMM overlap.
 //
-//   bun packages/comm/bench/nccl-bench.ts OUT.json [--min-mib 1] [--max-mib 1024] [--dtype f32|bf16] [--trials 7]
+//   bun packages/comm/bench/nccl-bench.ts OUT.json [--min-mib 1] [--max-mib 1024] [--dtype f32|bf16] [--trials 7] [--comm-priority high|default]
 //
 // Without RANK in the environment it launches itself on every visible GPU (one rank each) and
 // exits with the job's status; rank 0 prints the table and writes OUT.json.
@@ -30,12 +30,16 @@ interface Args {
   maxMiB: number;
   dtype: DType;
   trials: number;
+  /** Priority of the comm stream: "high" (default, as PyTorch gives NCCL) or "default". */
+  commPriority: "high" | "default";
 }
 
 function parseArgs(argv: string[]): Args {
   const out = argv.find((a) => !a.startsWith("--"));
   if (!out) {
-    console.error("usage: nccl-bench.ts OUT.json [--min-mib 1] [--max-mib 1024] [--dtype f32|bf16] [--trials 7]");
+    console.error(
+      "usage: nccl-bench.ts OUT.json [--min-mib 1] [--max-mib 1024] [--dtype f32|bf16] [--trials 7] [--comm-priority high|default]",
+    );
     process.exit(2);
   }
   const flag = (name: string, fallback: string) => {
@@ -43,6 +47,9 @@ function parseArgs(argv: string[]): Args {
     return i >= 0 && argv[i + 1] !== undefined ? (argv[i + 1] as string) : fallback;
   };
   const dtype = flag("--dtype", "f32");
+  const commPriority = flag("--comm-priority", "high");
+  if (commPriority !== "high" && commPriority !== "default")
+    throw new Error(`--comm-priority: expected high or default, got ${commPriority}`);
   if (dtype !== "f32" && dtype !== "bf16") throw new Error(`--dtype: expected f32 or bf16, got ${dtype}`);
   return {
     out,
@@ -50,6 +57,7 @@ function parseArgs(argv: string[]): Args {
     maxMiB: Number(flag("--max-mib", "1024")),
     dtype,
     trials: Number(flag("--trials", "7")),
+    commPriority,
   };
 }
 
@@ -76,9 +84,13 @@ class Bench {
   readonly end: Event;
   readonly scratch: Tensor;
 
-  constructor(readonly comm: Communicator) {
+  constructor(
+    readonly comm: Communicator,
+    commPriority: "high" | "default",
+  ) {
     const d = comm.device.kind === "cuda" ? comm.device.index : 0;
-    this.stream = Stream.create(d);
+    // The comm stream gets the device's highest priority (--comm-priority default to compare).
+    this.stream = Stream.create(d, { priority: commPriority });
     this.start = Event.create(d, { timing: true });
     this.end = Event.create(d, { timing: true });
     this.scratch = empty([1], { dtype: "f32", device: comm.device });
@@ -125,7 +137,7 @@ interface Row {
 async function rank(args: Args): Promise<void> {
   const comm = await initCommunicator({ backend: "nccl" });
   const n = comm.size;
-  const b = new Bench(comm);
+  const b = new Bench(comm, args.commPriority);
   const s = { stream: b.stream };
   const elem = dtypeBytes(args.dtype);
   const maxBytes = args.maxMiB * MiB;

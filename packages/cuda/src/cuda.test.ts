@@ -70,6 +70,16 @@ describe.skipIf(noGpu)("runtime on a GPU", () => {
     expect(runtimeVersion()).toBeGreaterThanOrEqual(12000);
   });
 
+  test("a high-priority stream is created and runs work", () => {
+    const s = Stream.create(0, { priority: "high" });
+    const e = Event.create(0);
+    e.record(s);
+    s.synchronize();
+    expect(e.query()).toBe(true);
+    e.dispose();
+    s.dispose();
+  });
+
   test("events order streams and time work; query never blocks", () => {
     const a = Stream.create(0);
     const b = Stream.create(0);

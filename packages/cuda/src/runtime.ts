@@ -22,6 +22,8 @@ const cudartSymbols = {
   cudaDeviceSynchronize: { args: [], returns: "i32" },
   cudaMemGetInfo: { args: ["ptr", "ptr"], returns: "i32" },
   cudaStreamCreateWithFlags: { args: ["ptr", "u32"], returns: "i32" },
+  cudaStreamCreateWithPriority: { args: ["ptr", "u32", "i32"], returns: "i32" },
+  cudaDeviceGetStreamPriorityRange: { args: ["ptr", "ptr"], returns: "i32" },
   cudaStreamDestroy: { args: ["ptr"], returns: "i32" },
   cudaStreamSynchronize: { args: ["ptr"], returns: "i32" },
   cudaStreamWaitEvent: { args: ["ptr", "ptr", "u32"], returns: "i32" },
@@ -246,10 +248,20 @@ export class Stream implements Disposable {
     this.#handle = handle;
   }
 
-  /** A new non-blocking stream on `device` (never synchronises with the legacy default stream). */
-  static create(device: number): Stream {
+  /**
+   * A new non-blocking stream on `device` (never synchronises with the legacy default stream).
+   * priority "high": the device's greatest stream priority, so its kernels (NCCL's, say) are
+   * scheduled ahead of a long-running GEMM's blocks as SMs free up, as PyTorch does for NCCL.
+   */
+  static create(device: number, o: { priority?: "default" | "high" } = {}): Stream {
     setDevice(device);
-    check(cudart().cudaStreamCreateWithFlags(outU64, 1), "cudaStreamCreateWithFlags", `device ${device}`);
+    if (o.priority === "high") {
+      const range = new Int32Array(new ArrayBuffer(8));
+      check(cudart().cudaDeviceGetStreamPriorityRange(range, range.subarray(1)), "cudaDeviceGetStreamPriorityRange");
+      check(cudart().cudaStreamCreateWithPriority(outU64, 1, range[1] as number), "cudaStreamCreateWithPriority", `device ${device}`);
+    } else {
+      check(cudart().cudaStreamCreateWithFlags(outU64, 1), "cudaStreamCreateWithFlags", `device ${device}`);
+    }
     return new Stream(device, readPtr(), true);
   }
 
