@@ -7,6 +7,7 @@ import {
   cudaBackend,
   distAttnBackward,
   distAttnForward,
+  gatherRows,
   localRanges,
   makeSchedule,
   placeSequence,
@@ -46,32 +47,25 @@ const ref = oracleOn.forward(wq, wk, wv, { causal: true });
 const refG = oracleOn.backward(wq, wk, wv, ref.o, ref.lse, wdO, { causal: true });
 const host = { o: T.to(ref.o, "cpu"), dq: T.to(refG.dq, "cpu"), dk: T.to(refG.dk, "cpu"), dv: T.to(refG.dv, "cpu") };
 
-function rows(t: T.Tensor, ranges: [number, number][]): T.Tensor {
-  const inner = t.numel / (t.shape[0] as number);
-  const n = ranges.reduce((a, [, l]) => a + l, 0);
-  const out = T.empty([n, ...t.shape.slice(1)], { dtype: t.dtype });
-  let at = 0;
-  for (const [s, l] of ranges) {
-    out.data().set(t.data().subarray(s * inner, (s + l) * inner) as never, at * inner);
-    at += l;
-  }
-  return out;
-}
-
 let ok = true;
 for (const name of SCHEDULES) {
   const s = makeSchedule(name, comm.size);
   const ranges = localRanges(s, placeSequence(s, N), comm.rank);
-  const [q, k, v, dO] = [whole.q, whole.k, whole.v, whole.dO].map((t) => dev(rows(t, ranges))) as [T.Tensor, T.Tensor, T.Tensor, T.Tensor];
+  const [q, k, v, dO] = [whole.q, whole.k, whole.v, whole.dO].map((t) => dev(gatherRows(t, ranges))) as [
+    T.Tensor,
+    T.Tensor,
+    T.Tensor,
+    T.Tensor,
+  ];
   const t0 = performance.now();
   const opts = { schedule: s, N, comm, backend };
   const f = await distAttnForward(q, k, v, opts);
   const g = await distAttnBackward(q, k, v, f, dO, opts);
   const errs = [
-    compareClose(f.o, rows(host.o, ranges), { rtol: 1, atol: 1 }).relativeError,
-    compareClose(g.dq, rows(host.dq, ranges), { rtol: 1, atol: 1 }).relativeError,
-    compareClose(g.dk, rows(host.dk, ranges), { rtol: 1, atol: 1 }).relativeError,
-    compareClose(g.dv, rows(host.dv, ranges), { rtol: 1, atol: 1 }).relativeError,
+    compareClose(f.o, gatherRows(host.o, ranges), { rtol: 1, atol: 1 }).relativeError,
+    compareClose(g.dq, gatherRows(host.dq, ranges), { rtol: 1, atol: 1 }).relativeError,
+    compareClose(g.dk, gatherRows(host.dk, ranges), { rtol: 1, atol: 1 }).relativeError,
+    compareClose(g.dv, gatherRows(host.dv, ranges), { rtol: 1, atol: 1 }).relativeError,
   ];
   const ms = performance.now() - t0;
   const worst = Math.max(...errs);

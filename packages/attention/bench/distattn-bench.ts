@@ -13,7 +13,7 @@ import { attentionCost } from "../src/block.ts";
 import { cudaBackend } from "../src/cuda.ts";
 import { cudnnBackend } from "../src/cudnn.ts";
 import { type DistMode, distAttnBackward, distAttnForward } from "../src/distattn.ts";
-import { localRanges, placeSequence } from "../src/placement.ts";
+import { gatherRows, localRanges, placeSequence } from "../src/placement.ts";
 import { checkSchedule, makeSchedule, SCHEDULES, type Schedule, type ScheduleName } from "../src/schedule.ts";
 
 const [outPath = "", tsArg = "65536,131072,262144", hkvArg = "32,8", schedArg = SCHEDULES.join(","), modeArg = "overlap,sync,nocomm"] =
@@ -187,17 +187,7 @@ for (const Hkv of EQUALITY === "skip" ? [] : [H, 8]) {
   for (const name of schedArg.split(",") as ScheduleName[]) {
     const s = makeSchedule(name, P);
     const ranges = localRanges(s, placeSequence(s, N), comm.rank);
-    const take = (t: T.Tensor): T.Tensor => {
-      const inner = t.numel / (t.shape[0] as number);
-      const n = ranges.reduce((a, [, l]) => a + l, 0);
-      const out = T.empty([n, ...t.shape.slice(1)], { dtype: t.dtype });
-      let at = 0;
-      for (const [st, l] of ranges) {
-        out.data().set(t.data().subarray(st * inner, (st + l) * inner) as never, at * inner);
-        at += l;
-      }
-      return out;
-    };
+    const take = (t: T.Tensor): T.Tensor => gatherRows(t, ranges);
     const opts = { schedule: s, N, comm, backend };
     const lq = T.to(take(g.q), dev);
     const lk = T.to(take(g.k), dev);

@@ -4,7 +4,7 @@
 // token (the first N mod chunks chunks get one more); no padding is needed, because off-diagonal
 // blocks are full and diagonal blocks are square, whatever their size.
 
-import { TensorError } from "@lightseq/tensor";
+import { empty, type Tensor, TensorError } from "@lightseq/tensor";
 import type { Schedule } from "./schedule.ts";
 
 export interface Placement {
@@ -55,4 +55,22 @@ export function localPositions(s: Schedule, p: Placement, rank: number): Int32Ar
 /** Global rows [start, start + len) of every chunk of `rank`, in local order. */
 export function localRanges(s: Schedule, p: Placement, rank: number): [number, number][] {
   return (s.chunksOf[rank] as number[]).map((c) => [p.start[c] as number, p.len[c] as number]);
+}
+
+/**
+ * The rows of `ranges` of a whole-sequence CPU tensor [N, ...], back to back, as a new CPU tensor:
+ * a rank's local slice of a sequence that every rank can build (tests, demos, benchmarks).
+ */
+export function gatherRows(t: Tensor, ranges: readonly [number, number][]): Tensor {
+  const inner = t.numel / Math.max(t.shape[0] as number, 1);
+  const n = ranges.reduce((a, [, l]) => a + l, 0);
+  const out = empty([n, ...t.shape.slice(1)], { dtype: t.dtype });
+  const src = t.data("gatherRows: t");
+  const dst = out.data();
+  let at = 0;
+  for (const [s, l] of ranges) {
+    dst.set(src.subarray(s * inner, (s + l) * inner) as never, at * inner);
+    at += l;
+  }
+  return out;
 }
