@@ -69,22 +69,6 @@ interface Ctx {
 
 const commStreams = new Map<number, Stream>();
 
-/** Ordering-only events, reused across steps and calls (no creation on the hot path after warm-up). */
-const eventPool = new Map<number, Event[]>();
-
-function takeEvent(device: number): Event {
-  return eventPool.get(device)?.pop() ?? Event.create(device);
-}
-
-function giveEvent(device: number, e: Event): void {
-  let pool = eventPool.get(device);
-  if (!pool) {
-    pool = [];
-    eventPool.set(device, pool);
-  }
-  pool.push(e);
-}
-
 function context(o: DistAttnOptions, q: Tensor): Ctx {
   const { schedule: s, comm } = o;
   if (comm.size !== s.P) throw new TensorError(`distAttn: the schedule is for P = ${s.P} ranks, the communicator has ${comm.size}`);
@@ -140,7 +124,7 @@ async function run(
   const computeDone: Event[] = [];
   const received: Map<Transfer, Tensor[]>[] = [];
   const release: Tensor[][] = [];
-  const start = gpu ? takeEvent(dev as number) : null;
+  const start = gpu ? Event.create(dev as number) : null;
   if (start && ctx.commStream && ctx.compute) {
     start.record(ctx.compute);
     ctx.commStream.wait(start); // inputs produced on the compute stream
@@ -162,7 +146,7 @@ async function run(
           // Receive buffers were just allocated on the compute stream, and results to send were
           // computed there at t-1: the comm stream starts after both (and after compute(t-1),
           // which read the memory the pool may hand out again).
-          const ready = takeEvent(dev as number);
+          const ready = Event.create(dev as number);
           ready.record(ctx.compute as Stream);
           ctx.commStream?.wait(ready);
           computeDone.push(ready);
@@ -188,7 +172,7 @@ async function run(
         for (const x of mine) if (x.to === rank) got.set(x, post(t, x, false));
       }
       if (gpu) {
-        const e = takeEvent(dev as number);
+        const e = Event.create(dev as number);
         e.record(ctx.commStream as Stream);
         commDone.push(e);
         if (t > 0 && mode !== "nocomm") ctx.compute?.wait(commDone[t - 1] as Event);
@@ -210,9 +194,8 @@ async function run(
       for (const b of release[last] as Tensor[]) b.dispose();
     }
   } finally {
-    // Back to the pool: a later record() re-arms an event; waits already enqueued keep the old one.
-    for (const e of [...commDone, ...computeDone]) giveEvent(dev as number, e);
-    if (start) giveEvent(dev as number, start);
+    for (const e of [...commDone, ...computeDone]) e.dispose();
+    start?.dispose();
   }
 }
 
