@@ -7,3 +7,4 @@ export * from "./merge.ts";
 export * from "./placement.ts";
 export * from "./reference.ts";
 export * from "./schedule.ts";
+export * from "./select.ts";
