@@ -78,7 +78,9 @@ function ldconfig(): Map<string, string> {
   ldconfigCache = new Map();
   for (const exe of ["/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"]) {
     try {
-      const r = Bun.spawnSync([exe, "-p"], { stdout: "pipe", stderr: "ignore" });
+      // Every process we start keeps NVLink multicast off (shared GPU machines), ldconfig included.
+      const env = { ...process.env, NCCL_NVLS_ENABLE: "0", TORCH_SYMM_MEM_DISABLE_MULTICAST: "1", NVSHMEM_DISABLE_NVLS: "1" };
+      const r = Bun.spawnSync([exe, "-p"], { stdout: "pipe", stderr: "ignore", env });
       if (r.exitCode !== 0) continue;
       for (const line of r.stdout.toString().split("\n")) {
         const m = /^\s*(\S+) \(([^)]*)\) => (\S+)/.exec(line);
