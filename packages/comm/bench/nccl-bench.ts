@@ -1,6 +1,7 @@
 // NCCL bandwidth through our bindings, in nccl-tests' conventions, plus communication/GEMM overlap.
 //
-//   bun packages/comm/bench/nccl-bench.ts OUT.json [--min-mib 1] [--max-mib 1024] [--dtype f32|bf16] [--trials 7] [--comm-priority default|high]
+//   bun packages/comm/bench/nccl-bench.ts OUT.json [--min-mib 1] [--max-mib 1024] [--dtype f32|bf16] [--trials 7]
+//       [--comm-priority default|high|default,high] [--overlap-only]
 //
 // Without RANK in the environment it launches itself on every visible GPU (one rank each) and
 // exits with the job's status; rank 0 prints the table and writes OUT.json.
@@ -13,10 +14,14 @@
 //   reducescatter  S = input bytes;   algbw = S/t, busbw = algbw * (n-1)/n
 // Time per operation: CUDA events around `iters` back-to-back operations after a warm-up, after a
 // barrier; the median over trials; then the max over ranks (the slowest rank bounds the job).
-// GB/s = 1e9 bytes/s, as nccl-tests prints.
+// GB/s = 1e9 bytes/s, as nccl-tests prints. The sweep runs on a comm stream of the first priority
+// given; --overlap-only skips it.
 //
 // Overlap: a bf16 GEMM 8192^3 (matmul from @lightseq/tensor, cuBLASLt) on a compute stream and a
-// bidirectional send/recv of 256 MiB on the comm stream, each alone, then both started together.
+// bidirectional send/recv of 256 MiB on a comm stream, each alone, then both started together;
+// once per priority in --comm-priority, each on a comm stream of its own. The JSON has `overlaps`
+// (one entry per priority, in order) and `overlap` (the first, as earlier files had it).
+// NCCL_* variables in the environment (NCCL_MAX_CTAS, say) are recorded in the JSON as `ncclEnv`.
 // Needs the kernels library (kernels/build) for the random fill.
 
 import { join } from "node:path";
@@ -24,41 +29,66 @@ import { Event, probeGpus, Stream } from "@lightseq/cuda";
 import { copy, type DType, dtypeBytes, empty, matmul, randn, type Tensor, toFloat32Array } from "@lightseq/tensor";
 import { type Communicator, initCommunicator, launch, ncclVersion } from "../src/index.ts";
 
+type Priority = "default" | "high";
+
 interface Args {
   out: string;
   minMiB: number;
   maxMiB: number;
   dtype: DType;
   trials: number;
-  /** Priority of the comm stream: "default" (as measured in BENCHMARKS.md) or "high" (as PyTorch gives NCCL). */
-  commPriority: "high" | "default";
+  /**
+   * Priorities of the comm stream, in order: "default" (as measured in BENCHMARKS.md) or "high" (as
+   * PyTorch gives NCCL). The overlap is measured once per entry; the sweep uses the first.
+   */
+  commPriorities: Priority[];
+  /** Skip the bandwidth sweep; measure (and write) only the overlap. */
+  overlapOnly: boolean;
+}
+
+const USAGE =
+  "usage: nccl-bench.ts OUT.json [--min-mib 1] [--max-mib 1024] [--dtype f32|bf16] [--trials 7] " +
+  "[--comm-priority default|high|default,high] [--overlap-only]";
+
+/** Bad arguments: the reason and the usage on stderr, exit 2 (before any rank is launched). */
+function usageError(reason: string): never {
+  console.error(`nccl-bench: ${reason}\n${USAGE}`);
+  process.exit(2);
 }
 
 function parseArgs(argv: string[]): Args {
-  const out = argv.find((a) => !a.startsWith("--"));
-  if (!out) {
-    console.error(
-      "usage: nccl-bench.ts OUT.json [--min-mib 1] [--max-mib 1024] [--dtype f32|bf16] [--trials 7] [--comm-priority default|high]",
-    );
-    process.exit(2);
+  const valueFlags = ["--min-mib", "--max-mib", "--dtype", "--trials", "--comm-priority"];
+  const values = new Map<string, string>();
+  const positional: string[] = [];
+  let overlapOnly = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === "--overlap-only") overlapOnly = true;
+    else if (valueFlags.includes(a)) {
+      const v = argv[++i];
+      if (v === undefined || v.startsWith("--")) usageError(`${a} needs a value`);
+      values.set(a, v);
+    } else if (a.startsWith("--")) usageError(`unknown option ${a}`);
+    else positional.push(a);
   }
-  const flag = (name: string, fallback: string) => {
-    const i = argv.indexOf(name);
-    return i >= 0 && argv[i + 1] !== undefined ? (argv[i + 1] as string) : fallback;
+  if (positional.length !== 1)
+    usageError(positional.length === 0 ? "OUT.json is required" : `one OUT.json expected, got ${positional.join(" ")}`);
+  const positiveInt = (name: string, fallback: number): number => {
+    const raw = values.get(name);
+    const v = raw === undefined ? fallback : Number(raw);
+    if (!Number.isInteger(v) || v < 1) usageError(`${name}: expected a positive integer, got ${raw}`);
+    return v;
   };
-  const dtype = flag("--dtype", "f32");
-  const commPriority = flag("--comm-priority", "default");
-  if (commPriority !== "high" && commPriority !== "default")
-    throw new Error(`--comm-priority: expected high or default, got ${commPriority}`);
-  if (dtype !== "f32" && dtype !== "bf16") throw new Error(`--dtype: expected f32 or bf16, got ${dtype}`);
-  return {
-    out,
-    minMiB: Number(flag("--min-mib", "1")),
-    maxMiB: Number(flag("--max-mib", "1024")),
-    dtype,
-    trials: Number(flag("--trials", "7")),
-    commPriority,
-  };
+  const dtype = values.get("--dtype") ?? "f32";
+  if (dtype !== "f32" && dtype !== "bf16") usageError(`--dtype: expected f32 or bf16, got ${dtype}`);
+  const commPriorities = (values.get("--comm-priority") ?? "default").split(",").map((p) => {
+    if (p !== "high" && p !== "default") usageError(`--comm-priority: expected a comma list of default and high, got "${p}"`);
+    return p as Priority;
+  });
+  const minMiB = positiveInt("--min-mib", 1);
+  const maxMiB = positiveInt("--max-mib", 1024);
+  if (minMiB > maxMiB) usageError(`--min-mib ${minMiB} is above --max-mib ${maxMiB}`);
+  return { out: positional[0] as string, minMiB, maxMiB, dtype, trials: positiveInt("--trials", 7), commPriorities, overlapOnly };
 }
 
 const MiB = 2 ** 20;
@@ -86,11 +116,11 @@ class Bench {
 
   constructor(
     readonly comm: Communicator,
-    commPriority: "high" | "default",
+    priority: Priority,
   ) {
     const d = comm.device.kind === "cuda" ? comm.device.index : 0;
-    // --comm-priority high gives the comm stream the device's highest priority (PyTorch does so for NCCL).
-    this.stream = Stream.create(d, { priority: commPriority });
+    // "high" gives the comm stream the device's highest priority (PyTorch does so for NCCL).
+    this.stream = Stream.create(d, { priority });
     this.start = Event.create(d, { timing: true });
     this.end = Event.create(d, { timing: true });
     this.scratch = empty([1], { dtype: "f32", device: comm.device });
@@ -137,7 +167,55 @@ interface Row {
 async function rank(args: Args): Promise<void> {
   const comm = await initCommunicator({ backend: "nccl" });
   const n = comm.size;
-  const b = new Bench(comm, args.commPriority);
+  const b = new Bench(comm, args.commPriorities[0] as Priority);
+  const results: Record<string, Row[]> = { sendrecv: [], "sendrecv-bidir": [], allreduce: [], allgather: [], reducescatter: [] };
+  if (!args.overlapOnly) await sweep(comm, b, args, results);
+
+  const overlaps: Overlap[] = [];
+  for (const priority of args.commPriorities) overlaps.push(await measureOverlap(comm, b, priority, args.trials));
+
+  if (comm.rank === 0) {
+    const v = ncclVersion();
+    const device = comm.device.kind === "cuda" ? comm.device.index : -1;
+    const ncclEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith("NCCL_")));
+    if (!args.overlapOnly) printTable(results, n, args.dtype, v.text);
+    else console.log(`NCCL ${v.text}, ${n} ranks; overlap only`);
+    const envText = Object.entries(ncclEnv)
+      .filter(([k]) => k !== "NCCL_NVLS_ENABLE")
+      .map(([k, x]) => `${k}=${x}`)
+      .join(" ");
+    for (const o of overlaps) {
+      console.log(
+        `\noverlap (${o.gemm}, ${o.comm}; comm stream priority ${o.commPriority}${envText ? `; ${envText}` : ""}): ` +
+          `GEMM alone ${o.gemmMs.toFixed(2)} ms (${o.gemmTflops.toFixed(0)} TFLOP/s), ` +
+          `comm alone ${o.commMs.toFixed(2)} ms, together ${o.bothMs.toFixed(2)} ms ` +
+          `(GEMM ${o.gemmInBothMs.toFixed(2)} ms, comm ${o.commInBothMs.toFixed(2)} ms) = ${o.bothOverLonger.toFixed(2)}x the longer alone; ` +
+          `hidden: ${(o.hiddenFraction * 100).toFixed(0)}% of the shorter one`,
+      );
+    }
+    const report = {
+      tool: "lightseq nccl-bench",
+      nccl: v.text,
+      ranks: n,
+      device,
+      gpus: probeGpus().count,
+      dtype: args.dtype,
+      conventions: "nccl-tests",
+      overlapOnly: args.overlapOnly,
+      ncclEnv,
+      results,
+      overlap: overlaps[0],
+      overlaps,
+    };
+    await Bun.write(args.out, JSON.stringify(report, null, 2));
+    console.log(`wrote ${args.out}`);
+  }
+  await comm.destroy();
+}
+
+/** The bandwidth sweep (sizes x operations) on b.stream, into `results`. */
+async function sweep(comm: Communicator, b: Bench, args: Args, results: Record<string, Row[]>): Promise<void> {
+  const n = comm.size;
   const s = { stream: b.stream };
   const elem = dtypeBytes(args.dtype);
   const maxBytes = args.maxMiB * MiB;
@@ -148,8 +226,6 @@ async function rank(args: Args): Promise<void> {
   const view = (t: Tensor, bytes: number) => t.narrow(0, bytes / elem);
   const peer = comm.rank ^ 1;
   const paired = peer < n;
-
-  const results: Record<string, Row[]> = { sendrecv: [], "sendrecv-bidir": [], allreduce: [], allgather: [], reducescatter: [] };
   const row = (bytes: number, ms: number, factor: number): Row => {
     const algbw = bytes / (ms / 1e3) / 1e9;
     return { bytes, ms, algbw, busbw: algbw * factor };
@@ -187,55 +263,46 @@ async function rank(args: Args): Promise<void> {
   }
   bufA.dispose();
   bufB.dispose();
-
-  const overlap = await measureOverlap(comm, b, args.trials);
-
-  if (comm.rank === 0) {
-    const v = ncclVersion();
-    const device = comm.device.kind === "cuda" ? comm.device.index : -1;
-    printTable(results, n, args.dtype, v.text);
-    console.log(
-      `\noverlap (${overlap.gemm}, ${overlap.comm}): GEMM alone ${overlap.gemmMs.toFixed(2)} ms (${overlap.gemmTflops.toFixed(0)} TFLOP/s), ` +
-        `comm alone ${overlap.commMs.toFixed(2)} ms, together ${overlap.bothMs.toFixed(2)} ms ` +
-        `(GEMM ${overlap.gemmInBothMs.toFixed(2)} ms, comm ${overlap.commInBothMs.toFixed(2)} ms); ` +
-        `hidden: ${(overlap.hiddenFraction * 100).toFixed(0)}% of the shorter one`,
-    );
-    const report = {
-      tool: "lightseq nccl-bench",
-      nccl: v.text,
-      ranks: n,
-      device,
-      gpus: probeGpus().count,
-      dtype: args.dtype,
-      conventions: "nccl-tests",
-      results,
-      overlap,
-    };
-    await Bun.write(args.out, JSON.stringify(report, null, 2));
-    console.log(`wrote ${args.out}`);
-  }
-  await comm.destroy();
 }
 
-async function measureOverlap(comm: Communicator, b: Bench, trials: number) {
+interface Overlap {
+  commPriority: Priority;
+  gemm: string;
+  comm: string;
+  gemmMs: number;
+  gemmTflops: number;
+  commMs: number;
+  commGBps: number;
+  bothMs: number;
+  gemmInBothMs: number;
+  commInBothMs: number;
+  /** together / max(alone): the target is <= 1.1. */
+  bothOverLonger: number;
+  /** (alone_a + alone_b - together) / min(alone_a, alone_b): 1 = the shorter one fully hidden. */
+  hiddenFraction: number;
+}
+
+/** GEMM alone, exchange alone, both together, with the exchange on a fresh comm stream of `priority`. */
+async function measureOverlap(comm: Communicator, b: Bench, priority: Priority, trials: number): Promise<Overlap> {
   const d = comm.device;
   const index = d.kind === "cuda" ? d.index : 0;
   const compute = Stream.create(index);
+  const commStream = Stream.create(index, { priority });
   const N = 8192;
   const x = randn([N, N], { dtype: "bf16", device: d, seed: 1, stream: compute });
   const w = randn([N, N], { dtype: "bf16", device: d, seed: 2, stream: compute });
   const y = empty([N, N], { dtype: "bf16", device: d, stream: compute });
   const bytes = 256 * MiB;
-  const sendBuf = empty([bytes / 2], { dtype: "bf16", device: d, stream: b.stream });
-  const recvBuf = empty([bytes / 2], { dtype: "bf16", device: d, stream: b.stream });
+  const sendBuf = empty([bytes / 2], { dtype: "bf16", device: d, stream: commStream });
+  const recvBuf = empty([bytes / 2], { dtype: "bf16", device: d, stream: commStream });
   compute.synchronize();
-  b.stream.synchronize();
+  commStream.synchronize();
   const peer = comm.rank ^ 1;
   const exchange = () =>
     peer < comm.size
       ? comm.group(() => {
-          void comm.send(sendBuf, peer, { stream: b.stream });
-          void comm.recv(recvBuf, peer, { stream: b.stream });
+          void comm.send(sendBuf, peer, { stream: commStream });
+          void comm.recv(recvBuf, peer, { stream: commStream });
         })
       : Promise.resolve();
   const gemm = () => matmul(x, w, { out: y, stream: compute }).dispose();
@@ -247,11 +314,11 @@ async function measureOverlap(comm: Communicator, b: Bench, trials: number) {
   const gemmInBoth: number[] = [];
   const commInBoth: number[] = [];
   for (let i = 0; i < 2; i++) {
-    gemm();
     await exchange();
+    gemm();
   }
   compute.synchronize();
-  b.stream.synchronize();
+  commStream.synchronize();
   for (let t = 0; t < trials; t++) {
     e0.record(compute);
     gemm();
@@ -260,19 +327,21 @@ async function measureOverlap(comm: Communicator, b: Bench, trials: number) {
     gemmAlone.push(e0.elapsedMs(eCompute));
 
     await comm.barrier();
-    e0.record(b.stream);
+    e0.record(commStream);
     await exchange();
-    eComm.record(b.stream);
+    eComm.record(commStream);
     eComm.synchronize();
     commAlone.push(e0.elapsedMs(eComm));
 
     await comm.barrier();
     e0.record(compute);
-    b.stream.wait(e0);
-    gemm();
+    commStream.wait(e0);
+    // The exchange is posted before the GEMM, as torch_dist_bench.py does and as DistAttn's executor
+    // posts a step's transfers before its blocks: NCCL's kernels are queued first and get SMs first.
     await exchange();
+    gemm();
     eCompute.record(compute);
-    eComm.record(b.stream);
+    eComm.record(commStream);
     eCompute.synchronize();
     eComm.synchronize();
     const g = e0.elapsedMs(eCompute);
@@ -284,7 +353,8 @@ async function measureOverlap(comm: Communicator, b: Bench, trials: number) {
   const gemmMs = await b.slowest(median(gemmAlone));
   const commMs = await b.slowest(median(commAlone));
   const bothMs = await b.slowest(median(both));
-  const result = {
+  const result: Overlap = {
+    commPriority: priority,
     gemm: `bf16 ${N}x${N}x${N}`,
     comm: `send+recv ${fmtSize(bytes)} each way`,
     gemmMs,
@@ -294,10 +364,13 @@ async function measureOverlap(comm: Communicator, b: Bench, trials: number) {
     bothMs,
     gemmInBothMs: await b.slowest(median(gemmInBoth)),
     commInBothMs: await b.slowest(median(commInBoth)),
-    /** (alone_a + alone_b - together) / min(alone_a, alone_b): 1 = the shorter one fully hidden. */
+    bothOverLonger: bothMs / Math.max(gemmMs, commMs),
     hiddenFraction: (gemmMs + commMs - bothMs) / Math.min(gemmMs, commMs),
   };
   for (const t of [x, w, y, sendBuf, recvBuf]) t.dispose();
+  for (const e of [e0, eCompute, eComm]) e.dispose();
+  compute.dispose();
+  commStream.dispose();
   return result;
 }
 
