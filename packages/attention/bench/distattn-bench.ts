@@ -3,6 +3,11 @@
 // ideal; measured traffic against the schedule's analytic count; plus a bf16 equality check against
 // one-GPU attention. Self-launching: run it plainly and it starts one rank per GPU over NCCL.
 //   bun packages/attention/bench/distattn-bench.ts out.json [T1,T2,...] [Hkv1,Hkv2] [schedules] [modes]
+// Environment: BENCH_BACKEND (cuda: our kernel, the default; cudnn), BENCH_REPS (3), BENCH_EQUALITY
+// (run|only|skip), BENCH_ALL_MODES_HKV (the Hkv values, comma list, that run every mode; the others
+// run overlap only; default 32; 0 for none), BENCH_NO_BASELINE=1 (no one-GPU run),
+// BENCH_COMM_PRIORITY (default|high: the priority of DistAttn's comm stream). Each row records the
+// comm priority and any NCCL_* variables set.
 
 import { type Communicator, initCommunicator, launch } from "@lightseq/comm";
 import { Event, probeGpus } from "@lightseq/cuda";
@@ -19,6 +24,28 @@ import { checkSchedule, makeSchedule, SCHEDULES, type Schedule, type ScheduleNam
 const [outPath = "", tsArg = "65536,131072,262144", hkvArg = "32,8", schedArg = SCHEDULES.join(","), modeArg = "overlap,sync,nocomm"] =
   process.argv.slice(2);
 
+/** Checked before any rank starts, so a typo stops the launcher rather than every rank. */
+function envChoice<C extends string>(name: string, choices: readonly C[], fallback: C): C {
+  const v = process.env[name] || fallback;
+  if (!choices.includes(v as C)) throw new Error(`${name}: expected one of ${choices.join(", ")}, got "${v}"`);
+  return v as C;
+}
+/** Block kernels: "cuda" (ours) or "cudnn". */
+const BACKEND = envChoice("BENCH_BACKEND", ["cuda", "cudnn"], "cuda");
+/** "run" (default), "only" (equality check, no timing) or "skip". */
+const EQUALITY = envChoice("BENCH_EQUALITY", ["run", "only", "skip"], "run");
+/** Priority of DistAttn's comm stream (PyTorch gives NCCL "high"; the default is what BENCHMARKS.md measured). */
+const COMM_PRIORITY = envChoice("BENCH_COMM_PRIORITY", ["default", "high"], "default");
+/** Hkv values that run every mode; the others run overlap only (each mode is a full fwd+bwd per repetition). */
+const ALL_MODES_HKV = (process.env.BENCH_ALL_MODES_HKV ?? "32").split(",").map((x) => {
+  const v = Number(x);
+  if (x === "" || !Number.isInteger(v) || v < 0)
+    throw new Error(`BENCH_ALL_MODES_HKV: expected a comma list of head counts (0 for none), got "${process.env.BENCH_ALL_MODES_HKV}"`);
+  return v;
+});
+/** NCCL_* variables other than the always-set multicast switch, recorded with each row. */
+const NCCL_ENV = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith("NCCL_") && k !== "NCCL_NVLS_ENABLE"));
+
 if (process.env.RANK === undefined) {
   const gpus = probeGpus().count;
   if (gpus < 2) throw new Error(`distattn-bench needs at least 2 GPUs, found ${gpus}: ${probeGpus().reason}`);
@@ -32,12 +59,7 @@ const dev = "cuda:0";
 const stream = T.currentStream(0);
 const H = 32;
 const REPS = Number(process.env.BENCH_REPS ?? 3);
-/** Block kernels: "cuda" (ours) or "cudnn". */
-const backend: AttentionBackend = process.env.BENCH_BACKEND === "cudnn" ? cudnnBackend : cudaBackend;
-/** "run" (default), "only" (equality check, no timing) or "skip". */
-const EQUALITY = process.env.BENCH_EQUALITY ?? "run";
-/** Modes other than overlap only for MHA (each mode is a full fwd+bwd per repetition). */
-const ALL_MODES_HKV = Number(process.env.BENCH_ALL_MODES_HKV ?? 32);
+const backend: AttentionBackend = BACKEND === "cudnn" ? cudnnBackend : cudaBackend;
 const D = 128;
 const say = (m: string) => {
   if (comm.rank === 0) console.log(m);
@@ -139,10 +161,21 @@ for (const Hkv of EQUALITY === "only" ? [] : hkvArg.split(",").map(Number)) {
       const k = T.randn([n, Hkv, D], { seed: seed + 10, dtype: "bf16", device: dev });
       const v = T.randn([n, Hkv, D], { seed: seed + 20, dtype: "bf16", device: dev });
       const dO = T.randn([n, H, D], { seed: seed + 30, dtype: "bf16", device: dev });
-      const row: Record<string, unknown> = { N, H, Hkv, D, P, schedule: name, kernel: backend.name, oneGpuMs };
+      const row: Record<string, unknown> = {
+        N,
+        H,
+        Hkv,
+        D,
+        P,
+        schedule: name,
+        kernel: backend.name,
+        oneGpuMs,
+        commPriority: COMM_PRIORITY,
+        ncclEnv: NCCL_ENV,
+      };
       for (const mode of modeArg.split(",") as DistMode[]) {
-        if (mode !== "overlap" && Hkv !== ALL_MODES_HKV) continue;
-        const opts = { schedule: s, N, comm, backend, mode };
+        if (mode !== "overlap" && !ALL_MODES_HKV.includes(Hkv)) continue;
+        const opts = { schedule: s, N, comm, backend, mode, commPriority: COMM_PRIORITY };
         let traffic = { fwd: 0, bwd: 0 };
         const ms = await timeMs(async () => {
           const f = await distAttnForward(q, k, v, opts);
@@ -188,7 +221,7 @@ for (const Hkv of EQUALITY === "skip" ? [] : [H, 8]) {
     const s = makeSchedule(name, P);
     const ranges = localRanges(s, placeSequence(s, N), comm.rank);
     const take = (t: T.Tensor): T.Tensor => gatherRows(t, ranges);
-    const opts = { schedule: s, N, comm, backend };
+    const opts = { schedule: s, N, comm, backend, commPriority: COMM_PRIORITY };
     const lq = T.to(take(g.q), dev);
     const lk = T.to(take(g.k), dev);
     const lv = T.to(take(g.v), dev);
@@ -206,7 +239,7 @@ for (const Hkv of EQUALITY === "skip" ? [] : [H, 8]) {
     }
     const worst = await maxOverRanks(Math.max(...Object.values(errs)));
     say(JSON.stringify({ check: "bf16 equality vs one GPU", N, Hkv, schedule: name, worstRelErr: worst, ok: worst <= 1e-2 }));
-    results.push({ check: "equality", N, Hkv, schedule: name, worstRelErr: worst });
+    results.push({ check: "equality", N, Hkv, schedule: name, kernel: backend.name, commPriority: COMM_PRIORITY, worstRelErr: worst });
   }
 }
 

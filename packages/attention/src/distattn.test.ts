@@ -3,9 +3,12 @@
 
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { launch } from "@lightseq/comm";
+import { type Communicator, launch } from "@lightseq/comm";
+import { empty } from "@lightseq/tensor";
+import { distAttnForward } from "./distattn.ts";
 import type { DistCase } from "./fixtures/distattn-worker.ts";
-import { SCHEDULES } from "./schedule.ts";
+import { referenceBackend } from "./reference.ts";
+import { makeSchedule, SCHEDULES } from "./schedule.ts";
 
 const worker = join(import.meta.dir, "fixtures", "distattn-worker.ts");
 
@@ -64,4 +67,13 @@ describe("DistAttn equals single-rank attention (CPU backend, real processes)", 
     if (r.exitCode !== 0) console.error(r.log.join("\n"));
     expect(r.exitCode).toBe(0);
   }, 60_000);
+});
+
+test("an unknown comm stream priority is refused, naming the option", async () => {
+  const q = empty([4, 2, 8], { dtype: "f32" });
+  // The option is checked before the communicator is used: a stand-in with size and rank suffices.
+  const comm = { size: 1, rank: 0 } as unknown as Communicator;
+  const o = { schedule: makeSchedule("ring", 1), N: 4, comm, backend: referenceBackend, commPriority: "urgent" as "high" };
+  await expect(distAttnForward(q, q, q, o)).rejects.toThrow('commPriority must be "default" or "high", got "urgent"');
+  q.dispose();
 });

@@ -34,6 +34,11 @@ export interface DistAttnOptions {
   mode?: DistMode;
   /** CUDA: the compute stream (default: the device's current stream). */
   stream?: Stream;
+  /**
+   * CUDA: priority of the comm stream (default "default", as measured in BENCHMARKS.md). "high" is
+   * what PyTorch gives NCCL: its kernels get SMs ahead of the attention blocks as those retire.
+   */
+  commPriority?: "default" | "high";
 }
 
 export interface DistForwardResult {
@@ -67,10 +72,14 @@ interface Ctx {
   scale: number | undefined;
 }
 
-const commStreams = new Map<number, Stream>();
+/** One comm stream per device and priority, created on first use and kept for the process. */
+const commStreams = new Map<string, Stream>();
 
 function context(o: DistAttnOptions, q: Tensor): Ctx {
   const { schedule: s, comm } = o;
+  const priority = o.commPriority ?? "default";
+  if (priority !== "default" && priority !== "high")
+    throw new TensorError(`distAttn: commPriority must be "default" or "high", got ${JSON.stringify(priority)}`);
   if (comm.size !== s.P) throw new TensorError(`distAttn: the schedule is for P = ${s.P} ranks, the communicator has ${comm.size}`);
   const p = placeSequence(s, o.N);
   const rank = comm.rank;
@@ -82,10 +91,11 @@ function context(o: DistAttnOptions, q: Tensor): Ctx {
   if (gpu) {
     const dev = (q.device as { index: number }).index;
     ctx.compute = o.stream ?? currentStream(dev);
-    let cs = commStreams.get(dev);
+    const key = `${dev}|${priority}`;
+    let cs = commStreams.get(key);
     if (!cs) {
-      cs = Stream.create(dev);
-      commStreams.set(dev, cs);
+      cs = Stream.create(dev, { priority });
+      commStreams.set(key, cs);
     }
     ctx.commStream = cs;
   }
