@@ -36,6 +36,9 @@ const commonFlags = [
   "-gencode",
   "arch=compute_90,code=sm_90",
 ];
+// Hopper files are built for sm_80 (where their kernels only trap: the host never launches them there)
+// and sm_90a, but not plain sm_90: with both sm_90 and sm_90a images the loader could pick the one
+// without wgmma.
 const hopperFlags = ["-gencode", "arch=compute_90a,code=sm_90a"];
 const linkFlags = ["-shared", "-cudart", "shared"];
 
@@ -70,7 +73,11 @@ async function runAsync(cmd: string[]): Promise<{ ok: boolean; output: string }>
 
 function flagsFor(source: string): string[] {
   const needsHopper = /^\/\/ build: sm_90a$/m.test(readFileSync(join(srcDir, source), "utf8"));
-  return needsHopper ? [...commonFlags, ...hopperFlags] : commonFlags;
+  if (!needsHopper) return commonFlags;
+  const withoutSm90 = commonFlags.filter(
+    (f, i) => f !== "arch=compute_90,code=sm_90" && commonFlags[i + 1] !== "arch=compute_90,code=sm_90",
+  );
+  return [...withoutSm90, ...hopperFlags];
 }
 
 async function main(): Promise<number> {

@@ -33,11 +33,16 @@
 //
 // Cost (kernels/dev/attention/NOTES.md): forward 4 Tq Tk Hq D FLOPs (halved for causal, Tq == Tk),
 // backward 2.5x that. Tiles: forward 128 query rows x 32 keys (D = 128) or 64 keys (D = 64), 4 warps of
-// 32 rows; backward 128 keys x 64 queries, 8 warps of 16 keys.
+// 32 rows; backward 128 keys x 64 queries: on sm_90 (H100, H200) 2 warpgroups of 64 keys with wgmma
+// (attention_sm90.cu), elsewhere 8 warps of 16 keys with mma.sync. LIGHTSEQ_ATTN_BWD=mma picks the
+// mma.sync kernel on sm_90 too (for comparison); ls_attn_bwd_kernel() says which one runs.
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "attention.cuh"
 #include "attention_kernels.cuh"
+#include "attention_sm90.cuh"
 
 namespace {
 
@@ -141,8 +146,28 @@ LS_API int ls_attn_bwd_bf16(const uint16_t* q, const uint16_t* k, const uint16_t
   p.offset = Tk - Tq;
   p.scale = scale;
   p.scale_log2 = scale * kLog2e;
-  cudaError_t e = D == 128 ? launch_bwd<128, kBwdBM, kBwdWarps>(p, s) : launch_bwd<64, kBwdBM, kBwdWarps>(p, s);
+  const int impl = ls_attn_bwd_kernel();
+  if (impl < 0) return cudaErrorInvalidValue;  // LIGHTSEQ_ATTN_BWD names no kernel this device runs
+  cudaError_t e = impl == 1                     ? sm90::launch_bwd(p, D, s)
+                  : D == 128 ? launch_bwd<128, kBwdBM, kBwdWarps>(p, s)
+                             : launch_bwd<64, kBwdBM, kBwdWarps>(p, s);
   return static_cast<int>(e);
+}
+
+LS_API int ls_attn_bwd_kernel(void) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return -1;
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    return -1;
+  }
+  const bool hopper = major == 9 && minor == 0;
+  const char* want = std::getenv("LIGHTSEQ_ATTN_BWD");
+  if (want == nullptr || *want == '\0' || std::strcmp(want, "auto") == 0) return hopper ? 1 : 0;
+  if (std::strcmp(want, "mma") == 0) return 0;
+  if (std::strcmp(want, "wgmma") == 0) return hopper ? 1 : -1;
+  return -1;
 }
 
 LS_API int ls_attn_merge_f32(float* acc_o, float* acc_lse, const float* o_part, const float* lse_part, int Tq, int Hq, int D, cudaStream_t s) {

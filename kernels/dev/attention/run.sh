@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The attention lab in one command (for the GPU machine): build check.cu for sm_90 with the ptxas report,
+# The attention lab in one command (for the GPU machine): build check.cu for sm_90a with the ptxas report,
 # summarise the SASS (HMMA present, no LDL/STL), validate, then time. Arguments go to check
 # (--quick, --no-time, --time-only, --verbose, --reps N). Logs land in $OUT when it is set.
 #
@@ -13,7 +13,7 @@ bin=$out/attn_check
 nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 
 echo "== build ($($nvcc --version | grep -o 'release [0-9.]*'))"
-"$nvcc" -O3 -std=c++17 --expt-relaxed-constexpr -lineinfo -gencode arch=compute_90,code=sm_90 -Xptxas -v \
+"$nvcc" -O3 -std=c++17 --expt-relaxed-constexpr -lineinfo -gencode arch=compute_90a,code=sm_90a -Xptxas -v \
   -I"$src" "$here/check.cu" -o "$bin" 2>"$out/ptxas.log" || { cat "$out/ptxas.log"; exit 1; }
 python3 "$here/ptxas_table.py" <"$out/ptxas.log" | grep -v ' ref_\| fill_' | tee "$out/ptxas.txt"
 

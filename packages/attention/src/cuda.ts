@@ -42,6 +42,8 @@ const attnSymbols = {
     returns: "i32",
   },
   ls_attn_bwd_workspace_bytes: { args: ["i32", "i32", "i32"], returns: "i64" },
+  // () -> 1 wgmma, 0 mma.sync, -1 none (the current device; LIGHTSEQ_ATTN_BWD)
+  ls_attn_bwd_kernel: { args: [], returns: "i32" },
   // (acc_o, acc_lse, o_part, lse_part, Tq, Hq, D, stream)
   ls_attn_merge_f32: { args: mergeArgs, returns: "i32" },
   ls_attn_merge_bf16: { args: mergeArgs, returns: "i32" },
@@ -193,6 +195,7 @@ export function backwardAccumulate(
   const own = ws === undefined ? empty([Math.max(bytes, 16) / 4], { dtype: "f32", device: q.device, stream: s }) : undefined;
   ws ??= own as Tensor;
   try {
+    cudaBackwardKernel(device); // a bad LIGHTSEQ_ATTN_BWD is named here, not reported as a bare launch error
     const code = attn().ls_attn_bwd_bf16(
       q.ptr(),
       k.ptr(),
@@ -217,6 +220,27 @@ export function backwardAccumulate(
   } finally {
     own?.dispose(); // stream-ordered free: after the kernels that read it
   }
+}
+
+export type BackwardKernel = "wgmma" | "mma.sync";
+
+/**
+ * The backward kernel that runs on `device`: "wgmma" (sm_90a, H100/H200) where the device has compute
+ * capability 9.0, else "mma.sync". The environment variable LIGHTSEQ_ATTN_BWD (auto | mma | wgmma),
+ * read by the kernels library at each call, overrides it for comparisons; a value the device cannot
+ * run throws here, naming it.
+ */
+export function cudaBackwardKernel(device: number): BackwardKernel {
+  setDevice(device);
+  const k = attn().ls_attn_bwd_kernel();
+  if (k === 1) return "wgmma";
+  if (k === 0) return "mma.sync";
+  const want = process.env.LIGHTSEQ_ATTN_BWD;
+  throw new AttentionError(
+    want === "wgmma"
+      ? `LIGHTSEQ_ATTN_BWD=wgmma: the wgmma backward needs a compute capability 9.0 GPU (H100, H200), and cuda:${device} is not one; unset it or set mma`
+      : `LIGHTSEQ_ATTN_BWD=${JSON.stringify(want)}: expected auto, mma or wgmma (or unset)`,
+  );
 }
 
 /**

@@ -7,7 +7,7 @@
 import { probeGpus } from "@lightseq/cuda";
 import { type DeviceLike, parseDevice } from "@lightseq/tensor";
 import type { AttentionBackend } from "./block.ts";
-import { cudaBackend } from "./cuda.ts";
+import { cudaBackend, cudaBackwardKernel } from "./cuda.ts";
 import { cudnnAvailable, cudnnBackend } from "./cudnn.ts";
 import { AttentionError } from "./layout.ts";
 import { referenceBackend } from "./reference.ts";
@@ -40,8 +40,9 @@ export function selectAttentionBackend(choice: BackendChoice, device: DeviceLike
     if (!cudnn.ok) throw new AttentionError(`attention backend "cudnn" is not available: ${cudnn.reason}`);
     return { backend: cudnnBackend, reason: `attention backend: cudnn (${cudnn.reason})` };
   }
-  if (choice === "cuda") return { backend: cudaBackend, reason: "attention backend: cuda (our flash-attention kernels, as requested)" };
+  const ours = () => `our flash-attention kernels, ${cudaBackwardKernel(d.index)} backward`;
+  if (choice === "cuda") return { backend: cudaBackend, reason: `attention backend: cuda (${ours()}, as requested)` };
   return cudnn.ok
     ? { backend: cudnnBackend, reason: `attention backend: cudnn (auto: present and faster; ${cudnn.reason})` }
-    : { backend: cudaBackend, reason: `attention backend: cuda (auto: cuDNN not available: ${cudnn.reason})` };
+    : { backend: cudaBackend, reason: `attention backend: cuda (${ours()}; auto: cuDNN not available: ${cudnn.reason})` };
 }
