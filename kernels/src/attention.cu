@@ -33,12 +33,14 @@
 //
 // Cost (kernels/dev/attention/NOTES.md): forward 4 Tq Tk Hq D FLOPs (halved for causal, Tq == Tk),
 // backward 2.5x that. Tiles: forward 128 query rows x 32 keys (D = 128) or 64 keys (D = 64), 4 warps of
-// 32 rows; backward 128 keys x 64 queries: on sm_90 (H100, H200) 2 warpgroups of 64 keys with wgmma
-// (attention_sm90.cu), elsewhere 8 warps of 16 keys with mma.sync. LIGHTSEQ_ATTN_BWD=mma picks the
-// mma.sync kernel on sm_90 too (for comparison); ls_attn_bwd_kernel() says which one runs.
+// 32 rows; backward 128 keys x 64 queries, 8 warps of 16 keys: the mma.sync kernels (sm_80 and later).
+// On sm_90 (H100, H200) the wgmma kernels of attention_sm90.cu run instead: forward 128 query rows x
+// 128 keys, backward 128 keys x 64 queries, 2 warpgroups of 64 rows each. LIGHTSEQ_ATTN_KERNEL=mma
+// picks the mma.sync kernels on sm_90 too (for comparison); ls_attn_kernel() says which ones run.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "attention.cuh"
 #include "attention_kernels.cuh"
@@ -84,8 +86,15 @@ int attn_fwd(const uint16_t* q, const uint16_t* k, const uint16_t* v, OutT* o, f
   p.causal = causal != 0;
   p.offset = Tk - Tq;
   p.scale_log2 = scale * kLog2e;
-  cudaError_t e = D == 128 ? launch_fwd<128, kFwdBM, kFwdBN128, kFwdWarps, OutT>(p, s)
-                           : launch_fwd<64, kFwdBM, kFwdBN64, kFwdWarps, OutT>(p, s);
+  const int impl = ls_attn_kernel();
+  if (impl < 0) return cudaErrorInvalidValue;  // LIGHTSEQ_ATTN_KERNEL names no kernel this device runs
+  cudaError_t e;
+  if (impl == 1) {
+    if constexpr (std::is_same_v<OutT, float>) e = sm90::launch_fwd_f32(p, D, s);
+    else e = sm90::launch_fwd_bf16(p, D, s);
+  } else {
+    e = D == 128 ? launch_fwd<128, kFwdBM, kFwdBN128, kFwdWarps, OutT>(p, s) : launch_fwd<64, kFwdBM, kFwdBN64, kFwdWarps, OutT>(p, s);
+  }
   return static_cast<int>(e);
 }
 
@@ -146,15 +155,15 @@ LS_API int ls_attn_bwd_bf16(const uint16_t* q, const uint16_t* k, const uint16_t
   p.offset = Tk - Tq;
   p.scale = scale;
   p.scale_log2 = scale * kLog2e;
-  const int impl = ls_attn_bwd_kernel();
-  if (impl < 0) return cudaErrorInvalidValue;  // LIGHTSEQ_ATTN_BWD names no kernel this device runs
+  const int impl = ls_attn_kernel();
+  if (impl < 0) return cudaErrorInvalidValue;  // LIGHTSEQ_ATTN_KERNEL names no kernel this device runs
   cudaError_t e = impl == 1                     ? sm90::launch_bwd(p, D, s)
                   : D == 128 ? launch_bwd<128, kBwdBM, kBwdWarps>(p, s)
                              : launch_bwd<64, kBwdBM, kBwdWarps>(p, s);
   return static_cast<int>(e);
 }
 
-LS_API int ls_attn_bwd_kernel(void) {
+LS_API int ls_attn_kernel(void) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return -1;
   int major = 0, minor = 0;
@@ -163,7 +172,7 @@ LS_API int ls_attn_bwd_kernel(void) {
     return -1;
   }
   const bool hopper = major == 9 && minor == 0;
-  const char* want = std::getenv("LIGHTSEQ_ATTN_BWD");
+  const char* want = std::getenv("LIGHTSEQ_ATTN_KERNEL");
   if (want == nullptr || *want == '\0' || std::strcmp(want, "auto") == 0) return hopper ? 1 : 0;
   if (std::strcmp(want, "mma") == 0) return 0;
   if (std::strcmp(want, "wgmma") == 0) return hopper ? 1 : -1;

@@ -21,11 +21,12 @@ LS_API int ls_attn_bwd_bf16(const uint16_t* q, const uint16_t* k, const uint16_t
                             const float* lse, const uint16_t* dout, float* dq, float* dk, float* dv, void* workspace,
                             int Tq, int Tk, int Hq, int Hkv, int D, float scale, int causal, cudaStream_t s);
 LS_API int64_t ls_attn_bwd_workspace_bytes(int Tq, int Hq, int D);
-// The backward kernel ls_attn_bwd_bf16 runs on the current device: 1 = wgmma (attention_sm90.cu, compute
+// The kernels the calls above run on the current device: 1 = wgmma (attention_sm90.cu, compute
 // capability 9.0 only), 0 = mma.sync (attention_kernels.cuh, sm_80 and later), -1 = none: the
-// environment variable LIGHTSEQ_ATTN_BWD (auto | mma | wgmma; unset = auto = wgmma where it runs) names
-// a kernel this device cannot run or an unknown one, or the device cannot be queried.
-LS_API int ls_attn_bwd_kernel(void);
+// environment variable LIGHTSEQ_ATTN_KERNEL (auto | mma | wgmma; unset = auto = wgmma where it runs)
+// names kernels this device cannot run or unknown ones, or the device cannot be queried; the calls
+// then return cudaErrorInvalidValue without launching.
+LS_API int ls_attn_kernel(void);
 
 // (acc_o [Tq, Hq, D] f32, acc_lse [Hq, Tq] f32) <- merge((acc_o, acc_lse), (o_part, lse_part)) in place.
 LS_API int ls_attn_merge_f32(float* acc_o, float* acc_lse, const float* o_part, const float* lse_part,

@@ -1,6 +1,7 @@
 // build: sm_90a
-// Block-attention backward for Hopper (sm_90a): the same contract and results as attn_bwd_kernel in
-// attention_kernels.cuh, with warpgroup MMAs (wgmma) instead of mma.sync. Measured cause of the change
+// Block attention for Hopper (sm_90a): forward and backward with the same contract and results as
+// attn_fwd_kernel and attn_bwd_kernel in attention_kernels.cuh, with warpgroup MMAs (wgmma) instead
+// of mma.sync. The backward first, then the forward (further down). Measured cause of the change
 // (kernels/dev/attention/NOTES.md): the mma.sync backward is shared-memory bound (ldmatrix feeds every
 // B fragment to only two MMAs when a warp owns 16 keys); wgmma reads its shared operands once per
 // warpgroup (64 rows) and takes P^T and dS^T straight from registers.
@@ -81,6 +82,14 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const uint32_
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate), "n"(kTransB));
 }
 
+template <int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"
+      " wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, %67, %68;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransA), "n"(kTransB));
+}
 #endif  // wgmma wrappers
 
 // ---------------------------------------------------------------------------------------------------
@@ -356,6 +365,182 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_sm90_kernel(const BwdParams p
 #endif
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Forward: the contract and results of attn_fwd_kernel (attention_kernels.cuh) with wgmma.
+//
+// CTA = (128 query rows, head), 2 warpgroups x 64 rows; keys in tiles of 128, K and V double buffered
+// (tile j + 1 loads while tile j is multiplied), last tile first. Per tile and warpgroup:
+//   S = Q_wg K^T          wgmma m64n128k16, Q and K from shared memory (K-major)
+//   mask, online softmax in registers (rows 16 wl + g and + 8 per thread; a quad shares a row)
+//   O = O alpha + P V     wgmma m64nDk16, P from registers, V = the [key][d] tile read MN-major
+
+template <int D>
+struct Sm90FwdShape {
+  static constexpr int kBM = 128;
+  static constexpr int kBN = 128;
+  static constexpr int kThreads = 256;
+  static constexpr int kTileBytes = kBN * D * 2;
+  static constexpr int kOffQ = 0;
+  static constexpr int kOffK = kBM * D * 2;          // 2 buffers
+  static constexpr int kOffV = kOffK + 2 * kTileBytes;  // 2 buffers
+  static constexpr int kSmemBytes = kOffV + 2 * kTileBytes + 1024;  // + alignment slack
+  static_assert(D == 64 || D == 128, "head dim");
+};
+
+template <int D, typename OutT>
+__global__ void __launch_bounds__(256, 1) attn_fwd_sm90_kernel(const FwdParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Shape = Sm90FwdShape<D>;
+  constexpr int BM = Shape::kBM;
+  constexpr int BN = Shape::kBN;
+  constexpr int kThreads = Shape::kThreads;
+  constexpr int NT = BN / 8;     // n8 tiles of S per thread row pair
+  constexpr int NACC = D / 2;    // O accumulators (m64 x D over 128 threads)
+  constexpr int KS = D / 16;     // k-steps of Q K^T
+  constexpr int KP = BN / 16;    // k-steps of P V
+  constexpr uint32_t kSbo = 1024;
+
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  const uint32_t s0 = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sQ = s0 + Shape::kOffQ;
+  const uint32_t sK = s0 + Shape::kOffK;
+  const uint32_t sV = s0 + Shape::kOffV;
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int wg = warp >> 2;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+
+  const int h = static_cast<int>(blockIdx.x % p.Hq);
+  const int mb = p.m_blocks - 1 - static_cast<int>(blockIdx.x / p.Hq);
+  const int m0 = mb * BM;
+  const int kvh = h / p.group;
+  const int row_lo = m0 + warp * 16 + g;  // this thread's rows: row_lo and row_lo + 8 (64 wg + 16 wl + g)
+
+  const int n_end = p.causal ? min(p.Tk, m0 + BM + p.offset) : p.Tk;
+  const int n_blocks = n_end > 0 ? (n_end + BN - 1) / BN : 0;
+
+  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D;
+  const int64_t kv_stride = static_cast<int64_t>(p.Hkv) * D;
+  const uint16_t* qg = p.q + static_cast<int64_t>(h) * D;
+  const uint16_t* kg = p.k + static_cast<int64_t>(kvh) * D;
+  const uint16_t* vg = p.v + static_cast<int64_t>(kvh) * D;
+
+  float acc[NACC];
+#pragma unroll
+  for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY};  // running max of the raw scores
+  float row_sum[2] = {0.f, 0.f};              // this thread's share of the running sum
+
+  if (n_blocks > 0) {
+    load_tile_sw128<BM, D, kThreads>(sQ, qg, q_stride, m0, p.Tq, tid);
+    const int n_last = (n_blocks - 1) * BN;
+    load_tile_sw128<BN, D, kThreads>(sK, kg, kv_stride, n_last, p.Tk, tid);
+    load_tile_sw128<BN, D, kThreads>(sV, vg, kv_stride, n_last, p.Tk, tid);
+    cp_async_commit();
+  }
+  const uint32_t q_rows = static_cast<uint32_t>(wg * 64 * 128);
+
+  for (int it = 0; it < n_blocks; ++it) {
+    const int n0 = (n_blocks - 1 - it) * BN;
+    const uint32_t buf = (it & 1) * Shape::kTileBytes;
+    if (it + 1 < n_blocks) {
+      const uint32_t nbuf = ((it + 1) & 1) * Shape::kTileBytes;
+      load_tile_sw128<BN, D, kThreads>(sK + nbuf, kg, kv_stride, n0 - BN, p.Tk, tid);
+      load_tile_sw128<BN, D, kThreads>(sV + nbuf, vg, kv_stride, n0 - BN, p.Tk, tid);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    fence_proxy_async();
+    __syncthreads();
+
+    float s[4 * NT];
+    wg_fence();
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      const uint32_t a = sQ + (ks >> 2) * (BM * 128) + q_rows + (ks & 3) * 32;
+      const uint32_t b = sK + buf + (ks >> 2) * (BN * 128) + (ks & 3) * 32;
+      wgmma_m64n128k16_ss<0, 0>(s, desc_sw128(a, 16, kSbo), desc_sw128(b, 16, kSbo), ks > 0);
+    }
+    wg_commit();
+    wg_wait<0>();
+
+    const bool need_mask = n0 + BN > p.Tk || (p.causal && n0 + BN - 1 > m0 + p.offset);
+    if (need_mask) {
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int row = row_lo + hr * 8;
+        const int end = (p.causal ? min(p.Tk, row + p.offset + 1) : p.Tk) - n0;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          if (nt * 8 + 2 * t >= end) s[4 * nt + 2 * hr] = -INFINITY;
+          if (nt * 8 + 2 * t + 1 >= end) s[4 * nt + 2 * hr + 1] = -INFINITY;
+        }
+      }
+    }
+
+    uint32_t pk[NT][2];
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      float mx = row_max[hr];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hr], s[4 * nt + 2 * hr + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float shift = mx == -INFINITY ? 0.f : mx * p.scale_log2;
+      const float alpha = row_max[hr] == -INFINITY ? 0.f : ex2((row_max[hr] - mx) * p.scale_log2);
+      row_max[hr] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const float p0 = ex2(fmaf(s[4 * nt + 2 * hr], p.scale_log2, -shift));
+        const float p1 = ex2(fmaf(s[4 * nt + 2 * hr + 1], p.scale_log2, -shift));
+        pk[nt][hr] = pack_bf16(p0, p1);
+        sum += p0 + p1;
+      }
+      row_sum[hr] = row_sum[hr] * alpha + sum;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        acc[4 * j + 2 * hr] *= alpha;
+        acc[4 * j + 2 * hr + 1] *= alpha;
+      }
+    }
+
+    wg_fence();
+#pragma unroll
+    for (int kp = 0; kp < KP; ++kp) {
+      const uint32_t a[4] = {pk[2 * kp][0], pk[2 * kp][1], pk[2 * kp + 1][0], pk[2 * kp + 1][1]};
+      const uint64_t b = desc_sw128(sV + buf + kp * 16 * 128, BN * 128, kSbo);
+      if constexpr (D == 128) wgmma_m64n128k16_rs<1>(acc, a, b, 1);
+      else wgmma_m64n64k16_rs<1>(acc, a, b, 1);
+    }
+    wg_commit();
+    wg_wait<0>();
+    __syncthreads();  // both warpgroups are done with this buffer before the next iteration refills it
+  }
+
+  OutT* out = static_cast<OutT*>(p.o);
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    float l = row_sum[hr];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = row_lo + hr * 8;
+    if (row < p.Tq) {
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      OutT* orow = out + (static_cast<int64_t>(row) * p.Hq + h) * D + 2 * t;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) store_pair<OutT>(orow + j * 8, acc[4 * j + 2 * hr] * inv, acc[4 * j + 2 * hr + 1] * inv);
+      if (t == 0) p.lse[static_cast<int64_t>(h) * p.Tq + row] = l > 0.f ? (row_max[hr] * p.scale_log2 + __log2f(l)) * kLn2 : -INFINITY;
+    }
+  }
+#else
+  __trap();  // built for another architecture: the host dispatches here only on sm_90
+#endif
+}
+
 }  // namespace ls::attn::sm90
 
 // ---------------------------------------------------------------------------------------------------
@@ -383,6 +568,27 @@ cudaError_t launch_bwd_d(BwdParams p, cudaStream_t s) {
 
 cudaError_t launch_bwd(const BwdParams& p, int D, cudaStream_t s) {
   return D == 128 ? launch_bwd_d<128>(p, s) : launch_bwd_d<64>(p, s);
+}
+
+template <int D, typename OutT>
+cudaError_t launch_fwd_d(FwdParams p, cudaStream_t s) {
+  using Shape = Sm90FwdShape<D>;
+  auto kernel = attn_fwd_sm90_kernel<D, OutT>;
+  p.m_blocks = (p.Tq + Shape::kBM - 1) / Shape::kBM;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes);
+  if (e != cudaSuccess) return e;
+  const int64_t blocks = static_cast<int64_t>(p.m_blocks) * p.Hq;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
+  kernel<<<static_cast<unsigned>(blocks), Shape::kThreads, Shape::kSmemBytes, s>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_fwd_bf16(const FwdParams& p, int D, cudaStream_t s) {
+  return D == 128 ? launch_fwd_d<128, uint16_t>(p, s) : launch_fwd_d<64, uint16_t>(p, s);
+}
+
+cudaError_t launch_fwd_f32(const FwdParams& p, int D, cudaStream_t s) {
+  return D == 128 ? launch_fwd_d<128, float>(p, s) : launch_fwd_d<64, float>(p, s);
 }
 
 }  // namespace ls::attn::sm90

@@ -270,17 +270,17 @@ struct Summary {
   int cases = 0, failed = 0;
 };
 
-// The backward kernel that ls_attn_bwd_bf16 runs is chosen by LIGHTSEQ_ATTN_BWD (attention.cu); the
-// harness validates and times each kernel the device runs.
-void use_bwd(const char* which) { setenv("LIGHTSEQ_ATTN_BWD", which, 1); }
-const char* bwd_name() {
-  const int k = ls_attn_bwd_kernel();
+// The kernels that the ABI runs are chosen by LIGHTSEQ_ATTN_KERNEL (attention.cu); the harness validates
+// and times each set the device runs (wgmma and mma.sync on sm_90).
+void use_kernels(const char* which) { setenv("LIGHTSEQ_ATTN_KERNEL", which, 1); }
+const char* kernel_name() {
+  const int k = ls_attn_kernel();
   return k == 1 ? "wgmma" : k == 0 ? "mma.sync" : "none";
 }
-std::vector<const char*> bwd_kernels() {
-  use_bwd("wgmma");
-  const bool hopper = ls_attn_bwd_kernel() == 1;
-  use_bwd("auto");
+std::vector<const char*> kernel_sets() {
+  use_kernels("wgmma");
+  const bool hopper = ls_attn_kernel() == 1;
+  use_kernels("auto");
   return hopper ? std::vector<const char*>{"wgmma", "mma"} : std::vector<const char*>{"mma"};
 }
 
@@ -507,17 +507,17 @@ void time_shipped() {
         CK(cudaMemset(dk.p, 0, nk * 4));
         CK(cudaMemset(dv.p, 0, nk * 4));
         const float scale = 1.f / std::sqrt(static_cast<float>(D));
-        const double tf = median_ms([&] { CK(ls_attn_fwd_bf16(q.p, k.p, v.p, o.p, lse.p, T, T, H, Hkv, D, scale, causal, 0)); });
-        for (const char* which : bwd_kernels()) {
-          use_bwd(which);
+        for (const char* which : kernel_sets()) {
+          use_kernels(which);
+          const double tf = median_ms([&] { CK(ls_attn_fwd_bf16(q.p, k.p, v.p, o.p, lse.p, T, T, H, Hkv, D, scale, causal, 0)); });
           const double tb = median_ms([&] {
             CK(ls_attn_bwd_bf16(q.p, k.p, v.p, o.p, lse.p, dout.p, dq.p, dk.p, dv.p, ws.p, T, T, H, Hkv, D, scale, causal, 0));
           });
           const double F = fwd_flops(T, H, D, causal);
-          std::printf("%-6d %-4d %-6d %9.2f %9.2f %9.2f %8.1f %8.1f %8.1f  bwd: %s\n", T, Hkv, causal, tf, tb, tf + tb, F / tf * 1e-9,
-                      2.5 * F / tb * 1e-9, 3.5 * F / (tf + tb) * 1e-9, bwd_name());
+          std::printf("%-6d %-4d %-6d %9.2f %9.2f %9.2f %8.1f %8.1f %8.1f  %s\n", T, Hkv, causal, tf, tb, tf + tb, F / tf * 1e-9,
+                      2.5 * F / tb * 1e-9, 3.5 * F / (tf + tb) * 1e-9, kernel_name());
         }
-        use_bwd("auto");
+        use_kernels("auto");
       }
     }
   }
@@ -590,7 +590,7 @@ void time_bwd_breakdown() {
 
 void time_variants() {
   std::printf("\nlab: forward tile variants (D=128, H=32, T=32K, causal)\n");
-  time_fwd_variant<128, 32, 4>("(shipped) 4w x 32 rows");
+  time_fwd_variant<128, 32, 4>("(mma.sync path) 4w x 32 rows");
   time_fwd_variant<128, 64, 8>("8w x 16 rows");
   time_fwd_variant<128, 32, 8>("8w x 16 rows");
   time_fwd_variant<64, 64, 4>("4w x 16 rows");
@@ -624,15 +624,15 @@ int main(int argc, char** argv) {
                          ls_attn_fwd_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, 4, 4, 2, 2, 128, -1.f, 0, 0) == cudaErrorInvalidValue;
     std::printf("argument checks (D=96, Hq%%Hkv != 0, scale < 0 refused): %s\n", refuses ? "PASS" : "FAIL");
     ok = refuses && ok;
-    for (const char* which : bwd_kernels()) {
-      use_bwd(which);
-      std::printf("\n== backward kernel: %s\n", bwd_name());
+    for (const char* which : kernel_sets()) {
+      use_kernels(which);
+      std::printf("\n== kernels: %s\n", kernel_name());
       ok = validate(quick) && ok;
       ok = check_determinism() && ok;
+      ok = check_merge<64>() && ok;
+      ok = check_merge<128>() && ok;
     }
-    use_bwd("auto");
-    ok = check_merge<64>() && ok;
-    ok = check_merge<128>() && ok;
+    use_kernels("auto");
     std::printf("VALIDATION %s\n", ok ? "PASS" : "FAIL");
   }
   if (do_time) {

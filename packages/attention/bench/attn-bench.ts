@@ -10,7 +10,7 @@
 import { deviceInfo, Event, type Stream } from "@lightseq/cuda";
 import { currentStream, empty, fill, randn, type Tensor } from "@lightseq/tensor";
 import { attentionCost } from "../src/block.ts";
-import { backwardAccumulate, backwardWorkspaceBytes, cudaBackwardKernel, forwardInto } from "../src/cuda.ts";
+import { backwardAccumulate, backwardWorkspaceBytes, cudaAttentionKernels, forwardInto } from "../src/cuda.ts";
 import { cudnnAvailable, cudnnBackwardInto, cudnnForwardInto } from "../src/cudnn.ts";
 
 const args = process.argv.slice(2);
@@ -55,7 +55,7 @@ function timeMs(fn: () => void, warmup = 2): number {
 }
 
 const info = deviceInfo(0);
-const kernelName = (b: string) => (b === "cuda" ? `lightseq cuda (mma.sync fwd, ${cudaBackwardKernel(0)} bwd)` : "cudnn (fused attention)");
+const kernelName = (b: string) => (b === "cuda" ? `lightseq cuda (${cudaAttentionKernels(0)})` : "cudnn (fused attention)");
 console.log(`device: ${info.name}, ${info.multiProcessors} SMs; H=${H} D=${D} causal bf16, median of ${reps}`);
 for (const b of backends) console.log(`  ${b}: ${kernelName(b)}`);
 console.log(

@@ -263,24 +263,24 @@ test.skipIf(!noGpu)("without a GPU the CUDA attention tests are skipped (the ref
   expect(noGpu).toBe(true);
 });
 
-describe.skipIf(noGpu)("backward kernel choice", () => {
-  test("wgmma on compute capability 9.0, mma.sync elsewhere; LIGHTSEQ_ATTN_BWD overrides it or is refused by name", async () => {
+describe.skipIf(noGpu)("kernel choice", () => {
+  test("wgmma on compute capability 9.0, mma.sync elsewhere; LIGHTSEQ_ATTN_KERNEL overrides it or is refused by name", async () => {
     const { deviceInfo } = await import("@lightseq/cuda");
-    const { cudaBackwardKernel } = await import("./cuda.ts");
+    const { cudaAttentionKernels } = await import("./cuda.ts");
     const [major, minor] = deviceInfo(0).computeCapability;
     const hopper = major === 9 && minor === 0;
-    expect(cudaBackwardKernel(0)).toBe(hopper ? "wgmma" : "mma.sync");
+    expect(cudaAttentionKernels(0)).toBe(hopper ? "wgmma" : "mma.sync");
     // The library reads the variable from the process environment (bun's process.env does not reach
     // C's getenv), so each setting runs in a child process.
     const probe = async (value: string) => {
-      const code = `import { cudaBackwardKernel } from ${JSON.stringify(`${import.meta.dir}/cuda.ts`)};
-        try { console.log(cudaBackwardKernel(0)); } catch (e) { console.log("error: " + e.message); }`;
-      const p = Bun.spawn([process.execPath, "-e", code], { env: { ...process.env, LIGHTSEQ_ATTN_BWD: value }, stdout: "pipe" });
+      const code = `import { cudaAttentionKernels } from ${JSON.stringify(`${import.meta.dir}/cuda.ts`)};
+        try { console.log(cudaAttentionKernels(0)); } catch (e) { console.log("error: " + e.message); }`;
+      const p = Bun.spawn([process.execPath, "-e", code], { env: { ...process.env, LIGHTSEQ_ATTN_KERNEL: value }, stdout: "pipe" });
       return (await new Response(p.stdout).text()).trim();
     };
     expect(await probe("mma")).toBe("mma.sync");
     if (hopper) expect(await probe("wgmma")).toBe("wgmma");
     else expect(await probe("wgmma")).toContain("needs a compute capability 9.0 GPU");
-    expect(await probe("fast")).toContain('LIGHTSEQ_ATTN_BWD="fast": expected auto, mma or wgmma');
+    expect(await probe("fast")).toContain('LIGHTSEQ_ATTN_KERNEL="fast": expected auto, mma or wgmma');
   });
 });

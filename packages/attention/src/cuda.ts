@@ -42,8 +42,8 @@ const attnSymbols = {
     returns: "i32",
   },
   ls_attn_bwd_workspace_bytes: { args: ["i32", "i32", "i32"], returns: "i64" },
-  // () -> 1 wgmma, 0 mma.sync, -1 none (the current device; LIGHTSEQ_ATTN_BWD)
-  ls_attn_bwd_kernel: { args: [], returns: "i32" },
+  // () -> 1 wgmma, 0 mma.sync, -1 none (the current device; LIGHTSEQ_ATTN_KERNEL)
+  ls_attn_kernel: { args: [], returns: "i32" },
   // (acc_o, acc_lse, o_part, lse_part, Tq, Hq, D, stream)
   ls_attn_merge_f32: { args: mergeArgs, returns: "i32" },
   ls_attn_merge_bf16: { args: mergeArgs, returns: "i32" },
@@ -147,6 +147,7 @@ function launchForward(who: string, c: CheckedCall, q: Tensor, k: Tensor, v: Ten
   const L = attn();
   const fn = o.dtype === "f32" ? L.ls_attn_fwd_bf16_f32out : L.ls_attn_fwd_bf16;
   const code = fn(q.ptr(), k.ptr(), v.ptr(), o.ptr(), lse.ptr(), c.Tq, c.Tk, c.Hq, c.Hkv, c.D, c.scale, c.causal ? 1 : 0, s.handle);
+  if (code !== 0 && o.device.kind === "cuda") cudaAttentionKernels(o.device.index); // names a bad LIGHTSEQ_ATTN_KERNEL
   checkCode(who, code, o.dtype === "f32" ? "ls_attn_fwd_bf16_f32out" : "ls_attn_fwd_bf16", c);
 }
 
@@ -195,7 +196,6 @@ export function backwardAccumulate(
   const own = ws === undefined ? empty([Math.max(bytes, 16) / 4], { dtype: "f32", device: q.device, stream: s }) : undefined;
   ws ??= own as Tensor;
   try {
-    cudaBackwardKernel(device); // a bad LIGHTSEQ_ATTN_BWD is named here, not reported as a bare launch error
     const code = attn().ls_attn_bwd_bf16(
       q.ptr(),
       k.ptr(),
@@ -216,30 +216,31 @@ export function backwardAccumulate(
       c.causal ? 1 : 0,
       s.handle,
     );
+    if (code !== 0) cudaAttentionKernels(device); // names a bad LIGHTSEQ_ATTN_KERNEL rather than a bare code
     checkCode(who, code, "ls_attn_bwd_bf16", c);
   } finally {
     own?.dispose(); // stream-ordered free: after the kernels that read it
   }
 }
 
-export type BackwardKernel = "wgmma" | "mma.sync";
+export type AttentionKernels = "wgmma" | "mma.sync";
 
 /**
- * The backward kernel that runs on `device`: "wgmma" (sm_90a, H100/H200) where the device has compute
- * capability 9.0, else "mma.sync". The environment variable LIGHTSEQ_ATTN_BWD (auto | mma | wgmma),
- * read by the kernels library at each call, overrides it for comparisons; a value the device cannot
- * run throws here, naming it.
+ * The kernels (forward and backward) that run on `device`: "wgmma" (sm_90a, H100/H200) where the device
+ * has compute capability 9.0, else "mma.sync". The environment variable LIGHTSEQ_ATTN_KERNEL (auto | mma
+ * | wgmma), read by the kernels library at each call, overrides it for comparisons; a value the device
+ * cannot run throws here, naming it.
  */
-export function cudaBackwardKernel(device: number): BackwardKernel {
+export function cudaAttentionKernels(device: number): AttentionKernels {
   setDevice(device);
-  const k = attn().ls_attn_bwd_kernel();
+  const k = attn().ls_attn_kernel();
   if (k === 1) return "wgmma";
   if (k === 0) return "mma.sync";
-  const want = process.env.LIGHTSEQ_ATTN_BWD;
+  const want = process.env.LIGHTSEQ_ATTN_KERNEL;
   throw new AttentionError(
     want === "wgmma"
-      ? `LIGHTSEQ_ATTN_BWD=wgmma: the wgmma backward needs a compute capability 9.0 GPU (H100, H200), and cuda:${device} is not one; unset it or set mma`
-      : `LIGHTSEQ_ATTN_BWD=${JSON.stringify(want)}: expected auto, mma or wgmma (or unset)`,
+      ? `LIGHTSEQ_ATTN_KERNEL=wgmma: the wgmma kernels need a compute capability 9.0 GPU (H100, H200), and cuda:${device} is not one; unset it or set mma`
+      : `LIGHTSEQ_ATTN_KERNEL=${JSON.stringify(want)}: expected auto, mma or wgmma (or unset)`,
   );
 }
 

@@ -7,7 +7,7 @@
 import { probeGpus } from "@lightseq/cuda";
 import { type DeviceLike, parseDevice } from "@lightseq/tensor";
 import type { AttentionBackend } from "./block.ts";
-import { cudaBackend, cudaBackwardKernel } from "./cuda.ts";
+import { cudaAttentionKernels, cudaBackend } from "./cuda.ts";
 import { cudnnAvailable, cudnnBackend } from "./cudnn.ts";
 import { AttentionError } from "./layout.ts";
 import { referenceBackend } from "./reference.ts";
@@ -40,7 +40,7 @@ export function selectAttentionBackend(choice: BackendChoice, device: DeviceLike
     if (!cudnn.ok) throw new AttentionError(`attention backend "cudnn" is not available: ${cudnn.reason}`);
     return { backend: cudnnBackend, reason: `attention backend: cudnn (${cudnn.reason})` };
   }
-  const ours = () => `our flash-attention kernels, ${cudaBackwardKernel(d.index)} backward`;
+  const ours = () => `our flash-attention kernels, ${cudaAttentionKernels(d.index)}`;
   if (choice === "cuda") return { backend: cudaBackend, reason: `attention backend: cuda (${ours()}, as requested)` };
   return cudnn.ok
     ? { backend: cudnnBackend, reason: `attention backend: cudnn (auto: present and faster; ${cudnn.reason})` }
