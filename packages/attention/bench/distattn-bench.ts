@@ -9,6 +9,7 @@
 // BENCH_COMM_PRIORITY (default|high: the priority of DistAttn's comm stream). Each row records the
 // comm priority and any NCCL_* variables set.
 
+import { renameSync } from "node:fs";
 import { type Communicator, initCommunicator, launch } from "@lightseq/comm";
 import { Event, probeGpus } from "@lightseq/cuda";
 import * as T from "@lightseq/tensor";
@@ -121,6 +122,15 @@ function analyticBytes(s: Schedule, N: number, Hkv: number, rank: number): { fwd
 }
 
 const results: Record<string, unknown>[] = [];
+/**
+ * Rank 0 rewrites the JSON after every row (through a temporary file and a rename), so a run cut
+ * short by a device time limit still leaves the rows it finished.
+ */
+async function save(): Promise<void> {
+  if (comm.rank !== 0 || !outPath) return;
+  await Bun.write(`${outPath}.tmp`, JSON.stringify({ P, results }, null, 2));
+  renameSync(`${outPath}.tmp`, outPath);
+}
 const Ts = tsArg.split(",").map(Number);
 for (const Hkv of EQUALITY === "only" ? [] : hkvArg.split(",").map(Number)) {
   for (const N of Ts) {
@@ -200,6 +210,7 @@ for (const Hkv of EQUALITY === "only" ? [] : hkvArg.split(",").map(Number)) {
       for (const x of [q, k, v, dO]) x.dispose();
       results.push(row);
       say(JSON.stringify(row));
+      await save();
     }
   }
 }
@@ -240,8 +251,9 @@ for (const Hkv of EQUALITY === "skip" ? [] : [H, 8]) {
     const worst = await maxOverRanks(Math.max(...Object.values(errs)));
     say(JSON.stringify({ check: "bf16 equality vs one GPU", N, Hkv, schedule: name, worstRelErr: worst, ok: worst <= 1e-2 }));
     results.push({ check: "equality", N, Hkv, schedule: name, kernel: backend.name, commPriority: COMM_PRIORITY, worstRelErr: worst });
+    await save();
   }
 }
 
-if (comm.rank === 0 && outPath) await Bun.write(outPath, JSON.stringify({ P, results }, null, 2));
+await save();
 await comm.destroy();
