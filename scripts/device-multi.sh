@@ -3,13 +3,44 @@
 #   A: GPU tests (2 GPUs), attention kernel vs PyTorch SDPA (1 GPU), NCCL vs torch.distributed (2 GPUs)
 #   B: DistAttn vs PyTorch context_parallel on 2 GPUs (T = 64K, 128K, 256K)
 #   C: DistAttn vs PyTorch context_parallel on 4 GPUs (T = 128K .. 512K)
-# Usage: source .device/setup.sh && bash scripts/device-multi.sh A|B|C
+#   I3: comm tests, NCCL vs torch.distributed twice alternately, overlap by comm priority and NCCL_MAX_CTAS (2 GPUs)
+#   I5 / I5G: DistAttn on cuDNN blocks, every schedule and mode, MHA / GQA, PyTorch CP beside it (2 GPUs)
+#   I5K / I5KG: the same grid on our own kernel, MHA / GQA; I5KG adds the bf16 equality (2 GPUs)
+# The I stages write at most 8 files to $OUT (what the device tool brings back): one log and the
+# JSON files; they end by printing bench/report.ts's markdown tables. Tables over several stages:
+# bun bench/report.ts distattn i5/*.json i5g/*.json ... --cp i5/cp32.json --cp i5g/cp8.json (here, no GPU).
+# Usage: source .device/setup.sh && bash scripts/device-multi.sh A|B|C|I3|I5|I5G|I5K|I5KG
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 bun run build:kernels 2>&1 | tail -1
 ngpu=$(nvidia-smi -L | wc -l)
+
+# Stage budget (I stages): a command gets at most CAP seconds and never more than is left of BUDGET,
+# counted from the script's start (kernel build included), so a stage ends inside the tool's 10
+# minutes whatever the estimates below turn out to be; a command with no time left is skipped.
+BUDGET=${BUDGET:-480}
+tmo() {
+  local cap=$1 left=$((BUDGET - SECONDS))
+  shift
+  if [ "$left" -lt 15 ]; then echo "skipped (stage budget of ${BUDGET}s spent): $*"; return 124; fi
+  [ "$cap" -gt "$left" ] && cap=$left
+  # Start and end times go into the log too: the next estimates come from them.
+  local c="$*"
+  echo "== [${SECONDS}s] $(env | grep -E '^(NCCL_MAX_CTAS|BENCH_[A-Z_]+)=' | sort | tr '\n' ' ')${c:0:200}"
+  timeout -k 10 "$cap" "$@"
+  local rc=$?
+  [ "$rc" -eq 124 ] && echo "timed out after ${cap}s: $*"
+  echo "== [${SECONDS}s] exit $rc"
+  return "$rc"
+}
+# Appends a command's output (rank 0's) to $LOG and shows only the lines that say how it went
+# (the tables come at the end, from the JSON).
+keep() { grep -v -e '^\[rank [1-9]' -e Warning | tee -a "$LOG" | grep -E '^==|^overlap|^wrote|rror|timed out|skipped|^one GPU'; }
+# The files among the arguments that exist and are not empty.
+have() { for f in "$@"; do [ -s "$f" ] && printf '%s\n' "$f"; done; }
+report() { echo; timeout 30 bun bench/report.ts "$@" 2>&1 | tee -a "$LOG"; }
 case "${1:-A}" in
 A2)
   # Comm (NCCL) and attention GPU tests, NCCL bandwidth, the cuDNN backend check.
@@ -58,5 +89,95 @@ D)
 C)
   BENCH_REPS=2 BENCH_ALL_MODES_HKV=0 timeout 420 bun packages/attention/bench/distattn-bench.ts "$OUT/distattn4.json" 131072,262144,524288 32,8 ring,lightseq,zigzag overlap 2>&1 | grep -v '^\[rank [1-9]' | tail -30
   timeout 150 torchrun --nproc-per-node="$ngpu" bench/torch_cp_attn.py "$OUT/cp4.json" 131072,262144,524288 32 32 cudnn 2>&1 | grep '^{' | tail -10
+  ;;
+I3)
+  # Estimate (no GPU timing of these yet; start-up guessed from stages A/A2): kernel build when cached
+  # ~5 s; GPU tests of packages/comm and packages/cuda ~70 s (27 s on the CPU here, plus NCCL
+  # conformance with a 64 MiB case and the 3 s watchdog test); nccl-bench --trials 10 ~25 s each
+  # (start-up and NCCL init ~10 s; the sweep moves ~0.5 GiB per trial per op and size: ~3 s; the
+  # overlap ~1 s); torch_dist_bench ~35 s each (import torch, init); three overlap-only runs ~15 s
+  # each; reports ~2 s. Total ~250 s; the caps add up past that, BUDGET bounds the whole.
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/i3.log"
+  LIGHTSEQ_REQUIRE_GPU=1 tmo 150 bun test packages/comm packages/cuda > /tmp/i3-test.log 2>&1
+  cat /tmp/i3-test.log >> "$LOG"
+  grep -E '^==|^\(fail\)|^ *[0-9]+ (pass|fail|skip)$|^error|timed out|skipped' /tmp/i3-test.log | head -20
+  # Ours and torch's alternately, twice: a difference that follows the order is the machine's, not ours.
+  for i in 1 2; do
+    tmo 75 bun packages/comm/bench/nccl-bench.ts "$OUT/nccl-$i.json" --trials 10 2>&1 | keep
+    tmo 90 torchrun --nproc-per-node=2 packages/comm/bench/torch_dist_bench.py "$OUT/torch-$i.json" --trials 10 2>&1 | keep
+  done
+  # Overlap by comm stream priority (one process, a comm stream per priority), then with NCCL's CTA cap.
+  tmo 45 bun packages/comm/bench/nccl-bench.ts "$OUT/overlap.json" --overlap-only --comm-priority default,high --trials 10 2>&1 | keep
+  NCCL_MAX_CTAS=16 tmo 45 bun packages/comm/bench/nccl-bench.ts "$OUT/overlap-ctas16.json" --overlap-only --comm-priority default,high --trials 10 2>&1 | keep
+  NCCL_MAX_CTAS=8 tmo 45 bun packages/comm/bench/nccl-bench.ts "$OUT/overlap-ctas8.json" --overlap-only --comm-priority default,high --trials 10 2>&1 | keep
+  report comm "$OUT/nccl-1.json" "$OUT/torch-1.json"
+  report comm "$OUT/nccl-2.json" "$OUT/torch-2.json"
+  # shellcheck disable=SC2046
+  report overlap $(have "$OUT"/{overlap,overlap-ctas16,overlap-ctas8,torch-1,torch-2}.json)
+  ;;
+I5)
+  # DistAttn on cuDNN blocks, MHA (Hkv 32), every schedule and mode, then PyTorch CP (Hkv 32), then the
+  # comm stream experiment. Estimate from BENCHMARKS.md (2x H100, cuDNN blocks): overlap per fwd+bwd
+  # zigzag 127 / 471 / 1828 ms and ring ~ lightseq (the same schedule at P = 2) 177 / 693 / 2724 ms at
+  # 64K / 128K / 256K, sync and nocomm about the same; one GPU ~216 / 918 / 3710 ms (1.70x, 1.95x,
+  # 2.03x). Each mode and the baseline run 4 times (1 warm-up + BENCH_REPS 3): 256K 3 modes x 4 x
+  # (2.72 + 2.72 + 1.83) s = 87 s + baseline 15 s; 128K 22 + 4 s; 64K 6 + 1 s: ~135 s + ~30 s start-up
+  # and cuDNN graph builds. PyTorch CP: 4 CP and 4 one-GPU runs per T, ~30 s + ~20 s start-up.
+  # Experiment (64K zigzag, overlap and nocomm, 7 reps, no baseline): 3 runs x ~20 s. Total ~280 s.
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/i5.log"
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32,8 tmo 300 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/distattn-cudnn-mha.json" 65536,131072,262144 32 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
+  tmo 120 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp32.json" 65536,131072,262144 32 32 cudnn 2>&1 | keep
+  # Does the overlap's cost over nocomm (7.5% at 64K) shrink with a high-priority comm stream, or with
+  # NCCL held to 8 CTAs? The same settings with the default stream first, as the control.
+  for v in default high ctas8; do
+    prio=default ctas=()
+    [ "$v" = high ] && prio=high
+    [ "$v" = ctas8 ] && ctas=(NCCL_MAX_CTAS=8)
+    BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_NO_BASELINE=1 BENCH_REPS=7 BENCH_COMM_PRIORITY=$prio tmo 60 env "${ctas[@]}" \
+      bun packages/attention/bench/distattn-bench.ts "$OUT/exp-$v.json" 65536 32 zigzag overlap,nocomm 2>&1 | keep
+  done
+  cps=()
+  for f in $(have "$OUT/cp32.json"); do cps+=(--cp "$f"); done
+  # shellcheck disable=SC2046
+  report distattn $(have "$OUT"/{distattn-cudnn-mha,exp-default,exp-high,exp-ctas8}.json) "${cps[@]}"
+  ;;
+I5G)
+  # As I5 for GQA (Hkv 8; PyTorch CP repeats K/V to 32 heads, so its cost is MHA's): ~165 s DistAttn
+  # (cuDNN's GQA blocks cost about MHA's) + ~50 s PyTorch CP. Total ~220 s.
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/i5g.log"
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32,8 tmo 300 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/distattn-cudnn-gqa.json" 65536,131072,262144 8 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
+  tmo 120 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp8.json" 65536,131072,262144 32 8 cudnn 2>&1 | keep
+  cps=()
+  for f in $(have "$OUT/cp8.json"); do cps+=(--cp "$f"); done
+  # shellcheck disable=SC2046
+  report distattn $(have "$OUT/distattn-cudnn-gqa.json") "${cps[@]}"
+  ;;
+I5K)
+  # The I5 grid on our own kernel, MHA. Estimate from BENCHMARKS.md (stage B, our kernel, 2 GPUs):
+  # ring / lightseq / zigzag 352 / 360 / 246 ms at 64K, 1432 / 1455 / 961 at 128K, 5632 / 5719 / 3883
+  # at 256K; one GPU 443 / 1788 / 7416 ms. 4 runs per mode: 256K 3 x 4 x 15.2 s = 183 s + baseline
+  # 30 s; 128K 46 + 7 s; 64K 12 + 2 s: ~280 s + ~30 s start-up = ~310 s (less if the kernel has got
+  # faster since). Over ~500 s with GQA as well, hence I5KG.
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/i5k.log"
+  BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32,8 tmo 420 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/distattn-ours-mha.json" 65536,131072,262144 32 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
+  report distattn $(have "$OUT/distattn-ours-mha.json")
+  ;;
+I5KG)
+  # As I5K for GQA (Hkv 8, ~310 s), then the bf16 equality with one-GPU attention (T = 8229, every
+  # schedule, MHA and GQA, our kernel: ~20 s with start-up). Total ~330 s.
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/i5kg.log"
+  BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32,8 tmo 400 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/distattn-ours-gqa.json" 65536,131072,262144 8 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
+  BENCH_EQUALITY=only tmo 60 bun packages/attention/bench/distattn-bench.ts "$OUT/equality-ours.json" 0 0 ring,lightseq,zigzag 2>&1 | keep
+  # shellcheck disable=SC2046
+  report distattn $(have "$OUT/distattn-ours-gqa.json" "$OUT/equality-ours.json")
   ;;
 esac
