@@ -155,6 +155,14 @@ describe("distattn report", () => {
     expect(md).toContain("PyTorch CP errors: T=256K Hkv=32: OutOfMemoryError: CUDA out of memory");
   });
 
+  test("our kernel's variant is named where the file records it", () => {
+    const old = (load("distattn-old.json") as { results: Record<string, unknown>[] }).results[0];
+    const wgmma = asDistFile("new", { P: 2, results: [{ ...old, attnKernels: "wgmma", overlap_ms: 200 }] });
+    const md2 = distattnReport([["new", wgmma], ...files.slice(2)]);
+    expect(row(md2, "64K", "32", "zigzag", "cuda (wgmma)")[5]).toBe("200.0");
+    expect(row(md2, "64K", "32", "zigzag", "cuda", "default")[5]).toBe("245.9");
+  });
+
   test("files of the wrong kind are refused", () => {
     expect(() => asDistFile("cp8.json", load("cp8.json"))).toThrow("cp8.json: expected a file written by distattn-bench.ts");
     expect(() => asCpFile("distattn.json", load("distattn.json"))).toThrow("expected a file written by bench/torch_cp_attn.py");

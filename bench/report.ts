@@ -72,6 +72,8 @@ export interface DistRow {
   P: number;
   schedule: string;
   kernel: string;
+  /** Our kernel's variant ("wgmma" or "mma.sync"), in files written since it was recorded. */
+  attnKernels?: string;
   /** -1 when the one-GPU baseline did not run. */
   oneGpuMs: number;
   commPriority?: string;
@@ -90,6 +92,7 @@ export interface EqualityRow {
   Hkv: number;
   schedule: string;
   kernel?: string;
+  attnKernels?: string;
   commPriority?: string;
   worstRelErr: number;
 }
@@ -322,6 +325,10 @@ function commLabel(r: { commPriority?: string; ncclEnv?: Record<string, string> 
   return `${r.commPriority ?? "default"}${env === "-" ? "" : ` ${env}`}`;
 }
 
+/** "cudnn", "cuda (wgmma)": the block kernel and, for ours, which variant ran. */
+const kernelLabel = (r: { kernel?: string; attnKernels?: string }): string =>
+  r.kernel === undefined ? "-" : r.attnKernels ? `${r.kernel} (${r.attnKernels})` : r.kernel;
+
 /** Index of first appearance, for ordering groups as the files list them. */
 function orderOf<T>(xs: T[]): (x: T) => number {
   const seen = new Map<T, number>();
@@ -337,14 +344,14 @@ export function distattnReport(files: [string, DistFile][], cps: [string, CpFile
   const cpFor = (r: DistRow) => cpRows.find((c) => c.T === r.N && c.Hkv === r.Hkv && c.world === r.P && c.cp_fwdbwd_ms !== undefined);
   const out: string[] = [];
 
-  const kOrder = orderOf(rows.map((r) => r.kernel));
+  const kOrder = orderOf(rows.map(kernelLabel));
   const hOrder = orderOf(rows.map((r) => r.Hkv));
   const sOrder = orderOf(rows.map((r) => r.schedule));
   const cOrder = orderOf(rows.map(commLabel));
   const sorted = [...rows].sort(
     (a, b) =>
       a.P - b.P ||
-      kOrder(a.kernel) - kOrder(b.kernel) ||
+      kOrder(kernelLabel(a)) - kOrder(kernelLabel(b)) ||
       hOrder(a.Hkv) - hOrder(b.Hkv) ||
       a.N - b.N ||
       sOrder(a.schedule) - sOrder(b.schedule) ||
@@ -358,7 +365,7 @@ export function distattnReport(files: [string, DistFile][], cps: [string, CpFile
       fmtTokens(r.N),
       String(r.Hkv),
       r.schedule,
-      r.kernel,
+      kernelLabel(r),
       commLabel(r),
       fmtMs(r.overlap_ms),
       fmtMs(r.sync_ms),
@@ -445,7 +452,7 @@ export function distattnReport(files: [string, DistFile][], cps: [string, CpFile
           String(e.N),
           String(e.Hkv),
           e.schedule,
-          e.kernel ?? "-",
+          kernelLabel(e),
           commLabel(e),
           e.worstRelErr.toExponential(1),
           e.worstRelErr <= 1e-2 ? "yes" : "**no**",
@@ -458,13 +465,13 @@ export function distattnReport(files: [string, DistFile][], cps: [string, CpFile
   const base = new Map<string, string[]>();
   for (const r of sorted) {
     if (!(r.oneGpuMs > 0)) continue;
-    const key = JSON.stringify([r.N, r.Hkv, r.kernel]);
+    const key = JSON.stringify([r.N, r.Hkv, kernelLabel(r)]);
     if (base.has(key)) continue;
     const sdpa = cpRows.find((c) => c.T === r.N && c.Hkv === r.Hkv && c.one_gpu_fwdbwd_ms !== undefined);
     base.set(key, [
       fmtTokens(r.N),
       String(r.Hkv),
-      r.kernel,
+      kernelLabel(r),
       fmtMs(r.oneGpuMs),
       sdpa ? `${fmtMs(sdpa.one_gpu_fwdbwd_ms)} (${sdpa.sdpa})` : "-",
     ]);

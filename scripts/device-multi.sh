@@ -37,7 +37,7 @@ tmo() {
 }
 # Appends a command's output (rank 0's) to $LOG and shows only the lines that say how it went
 # (the tables come at the end, from the JSON).
-keep() { grep -v -e '^\[rank [1-9]' -e Warning | tee -a "$LOG" | grep -E '^==|^overlap|^wrote|rror|timed out|skipped|^one GPU'; }
+keep() { grep -v -e '^\[rank [1-9]' -e Warning | tee -a "$LOG" | grep -E '^==|^overlap|^wrote|^block kernels|rror|timed out|skipped|^one GPU'; }
 # The files among the arguments that exist and are not empty.
 have() { for f in "$@"; do [ -s "$f" ] && printf '%s\n' "$f"; done; }
 report() { echo; timeout 30 bun bench/report.ts "$@" 2>&1 | tee -a "$LOG"; }
@@ -161,8 +161,9 @@ I5K)
   # The I5 grid on our own kernel, MHA. Estimate from BENCHMARKS.md (stage B, our kernel, 2 GPUs):
   # ring / lightseq / zigzag 352 / 360 / 246 ms at 64K, 1432 / 1455 / 961 at 128K, 5632 / 5719 / 3883
   # at 256K; one GPU 443 / 1788 / 7416 ms. 4 runs per mode: 256K 3 x 4 x 15.2 s = 183 s + baseline
-  # 30 s; 128K 46 + 7 s; 64K 12 + 2 s: ~280 s + ~30 s start-up = ~310 s (less if the kernel has got
-  # faster since). Over ~500 s with GQA as well, hence I5KG.
+  # 30 s; 128K 46 + 7 s; 64K 12 + 2 s: ~280 s + ~30 s start-up = ~310 s. Those were the mma.sync
+  # kernels; on H100 the default is now wgmma (the log's "block kernels" line says which ran), likely
+  # faster, so this is an upper estimate. Over ~500 s with GQA as well, hence I5KG.
   export CUDA_VISIBLE_DEVICES=0,1
   LOG="$OUT/i5k.log"
   BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32,8 tmo 420 bun packages/attention/bench/distattn-bench.ts \

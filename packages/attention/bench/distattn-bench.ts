@@ -16,7 +16,7 @@ import * as T from "@lightseq/tensor";
 import { compareClose } from "@lightseq/tensor/testing";
 import type { AttentionBackend } from "../src/block.ts";
 import { attentionCost } from "../src/block.ts";
-import { cudaBackend } from "../src/cuda.ts";
+import { cudaAttentionKernels, cudaBackend } from "../src/cuda.ts";
 import { cudnnBackend } from "../src/cudnn.ts";
 import { type DistMode, distAttnBackward, distAttnForward } from "../src/distattn.ts";
 import { gatherRows, localRanges, placeSequence } from "../src/placement.ts";
@@ -61,10 +61,13 @@ const stream = T.currentStream(0);
 const H = 32;
 const REPS = Number(process.env.BENCH_REPS ?? 3);
 const backend: AttentionBackend = BACKEND === "cudnn" ? cudnnBackend : cudaBackend;
+/** Which of our kernels run (wgmma on H100/H200 unless LIGHTSEQ_ATTN_KERNEL says otherwise), recorded per row. */
+const ATTN_KERNELS = BACKEND === "cuda" ? cudaAttentionKernels(0) : undefined;
 const D = 128;
 const say = (m: string) => {
   if (comm.rank === 0) console.log(m);
 };
+say(`block kernels: ${backend.name}${ATTN_KERNELS ? ` (${ATTN_KERNELS})` : ""}, comm stream priority ${COMM_PRIORITY}`);
 
 async function maxOverRanks(x: number): Promise<number> {
   const t = T.fromArray([x], [1], { device: dev });
@@ -179,6 +182,7 @@ for (const Hkv of EQUALITY === "only" ? [] : hkvArg.split(",").map(Number)) {
         P,
         schedule: name,
         kernel: backend.name,
+        attnKernels: ATTN_KERNELS,
         oneGpuMs,
         commPriority: COMM_PRIORITY,
         ncclEnv: NCCL_ENV,
@@ -250,7 +254,16 @@ for (const Hkv of EQUALITY === "skip" ? [] : [H, 8]) {
     }
     const worst = await maxOverRanks(Math.max(...Object.values(errs)));
     say(JSON.stringify({ check: "bf16 equality vs one GPU", N, Hkv, schedule: name, worstRelErr: worst, ok: worst <= 1e-2 }));
-    results.push({ check: "equality", N, Hkv, schedule: name, kernel: backend.name, commPriority: COMM_PRIORITY, worstRelErr: worst });
+    results.push({
+      check: "equality",
+      N,
+      Hkv,
+      schedule: name,
+      kernel: backend.name,
+      attnKernels: ATTN_KERNELS,
+      commPriority: COMM_PRIORITY,
+      worstRelErr: worst,
+    });
     await save();
   }
 }
