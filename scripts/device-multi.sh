@@ -116,6 +116,22 @@ I3)
   # shellcheck disable=SC2046
   report overlap $(have "$OUT"/{overlap,overlap-ctas16,overlap-ctas8,torch-1,torch-2}.json)
   ;;
+I3B)
+  # I3 again after aligning the ranks on the device before each timed trial (nccl-bench's Bench.align)
+  # and tightening the barrier's polling: ours and torch's alternately twice, then the overlap by comm
+  # stream priority. ~60 s.
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/i3b.log"
+  for i in 1 2; do
+    tmo 75 bun packages/comm/bench/nccl-bench.ts "$OUT/nccl-$i.json" --trials 10 2>&1 | keep
+    tmo 90 torchrun --nproc-per-node=2 packages/comm/bench/torch_dist_bench.py "$OUT/torch-$i.json" --trials 10 2>&1 | keep
+  done
+  tmo 45 bun packages/comm/bench/nccl-bench.ts "$OUT/overlap.json" --overlap-only --comm-priority default,high --trials 10 2>&1 | keep
+  report comm "$OUT/nccl-1.json" "$OUT/torch-1.json"
+  report comm "$OUT/nccl-2.json" "$OUT/torch-2.json"
+  # shellcheck disable=SC2046
+  report overlap $(have "$OUT"/{overlap,torch-1,torch-2}.json)
+  ;;
 I5)
   # DistAttn on cuDNN blocks, MHA (Hkv 32), every schedule and mode, then PyTorch CP (Hkv 32), then the
   # comm stream experiment. Estimate from BENCHMARKS.md (2x H100, cuDNN blocks): overlap per fwd+bwd

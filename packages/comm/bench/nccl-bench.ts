@@ -133,7 +133,7 @@ class Bench {
     this.stream.synchronize();
     const per: number[] = [];
     for (let t = 0; t < trials; t++) {
-      await this.comm.barrier();
+      await this.align();
       this.start.record(this.stream);
       for (let i = 0; i < iters; i++) await op();
       this.end.record(this.stream);
@@ -141,6 +141,18 @@ class Bench {
       per.push(this.start.elapsedMs(this.end) / iters);
     }
     return this.slowest(median(per));
+  }
+
+  /**
+   * Lines the ranks up on the device timeline: a host barrier, then a one-element all-reduce on this
+   * stream, after which each rank records its start event. The all-reduce finishes on both GPUs at
+   * about the same moment whatever the ranks' host skew (a rank that leaves the barrier later only
+   * delays both), so the timed operations start together and no rank's time includes waiting for a
+   * late peer. torch_dist_bench.py gets the same from its blocking dist.barrier().
+   */
+  async align(stream: Stream = this.stream): Promise<void> {
+    await this.comm.barrier();
+    await this.comm.allReduce(this.scratch, "max", { stream });
   }
 
   /** The max over ranks of a local number (an all-reduce max of one f32 on the device). */
@@ -326,16 +338,16 @@ async function measureOverlap(comm: Communicator, b: Bench, priority: Priority, 
     eCompute.synchronize();
     gemmAlone.push(e0.elapsedMs(eCompute));
 
-    await comm.barrier();
+    await b.align(commStream);
     e0.record(commStream);
     await exchange();
     eComm.record(commStream);
     eComm.synchronize();
     commAlone.push(e0.elapsedMs(eComm));
 
-    await comm.barrier();
-    e0.record(compute);
-    commStream.wait(e0);
+    await b.align(commStream);
+    e0.record(commStream);
+    compute.wait(e0); // both streams start from the aligned point
     // The exchange is posted before the GEMM, as torch_dist_bench.py does and as DistAttn's executor
     // posts a step's transfers before its blocks: NCCL's kernels are queued first and get SMs first.
     await exchange();

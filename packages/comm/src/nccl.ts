@@ -417,13 +417,16 @@ export class NcclCommunicator implements Communicator {
 
   /** Polls until everything issued so far has completed; fails like the watchdog after the timeout. */
   async wait(timeoutMs = this.#timeoutMs): Promise<void> {
+    // Yield-only polling for the first 2 ms (a barrier's ranks leave within microseconds of each other,
+    // not within a sleep's granularity), then sleeps backing off to 2 ms.
+    const start = performance.now();
     let sleep = 0;
     for (;;) {
       this.#poll(timeoutMs);
       this.#throwIfBroken("wait");
       if (this.#issued.length === 0) return;
       await Bun.sleep(sleep);
-      sleep = Math.min(sleep + 0.25, 2);
+      if (performance.now() - start > 2) sleep = Math.min(sleep + 0.25, 2);
     }
   }
 
