@@ -160,6 +160,52 @@ I5)
   # shellcheck disable=SC2046
   report distattn $(have "$OUT"/{distattn-cudnn-mha,exp-default,exp-high,exp-ctas8}.json) "${cps[@]}"
   ;;
+I5X)
+  # Why zigzag's overlap costs 8-10% over nocomm on cuDNN blocks (I5, 2026-11-26): 128K zigzag MHA,
+  # overlap and nocomm, with the default comm stream, a high-priority one, NCCL's copy-engine P2P
+  # (NCCL_P2P_USE_CUDA_MEMCPY=1), and our own (non-persistent) kernels; GPU clocks, power and throttle
+  # reasons logged every second meanwhile. ~20 s a run: ~90 s.
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/i5x.log"
+  nvidia-smi --query-gpu=index,clocks.sm,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active --format=csv,noheader,nounits -l 1 > /tmp/smi.csv 2>&1 &
+  smi=$!
+  for v in cudnn cudnn-high cudnn-memcpy cuda; do
+    be=cudnn prio=default extra=()
+    [ "$v" = cudnn-high ] && prio=high
+    [ "$v" = cudnn-memcpy ] && extra=(NCCL_P2P_USE_CUDA_MEMCPY=1)
+    [ "$v" = cuda ] && be=cuda
+    BENCH_BACKEND=$be BENCH_EQUALITY=skip BENCH_NO_BASELINE=1 BENCH_REPS=5 BENCH_COMM_PRIORITY=$prio tmo 60 env "${extra[@]}" \
+      bun packages/attention/bench/distattn-bench.ts "$OUT/x-$v.json" 131072 32 zigzag overlap,nocomm 2>&1 | keep
+  done
+  kill "$smi" 2>/dev/null
+  cp /tmp/smi.csv "$OUT/smi.csv"
+  echo "GPU telemetry during the runs (per GPU: SM clock min/median/max MHz, power max W / limit, temperature max C, throttle reasons seen):"
+  python3 - <<'PY'
+import collections, statistics
+rows = collections.defaultdict(list)
+for line in open("/tmp/smi.csv"):
+    f = [x.strip() for x in line.split(",")]
+    if len(f) == 6 and f[0].isdigit():
+        rows[f[0]].append(f)
+for g, rs in sorted(rows.items()):
+    clk = [float(r[1]) for r in rs]; pw = [float(r[2]) for r in rs]
+    print(f"GPU {g}: clocks {min(clk):.0f}/{statistics.median(clk):.0f}/{max(clk):.0f}, power max {max(pw):.0f}/{rs[0][3]}, temp max {max(float(r[4]) for r in rs):.0f}, reasons {sorted(set(r[5] for r in rs))}")
+PY
+  # shellcheck disable=SC2046
+  report distattn $(have "$OUT"/x-{cudnn,cudnn-high,cudnn-memcpy,cuda}.json)
+  ;;
+I5KZ)
+  # Our own kernels (wgmma on H100), MHA, every schedule and mode at 64K and 128K, zigzag at 256K;
+  # one-GPU baselines. ~120 s.
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/i5kz.log"
+  BENCH_BACKEND=cuda BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 tmo 200 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/distattn-cuda-mha.json" 65536,131072 32 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
+  BENCH_BACKEND=cuda BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 tmo 120 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/distattn-cuda-mha-256k.json" 262144 32 zigzag overlap,sync,nocomm 2>&1 | keep
+  # shellcheck disable=SC2046
+  report distattn $(have "$OUT"/distattn-cuda-mha{,-256k}.json)
+  ;;
 I5G)
   # As I5 for GQA (Hkv 8; PyTorch CP repeats K/V to 32 heads, so its cost is MHA's): ~165 s DistAttn
   # (cuDNN's GQA blocks cost about MHA's) + ~50 s PyTorch CP. Total ~220 s.
