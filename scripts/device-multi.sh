@@ -38,6 +38,7 @@ tmo() {
 # Appends a command's output (rank 0's) to $LOG and shows only the lines that say how it went
 # (the tables come at the end, from the JSON).
 keep() { grep -v -e '^\[rank [1-9]' -e Warning | tee -a "$LOG" | grep -E '^==|^overlap|^wrote|^block kernels|rror|timed out|skipped|^one GPU'; }
+keep_eq() { grep -v -e '^\[rank [1-9]' -e Warning | tee -a "$LOG" | grep -E '^==|bf16 equality|rror|timed out'; }
 # The files among the arguments that exist and are not empty.
 have() { for f in "$@"; do [ -s "$f" ] && printf '%s\n' "$f"; done; }
 report() { echo; timeout 30 bun bench/report.ts "$@" 2>&1 | tee -a "$LOG"; }
@@ -205,6 +206,24 @@ I5KZ)
     "$OUT/distattn-cuda-mha-256k.json" 262144 32 zigzag overlap,sync,nocomm 2>&1 | keep
   # shellcheck disable=SC2046
   report distattn $(have "$OUT"/distattn-cuda-mha{,-256k}.json)
+  ;;
+I5F)
+  # DistAttn on cuDNN blocks, MHA, every schedule and mode, with the comm stream at high priority (the
+  # default since I5X), beside PyTorch CP (MHA) in the same call; then the bf16 equality with one-GPU
+  # attention for every schedule, MHA and GQA, on cuDNN blocks and on our kernels. ~250 s.
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/i5f.log"
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 tmo 280 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/distattn-cudnn-mha.json" 65536,131072,262144 32 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
+  tmo 100 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp32.json" 65536,131072,262144 32 32 cudnn 2>&1 | keep
+  for be in cudnn cuda; do
+    BENCH_BACKEND=$be BENCH_EQUALITY=only tmo 45 bun packages/attention/bench/distattn-bench.ts "$OUT/eq-$be.json" 0 0 ring,lightseq,zigzag 2>&1 |
+      keep_eq
+  done
+  cps=()
+  for f in $(have "$OUT/cp32.json"); do cps+=(--cp "$f"); done
+  # shellcheck disable=SC2046
+  report distattn $(have "$OUT"/{distattn-cudnn-mha,eq-cudnn,eq-cuda}.json) "${cps[@]}"
   ;;
 I5G)
   # As I5 for GQA (Hkv 8; PyTorch CP repeats K/V to 32 heads, so its cost is MHA's): ~165 s DistAttn

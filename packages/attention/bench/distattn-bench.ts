@@ -6,7 +6,7 @@
 // Environment: BENCH_BACKEND (cuda: our kernel, the default; cudnn), BENCH_REPS (3), BENCH_EQUALITY
 // (run|only|skip), BENCH_ALL_MODES_HKV (the Hkv values, comma list, that run every mode; the others
 // run overlap only; default 32; 0 for none), BENCH_NO_BASELINE=1 (no one-GPU run),
-// BENCH_COMM_PRIORITY (default|high: the priority of DistAttn's comm stream). Each row records the
+// BENCH_COMM_PRIORITY (high, the default, or default: the priority of DistAttn's comm stream). Each row records the
 // comm priority and any NCCL_* variables set.
 
 import { renameSync } from "node:fs";
@@ -36,7 +36,7 @@ const BACKEND = envChoice("BENCH_BACKEND", ["cuda", "cudnn"], "cuda");
 /** "run" (default), "only" (equality check, no timing) or "skip". */
 const EQUALITY = envChoice("BENCH_EQUALITY", ["run", "only", "skip"], "run");
 /** Priority of DistAttn's comm stream (PyTorch gives NCCL "high"; the default is what BENCHMARKS.md measured). */
-const COMM_PRIORITY = envChoice("BENCH_COMM_PRIORITY", ["default", "high"], "default");
+const COMM_PRIORITY = envChoice("BENCH_COMM_PRIORITY", ["default", "high"], "high");
 /** Hkv values that run every mode; the others run overlap only (each mode is a full fwd+bwd per repetition). */
 const ALL_MODES_HKV = (process.env.BENCH_ALL_MODES_HKV ?? "32").split(",").map((x) => {
   const v = Number(x);
