@@ -58,6 +58,11 @@ for T in Ts:
                     o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
                     o.backward(do)
                 row["cp_fwdbwd_ms"] = med_time(fwdbwd)
+            # Leaving the context restores the full buffers in place, which torch refuses for tensors
+            # that require grad ("cannot resize variables that require grad"): drop the flag first.
+            for t in (q, k, v):
+                t.grad = None
+                t.requires_grad_(False)
     except Exception as e:  # noqa: BLE001
         row["cp_error"] = f"{type(e).__name__}: {e}"[:300]
     del q, k, v, do
