@@ -2,14 +2,17 @@
 # Multi-GPU device runs, one stage per call (each must end inside the tool's 10-minute limit).
 #   A: GPU tests (2 GPUs), attention kernel vs PyTorch SDPA (1 GPU), NCCL vs torch.distributed (2 GPUs)
 #   B: DistAttn vs PyTorch context_parallel on 2 GPUs (T = 64K, 128K, 256K)
-#   C: DistAttn vs PyTorch context_parallel on 4 GPUs (T = 128K .. 512K)
+#   C: DistAttn vs PyTorch context_parallel on 2 and 4 GPUs; D: leftovers of C (equality, 1M tokens)
 #   I3: comm tests, NCCL vs torch.distributed twice alternately, overlap by comm priority and NCCL_MAX_CTAS (2 GPUs)
+#   I3B: I3's comparison again after the ranks were aligned on the device (BENCHMARKS.md's comm numbers)
 #   I5 / I5G: DistAttn on cuDNN blocks, every schedule and mode, MHA / GQA, PyTorch CP beside it (2 GPUs)
-#   I5K / I5KG: the same grid on our own kernel, MHA / GQA; I5KG adds the bf16 equality (2 GPUs)
+#   I5F: I5 with the high-priority comm stream, plus the bf16 equality on both block backends
+#   I5X: overlap experiments at 128K (comm priority, NCCL copy-engine P2P, our kernels) with GPU telemetry
+#   I5K / I5KG / I5KZ: the grid on our own kernels; I5KG adds the bf16 equality (2 GPUs)
 # The I stages write at most 8 files to $OUT (what the device tool brings back): one log and the
 # JSON files; they end by printing bench/report.ts's markdown tables. Tables over several stages:
 # bun bench/report.ts distattn i5/*.json i5g/*.json ... --cp i5/cp32.json --cp i5g/cp8.json (here, no GPU).
-# Usage: source .device/setup.sh && bash scripts/device-multi.sh A|B|C|I3|I5|I5G|I5K|I5KG
+# Usage: source .device/setup.sh && bash scripts/device-multi.sh A|A2|B|C|D|I3|I3B|I5|I5F|I5G|I5X|I5K|I5KG|I5KZ
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -67,12 +70,6 @@ B)
   timeout 400 bun packages/attention/bench/distattn-bench.ts "$OUT/distattn2.json" 65536,131072,262144 32,8 2>&1 | grep -v '^\[rank [1-9]' | tail -30
   timeout 180 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp2.json" 65536,131072,262144 32 32 cudnn 2>&1 | grep '^{' | tail -10
   ;;
-BD)
-  # Leftovers: zigzag GQA equality (2 GPUs); 4 GPUs: share of communication hidden at 256K; 1M tokens.
-  CUDA_VISIBLE_DEVICES=0,1 BENCH_EQUALITY=only timeout 50 bun packages/attention/bench/distattn-bench.ts "$OUT/eq2.json" 0 0 zigzag 2>&1 | grep -v '^\[rank [1-9]' | tail -3
-  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_REPS=2 BENCH_ALL_MODES_HKV=32 timeout 60 bun packages/attention/bench/distattn-bench.ts "$OUT/hidden4.json" 262144 32 zigzag,lightseq overlap,nocomm 2>&1 | grep -v '^\[rank [1-9]' | tail -3
-  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_REPS=1 BENCH_NO_BASELINE=1 timeout 80 bun packages/attention/bench/distattn-bench.ts "$OUT/m1.json" 1048576 32 zigzag overlap 2>&1 | grep -v '^\[rank [1-9]' | tail -3
-  ;;
 C)
   # 2 GPUs: PyTorch context_parallel, DistAttn bf16 equality, DistAttn on cuDNN blocks; then 4 GPUs.
   CUDA_VISIBLE_DEVICES=0,1 timeout 130 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp2.json" 65536,131072,262144 32 32 cudnn 2>&1 | grep '^{' | tail -4
@@ -86,10 +83,6 @@ D)
   CUDA_VISIBLE_DEVICES=0,1 BENCH_EQUALITY=only timeout 50 bun packages/attention/bench/distattn-bench.ts "$OUT/eq2.json" 0 0 zigzag 2>&1 | grep -v '^\[rank [1-9]' | tail -3
   BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_REPS=2 BENCH_ALL_MODES_HKV=32 timeout 60 bun packages/attention/bench/distattn-bench.ts "$OUT/hidden4.json" 262144 32 zigzag,lightseq overlap,nocomm 2>&1 | grep -v '^\[rank [1-9]' | tail -3
   BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_REPS=1 BENCH_NO_BASELINE=1 timeout 80 bun packages/attention/bench/distattn-bench.ts "$OUT/m1.json" 1048576 32 zigzag overlap 2>&1 | grep -v '^\[rank [1-9]' | tail -3
-  ;;
-C)
-  BENCH_REPS=2 BENCH_ALL_MODES_HKV=0 timeout 420 bun packages/attention/bench/distattn-bench.ts "$OUT/distattn4.json" 131072,262144,524288 32,8 ring,lightseq,zigzag overlap 2>&1 | grep -v '^\[rank [1-9]' | tail -30
-  timeout 150 torchrun --nproc-per-node="$ngpu" bench/torch_cp_attn.py "$OUT/cp4.json" 131072,262144,524288 32 32 cudnn 2>&1 | grep '^{' | tail -10
   ;;
 I3)
   # Estimate (no GPU timing of these yet; start-up guessed from stages A/A2): kernel build when cached
