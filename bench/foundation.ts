@@ -3,34 +3,16 @@
 // inputs are random (never zeros). Writes JSON to argv[2] (if given) and prints a table.
 //   bun bench/foundation.ts [out.json]
 
-import { deviceInfo, Event, kernels } from "@lightseq/cuda";
+import { deviceInfo, kernels, median, medianEventMs } from "@lightseq/cuda";
 import * as T from "@lightseq/tensor";
 
 const dev = "cuda:0";
 const stream = T.currentStream(0);
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] as number;
-}
-
 /** Median milliseconds of `fn` over `reps` timed runs of `inner` calls each, after `warmup` calls. */
 function timeMs(fn: () => void, o: { warmup?: number; reps?: number; inner?: number } = {}): number {
   const { warmup = 3, reps = 7, inner = 5 } = o;
-  for (let i = 0; i < warmup; i++) fn();
-  const e0 = Event.create(0, { timing: true });
-  const e1 = Event.create(0, { timing: true });
-  const times: number[] = [];
-  for (let r = 0; r < reps; r++) {
-    e0.record(stream);
-    for (let i = 0; i < inner; i++) fn();
-    e1.record(stream);
-    e1.synchronize();
-    times.push(e0.elapsedMs(e1) / inner);
-  }
-  e0.dispose();
-  e1.dispose();
-  return median(times);
+  return medianEventMs(stream, fn, { warmup, reps, inner });
 }
 
 interface GemmCase {

@@ -39,6 +39,7 @@
 // picks the mma.sync kernels on sm_90 too (for comparison); ls_attn_kernel() says which ones run.
 #include <cmath>
 #include <cstdlib>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 
@@ -163,15 +164,34 @@ LS_API int ls_attn_bwd_bf16(const uint16_t* q, const uint16_t* k, const uint16_t
   return static_cast<int>(e);
 }
 
-LS_API int ls_attn_kernel(void) {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return -1;
+namespace {
+
+// Whether `dev` has compute capability 9.0: 1 yes, 0 no, -1 unknown (query failed). Asked once per
+// device (every launch calls ls_attn_kernel); the answer cannot change while the process runs.
+int is_sm90(int dev) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> known[kMaxDevices] = {};  // 0 not asked yet, 1 no, 2 yes
+  if (dev < 0 || dev >= kMaxDevices) return -1;
+  const int k = known[dev].load(std::memory_order_relaxed);
+  if (k != 0) return k - 1;
   int major = 0, minor = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
     return -1;
   }
-  const bool hopper = major == 9 && minor == 0;
+  const int yes = major == 9 && minor == 0 ? 1 : 0;
+  known[dev].store(yes + 1, std::memory_order_relaxed);
+  return yes;
+}
+
+}  // namespace
+
+LS_API int ls_attn_kernel(void) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return -1;
+  const int sm90 = is_sm90(dev);
+  if (sm90 < 0) return -1;
+  const bool hopper = sm90 == 1;
   const char* want = std::getenv("LIGHTSEQ_ATTN_KERNEL");
   if (want == nullptr || *want == '\0' || std::strcmp(want, "auto") == 0) return hopper ? 1 : 0;
   if (std::strcmp(want, "mma") == 0) return 0;

@@ -808,22 +808,28 @@ cudaError_t launch_fwd(FwdParams p, cudaStream_t s) {
   return cudaGetLastError();
 }
 
-template <int D, int BM, int NWARPS, int kDq = 0>
-cudaError_t launch_bwd(BwdParams p, cudaStream_t s) {
-  using Shape = BwdShape<D, BM, NWARPS>;
-  auto kernel = attn_bwd_kernel<D, BM, NWARPS, kDq>;
-  p.m_blocks = (p.Tq + BM - 1) / BM;
+// The backward's two launches, shared by the mma.sync and wgmma kernels: the Delta pre-pass, then
+// `kernel` over (key tiles of BN) x kv heads with `threads` threads and `smem` bytes of shared memory.
+template <int D, typename Kernel>
+cudaError_t launch_bwd_passes(Kernel kernel, const BwdParams& p, int BN, int threads, int smem, cudaStream_t s) {
   constexpr int kDeltaThreads = 256;
   const int64_t delta_blocks = (static_cast<int64_t>(p.Tq) * p.Hq * (D / 8) + kDeltaThreads - 1) / kDeltaThreads;
-  const int64_t blocks = static_cast<int64_t>((p.Tk + Shape::kBN - 1) / Shape::kBN) * p.Hkv;
+  const int64_t blocks = static_cast<int64_t>((p.Tk + BN - 1) / BN) * p.Hkv;
   if (delta_blocks > 0x7fffffff || blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes);
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
   attn_bwd_delta_kernel<D><<<static_cast<unsigned>(delta_blocks), kDeltaThreads, 0, s>>>(p.o, p.dout, p.delta, p.Tq, p.Hq);
   e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  kernel<<<static_cast<unsigned>(blocks), Shape::kThreads, Shape::kSmemBytes, s>>>(p);
+  kernel<<<static_cast<unsigned>(blocks), threads, smem, s>>>(p);
   return cudaGetLastError();
+}
+
+template <int D, int BM, int NWARPS, int kDq = 0>
+cudaError_t launch_bwd(BwdParams p, cudaStream_t s) {
+  using Shape = BwdShape<D, BM, NWARPS>;
+  p.m_blocks = (p.Tq + BM - 1) / BM;
+  return launch_bwd_passes<D>(attn_bwd_kernel<D, BM, NWARPS, kDq>, p, Shape::kBN, Shape::kThreads, Shape::kSmemBytes, s);
 }
 
 template <typename PartT>

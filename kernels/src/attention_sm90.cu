@@ -551,19 +551,8 @@ namespace ls::attn::sm90 {
 template <int D>
 cudaError_t launch_bwd_d(BwdParams p, cudaStream_t s) {
   using Shape = Sm90BwdShape<D>;
-  auto kernel = attn_bwd_sm90_kernel<D>;
   p.m_blocks = (p.Tq + Shape::kBM - 1) / Shape::kBM;
-  constexpr int kDeltaThreads = 256;
-  const int64_t delta_blocks = (static_cast<int64_t>(p.Tq) * p.Hq * (D / 8) + kDeltaThreads - 1) / kDeltaThreads;
-  const int64_t blocks = static_cast<int64_t>((p.Tk + Shape::kBN - 1) / Shape::kBN) * p.Hkv;
-  if (delta_blocks > 0x7fffffff || blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes);
-  if (e != cudaSuccess) return e;
-  attn_bwd_delta_kernel<D><<<static_cast<unsigned>(delta_blocks), kDeltaThreads, 0, s>>>(p.o, p.dout, p.delta, p.Tq, p.Hq);
-  e = cudaGetLastError();
-  if (e != cudaSuccess) return e;
-  kernel<<<static_cast<unsigned>(blocks), Shape::kThreads, Shape::kSmemBytes, s>>>(p);
-  return cudaGetLastError();
+  return launch_bwd_passes<D>(attn_bwd_sm90_kernel<D>, p, Shape::kBN, Shape::kThreads, Shape::kSmemBytes, s);
 }
 
 cudaError_t launch_bwd(const BwdParams& p, int D, cudaStream_t s) {

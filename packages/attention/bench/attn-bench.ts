@@ -7,7 +7,7 @@
 //   bun packages/attention/bench/attn-bench.ts [out.json] [--T 8192,32768,65536] [--reps 5] [--backends cuda,cudnn]
 // Compare with packages/attention/bench/torch_sdpa_bench.py (PyTorch SDPA, cuDNN and flash) on the same card.
 
-import { deviceInfo, Event, type Stream } from "@lightseq/cuda";
+import { deviceInfo, medianEventMs, type Stream } from "@lightseq/cuda";
 import { currentStream, empty, fill, randn, type Tensor } from "@lightseq/tensor";
 import { attentionCost } from "../src/block.ts";
 import { backwardAccumulate, backwardWorkspaceBytes, cudaAttentionKernels, forwardInto } from "../src/cuda.ts";
@@ -31,28 +31,8 @@ const D = 128;
 const dev = "cuda:0";
 const stream: Stream = currentStream(0);
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] as number;
-}
-
 /** Median milliseconds of fn over `reps` timed runs after `warmup` runs. */
-function timeMs(fn: () => void, warmup = 2): number {
-  for (let i = 0; i < warmup; i++) fn();
-  const e0 = Event.create(0, { timing: true });
-  const e1 = Event.create(0, { timing: true });
-  const times: number[] = [];
-  for (let r = 0; r < reps; r++) {
-    e0.record(stream);
-    fn();
-    e1.record(stream);
-    e1.synchronize();
-    times.push(e0.elapsedMs(e1));
-  }
-  e0.dispose();
-  e1.dispose();
-  return median(times);
-}
+const timeMs = (fn: () => void, warmup = 2): number => medianEventMs(stream, fn, { warmup, reps });
 
 const info = deviceInfo(0);
 const kernelName = (b: string) => (b === "cuda" ? `lightseq cuda (${cudaAttentionKernels(0)})` : "cudnn (fused attention)");

@@ -15,7 +15,7 @@
 //   bun packages/attention/bench/cudnn-check.ts <cudnn-abi.txt> [--T 8192,32768,65536] [--reps 5] [--hkv 32]
 //       [--no-cuda] [--no-timing]
 
-import { deviceInfo, Event, type Stream } from "@lightseq/cuda";
+import { deviceInfo, medianEventMs, type Stream } from "@lightseq/cuda";
 import { currentStream, empty, fill, randn, type Tensor, toFloat32Array } from "@lightseq/tensor";
 import { attentionCost } from "../src/block.ts";
 import { backwardAccumulate, cudaBackend, forwardInto } from "../src/cuda.ts";
@@ -165,27 +165,7 @@ for (const p of cudnnPlans())
 
 // ---- 3. timing ---------------------------------------------------------------------------------------------
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] as number;
-}
-
-function timeMs(fn: () => void): number {
-  for (let i = 0; i < 2; i++) fn();
-  const e0 = Event.create(0, { timing: true });
-  const e1 = Event.create(0, { timing: true });
-  const times: number[] = [];
-  for (let r = 0; r < reps; r++) {
-    e0.record(stream);
-    fn();
-    e1.record(stream);
-    e1.synchronize();
-    times.push(e0.elapsedMs(e1));
-  }
-  e0.dispose();
-  e1.dispose();
-  return median(times);
-}
+const timeMs = (fn: () => void): number => medianEventMs(stream, fn, { warmup: 2, reps });
 
 if (withTiming) {
   const H = 32;

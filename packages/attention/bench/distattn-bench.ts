@@ -11,7 +11,7 @@
 
 import { renameSync } from "node:fs";
 import { type Communicator, initCommunicator, launch } from "@lightseq/comm";
-import { Event, probeGpus } from "@lightseq/cuda";
+import { Event, median, probeGpus } from "@lightseq/cuda";
 import * as T from "@lightseq/tensor";
 import { compareClose } from "@lightseq/tensor/testing";
 import type { AttentionBackend } from "../src/block.ts";
@@ -75,11 +75,6 @@ async function maxOverRanks(x: number): Promise<number> {
   const v = T.item(t);
   t.dispose();
   return v;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] as number;
 }
 
 /** Median over reps of the slowest rank's time (ms) of `fn` on the compute stream. */

@@ -15,7 +15,7 @@
 
 import { dlopen } from "bun:ffi";
 import { checkLaunch, kernels, kernelsPath, type Stream, setDevice } from "@lightseq/cuda";
-import { cast, currentStream, deviceName, empty, fill, fmtShape, sameDevice, type Tensor } from "@lightseq/tensor";
+import { cast, deviceName, empty, fill, fmtShape, sameDevice, type Tensor } from "@lightseq/tensor";
 import {
   type AttentionBackend,
   type AttentionGrads,
@@ -27,6 +27,7 @@ import {
   checkForwardArgs,
   type ForwardOptions,
 } from "./block.ts";
+import { checkOut, fail, streamFor } from "./gpu-args.ts";
 import { AttentionError, FAST_HEAD_DIMS } from "./layout.ts";
 import type { AttentionPartial } from "./merge.ts";
 
@@ -70,10 +71,6 @@ function attn(): AttnFns {
   return lib;
 }
 
-function fail(who: string, msg: string): never {
-  throw new AttentionError(`${who}: ${msg}`);
-}
-
 /** A non-zero cudaError_t becomes a CudaError naming the call, the code, CUDA's message and the sizes. */
 function checkCode(who: string, code: number, call: string, c: CheckedCall): void {
   checkLaunch(code, call, `${who}: Tq=${c.Tq} Tk=${c.Tk} Hq=${c.Hq} Hkv=${c.Hkv} D=${c.D} causal=${c.causal} scale=${c.scale}`);
@@ -104,30 +101,6 @@ function requireSupported(who: string, c: CheckedCall, tensors: Record<string, T
     fail(who, `opts.scale: the CUDA kernels need scale > 0 (the online softmax tracks the max of the raw scores), got ${c.scale}`);
   if (c.Tq > INT32_MAX || c.Tk > INT32_MAX) fail(who, `sequence lengths must fit in int32, got Tq = ${c.Tq}, Tk = ${c.Tk}`);
   return device;
-}
-
-/** An output (or merge operand): dtype, shape, device, and `align` bytes (the kernels' vector width). */
-function checkOut(
-  who: string,
-  t: Tensor,
-  name: string,
-  dtypes: readonly string[],
-  shape: readonly number[],
-  device: number,
-  align = 16,
-): void {
-  if (!dtypes.includes(t.dtype)) fail(who, `${name}: expected dtype ${dtypes.join(" or ")}, got ${t.dtype}`);
-  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
-    fail(who, `${name}: expected shape ${fmtShape(shape)}, got ${fmtShape(t.shape)}`);
-  if (t.device.kind !== "cuda" || t.device.index !== device)
-    fail(who, `${name}: expected device cuda:${device}, got ${deviceName(t.device)}`);
-  if (t.numel > 0 && t.ptr(name) % align !== 0)
-    fail(who, `${name}: the kernels need a ${align}-byte aligned tensor, got an address ${align}n + ${t.ptr(name) % align}`);
-}
-
-function streamFor(device: number, stream: Stream | undefined): Stream {
-  setDevice(device);
-  return stream ?? currentStream(device);
 }
 
 /**

@@ -73,7 +73,7 @@ import {
   type Stream,
   setDevice,
 } from "@lightseq/cuda";
-import { axpy, cast, currentStream, deviceName, empty, fill, fmtShape, type Tensor } from "@lightseq/tensor";
+import { axpy, cast, deviceName, empty, fill, type Tensor } from "@lightseq/tensor";
 import {
   type AttentionBackend,
   type AttentionGrads,
@@ -85,7 +85,8 @@ import {
   checkForwardArgs,
   type ForwardOptions,
 } from "./block.ts";
-import { AttentionError, FAST_HEAD_DIMS } from "./layout.ts";
+import { checkOut as checkOutput, fail, streamFor } from "./gpu-args.ts";
+import { FAST_HEAD_DIMS } from "./layout.ts";
 
 // ---- constants ---------------------------------------------------------------------------------------------
 //
@@ -970,10 +971,6 @@ function execute(plan: Plan, stream: Stream, bound: Partial<Record<keyof typeof 
 
 // ---- argument checks ---------------------------------------------------------------------------------------
 
-function fail(who: string, msg: string): never {
-  throw new AttentionError(`${who}: ${msg}`);
-}
-
 /** What cuDNN can take beyond the contract's checks: refuses loudly, launches nothing. Returns the device. */
 function requireSupported(who: string, c: CheckedCall, tensors: Record<string, Tensor>): number {
   let device = -1;
@@ -1017,19 +1014,9 @@ function requireSupported(who: string, c: CheckedCall, tensors: Record<string, T
   return device;
 }
 
+/** checkOut (gpu-args.ts) with cuDNN's reason for the alignment. */
 function checkOut(who: string, t: Tensor, name: string, dtypes: readonly string[], shape: readonly number[], device: number): void {
-  if (!dtypes.includes(t.dtype)) fail(who, `${name}: expected dtype ${dtypes.join(" or ")}, got ${t.dtype}`);
-  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
-    fail(who, `${name}: expected shape ${fmtShape(shape)}, got ${fmtShape(t.shape)}`);
-  if (t.device.kind !== "cuda" || t.device.index !== device)
-    fail(who, `${name}: expected device cuda:${device}, got ${deviceName(t.device)}`);
-  if (t.numel > 0 && t.ptr(name) % 16 !== 0)
-    fail(who, `${name}: cuDNN's tensors are declared 16-byte aligned, got an address 16n + ${t.ptr(name) % 16}`);
-}
-
-function streamFor(device: number, stream: Stream | undefined): Stream {
-  setDevice(device);
-  return stream ?? currentStream(device);
+  checkOutput(who, t, name, dtypes, shape, device, 16, "cuDNN's tensors are declared 16-byte aligned");
 }
 
 const dims = (c: CheckedCall) => `Tq=${c.Tq} Tk=${c.Tk} Hq=${c.Hq} Hkv=${c.Hkv} D=${c.D} causal=${c.causal} scale=${c.scale}`;

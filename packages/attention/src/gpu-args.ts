@@ -1,0 +1,38 @@
+// Argument checks and stream choice shared by the GPU backends (cuda.ts, cudnn.ts): each refuses what it
+// cannot take with an AttentionError that names the caller, the argument and the reason.
+
+import { type Stream, setDevice } from "@lightseq/cuda";
+import { currentStream, deviceName, fmtShape, type Tensor } from "@lightseq/tensor";
+import { AttentionError } from "./layout.ts";
+
+export function fail(who: string, msg: string): never {
+  throw new AttentionError(`${who}: ${msg}`);
+}
+
+/**
+ * An output (or merge operand): dtype, shape, device, and `align` bytes. `alignWhy` says who needs the
+ * alignment, in the message (default: the kernels' vector width).
+ */
+export function checkOut(
+  who: string,
+  t: Tensor,
+  name: string,
+  dtypes: readonly string[],
+  shape: readonly number[],
+  device: number,
+  align = 16,
+  alignWhy = `the kernels need a ${align}-byte aligned tensor`,
+): void {
+  if (!dtypes.includes(t.dtype)) fail(who, `${name}: expected dtype ${dtypes.join(" or ")}, got ${t.dtype}`);
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
+    fail(who, `${name}: expected shape ${fmtShape(shape)}, got ${fmtShape(t.shape)}`);
+  if (t.device.kind !== "cuda" || t.device.index !== device)
+    fail(who, `${name}: expected device cuda:${device}, got ${deviceName(t.device)}`);
+  if (t.numel > 0 && t.ptr(name) % align !== 0) fail(who, `${name}: ${alignWhy}, got an address ${align}n + ${t.ptr(name) % align}`);
+}
+
+/** Makes `device` current and returns `stream`, or the device's current stream. */
+export function streamFor(device: number, stream: Stream | undefined): Stream {
+  setDevice(device);
+  return stream ?? currentStream(device);
+}
