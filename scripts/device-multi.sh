@@ -9,10 +9,13 @@
 #   I5F: I5 with the high-priority comm stream, plus the bf16 equality on both block backends
 #   I5X: overlap experiments at 128K (comm priority, NCCL copy-engine P2P, our kernels) with GPU telemetry
 #   I5K / I5KG / I5KZ: the grid on our own kernels; I5KG adds the bf16 equality (2 GPUs)
+#   CE1: every GPU test (2 GPUs; the copy-engine transport's conformance and watchdog among them),
+#        overlap with NCCL vs copy-engine send/recv, the copy-engine bandwidth sweep beside torch's
+#   CE2: DistAttn on cuDNN blocks over the copy-engine transport, MHA and GQA, PyTorch CP beside it
 # The I stages write at most 8 files to $OUT (what the device tool brings back): one log and the
 # JSON files; they end by printing bench/report.ts's markdown tables. Tables over several stages:
 # bun bench/report.ts distattn i5/*.json i5g/*.json ... --cp i5/cp32.json --cp i5g/cp8.json (here, no GPU).
-# Usage: source .device/setup.sh && bash scripts/device-multi.sh A|A2|B|C|D|I3|I3B|I5|I5F|I5G|I5X|I5K|I5KG|I5KZ
+# Usage: source .device/setup.sh && bash scripts/device-multi.sh A|A2|B|C|D|I3|I3B|I5|I5F|I5G|I5X|I5K|I5KG|I5KZ|CE1|CE2
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -125,6 +128,38 @@ I3B)
   report comm "$OUT/nccl-2.json" "$OUT/torch-2.json"
   # shellcheck disable=SC2046
   report overlap $(have "$OUT"/{overlap,torch-1,torch-2}.json)
+  ;;
+CE1)
+  # Every GPU test on 2 GPUs (~150 s: the kernels' suites, comm's NCCL and copy-engine conformance and
+  # watchdogs, DistAttn's bf16 checks), then the GEMM/exchange overlap with each send/recv transport
+  # (~30 s each), then the copy-engine bandwidth sweep (~60 s) and torch.distributed's (~70 s).
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/ce1.log"
+  tmo 240 env LIGHTSEQ_REQUIRE_GPU=1 bun test packages > "$OUT/test.log" 2>&1
+  grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)$|^error:' "$OUT/test.log" | sort | uniq -c | head -20 | tee -a "$LOG"
+  for p2p in nccl copy-engine; do
+    LIGHTSEQ_P2P=$p2p tmo 50 bun packages/comm/bench/nccl-bench.ts "$OUT/overlap-$p2p.json" --overlap-only --comm-priority high --trials 10 2>&1 | keep
+  done
+  LIGHTSEQ_P2P=copy-engine tmo 80 bun packages/comm/bench/nccl-bench.ts "$OUT/nccl-ce.json" --trials 7 2>&1 | keep
+  tmo 90 torchrun --nproc-per-node=2 packages/comm/bench/torch_dist_bench.py "$OUT/torch.json" --trials 7 2>&1 | keep
+  report comm "$OUT/nccl-ce.json" "$OUT/torch.json"
+  # shellcheck disable=SC2046
+  report overlap $(have "$OUT"/{overlap-nccl,overlap-copy-engine,torch}.json)
+  ;;
+CE2)
+  # DistAttn on cuDNN blocks with copy-engine send/recv: MHA every schedule and mode (~150 s), GQA zigzag
+  # and lightseq overlap/nocomm (~70 s), PyTorch CP MHA beside it (~50 s).
+  export CUDA_VISIBLE_DEVICES=0,1 LIGHTSEQ_P2P=copy-engine
+  LOG="$OUT/ce2.log"
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 tmo 230 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/ce-mha.json" 65536,131072,262144 32 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=8 tmo 110 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/ce-gqa.json" 65536,131072,262144 8 lightseq,zigzag overlap,nocomm 2>&1 | keep
+  tmo 90 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp32.json" 65536,131072,262144 32 32 cudnn 2>&1 | keep
+  cps=()
+  for f in $(have "$OUT/cp32.json"); do cps+=(--cp "$f"); done
+  # shellcheck disable=SC2046
+  report distattn $(have "$OUT"/{ce-mha,ce-gqa}.json) "${cps[@]}"
   ;;
 I5)
   # DistAttn on cuDNN blocks, MHA (Hkv 32), every schedule and mode, then PyTorch CP (Hkv 32), then the

@@ -47,3 +47,17 @@ LS_API int ls_sumsq_f32(const float* x, int64_t n, double* partials, float* out,
 LS_API int ls_sumsq_bf16(const uint16_t* x, int64_t n, double* partials, float* out, cudaStream_t s);
 
 // The block-attention entry points (ls_attn_*) are declared in attention.cuh, which includes this header.
+
+// Copy-engine point-to-point transfers between local GPUs (p2p.cu; host code, no kernels). Pointers
+// may be IPC-mapped memory of another device; ls_p2p_init resolves the driver's stream memory
+// operations and returns nonzero where they are missing.
+LS_API int ls_p2p_init(void);
+LS_API int ls_ipc_get_handle(const void* ptr, uint8_t* out64);
+LS_API int ls_ipc_open_handle(const uint8_t* handle64, void** out);
+LS_API int ls_ipc_close_handle(void* ptr);
+LS_API int ls_stream_wait_u32(const uint32_t* addr, uint32_t value, cudaStream_t s);
+LS_API int ls_stream_write_u32(uint32_t* addr, uint32_t value, cudaStream_t s);
+LS_API int ls_p2p_send(const void* src, int64_t bytes, void* remote_slots, int64_t slot_bytes, int32_t nslots, uint64_t first_chunk,
+                       const uint32_t* local_freed, uint32_t* remote_full, cudaStream_t s);
+LS_API int ls_p2p_recv(void* dst, int64_t bytes, const void* local_slots, int64_t slot_bytes, int32_t nslots, uint64_t first_chunk,
+                       const uint32_t* local_full, uint32_t* remote_freed, cudaStream_t s);

@@ -45,7 +45,10 @@ const ALL_MODES_HKV = (process.env.BENCH_ALL_MODES_HKV ?? "32").split(",").map((
   return v;
 });
 /** NCCL_* variables other than the always-set multicast switch, recorded with each row. */
-const NCCL_ENV = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith("NCCL_") && k !== "NCCL_NVLS_ENABLE"));
+// The communication settings a row ran with: NCCL's variables and our send/recv transport (LIGHTSEQ_P2P*).
+const NCCL_ENV = Object.fromEntries(
+  Object.entries(process.env).filter(([k]) => (k.startsWith("NCCL_") && k !== "NCCL_NVLS_ENABLE") || k.startsWith("LIGHTSEQ_P2P")),
+);
 
 if (process.env.RANK === undefined) {
   const gpus = probeGpus().count;

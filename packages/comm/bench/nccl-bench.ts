@@ -189,7 +189,8 @@ async function rank(args: Args): Promise<void> {
   if (comm.rank === 0) {
     const v = ncclVersion();
     const device = comm.device.kind === "cuda" ? comm.device.index : -1;
-    const ncclEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith("NCCL_")));
+    // NCCL's variables and our send/recv transport's (LIGHTSEQ_P2P*): what the numbers ran with.
+    const ncclEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith("NCCL_") || k.startsWith("LIGHTSEQ_P2P")));
     if (!args.overlapOnly) printTable(results, n, args.dtype, v.text);
     else console.log(`NCCL ${v.text}, ${n} ranks; overlap only`);
     const envText = Object.entries(ncclEnv)

@@ -15,6 +15,7 @@
 import { hostname } from "node:os";
 import { probeGpus } from "@lightseq/cuda";
 import { CommError, type Communicator, fmtRanks, timeoutFromEnv } from "./communicator.ts";
+import { copyEngineConfigFromEnv, type P2PTransport, p2pTransportFromEnv } from "./copy-engine.ts";
 import { CpuCommunicator } from "./cpu.ts";
 import { type DistEnv, readDistEnv } from "./env.ts";
 import { Mesh, type Transport } from "./mesh.ts";
@@ -37,6 +38,12 @@ export interface InitOptions {
   host?: string;
   /** NCCL backend: what a watchdog failure does (see nccl.ts). */
   watchdog?: "exit" | "throw";
+  /**
+   * NCCL backend: how send/recv between ranks of one host travel, "nccl" or "copy-engine"
+   * (copy-engine.ts: no SMs used); default LIGHTSEQ_P2P, else "nccl". Chunking: LIGHTSEQ_P2P_CHUNK_MIB,
+   * LIGHTSEQ_P2P_SLOTS.
+   */
+  p2p?: P2PTransport;
 }
 
 export class RendezvousError extends Error {
@@ -80,6 +87,8 @@ export async function initCommunicator(o: InitOptions = {}): Promise<Communicato
   const timeoutMs = o.timeoutMs ?? timeoutFromEnv(env);
   const rendezvousMs = o.rendezvousTimeoutMs ?? positiveMs(env, "LIGHTSEQ_RENDEZVOUS_TIMEOUT_MS") ?? timeoutMs;
   const backend = resolveBackend(o.backend ?? "auto");
+  const p2p = o.p2p ?? p2pTransportFromEnv(env);
+  const ceConfig = p2p === "copy-engine" ? copyEngineConfigFromEnv(env) : null;
   const call = initCalls++;
 
   if (dist.worldSize === 1 && dist.masterPort === 0) {
@@ -98,7 +107,9 @@ export async function initCommunicator(o: InitOptions = {}): Promise<Communicato
     } else {
       const device = pickDevice(dist);
       const id = await r.shareNcclId();
-      comm = NcclCommunicator.init({ rank: dist.rank, size: dist.worldSize, device, id, timeoutMs, watchdog: o.watchdog });
+      const nc = NcclCommunicator.init({ rank: dist.rank, size: dist.worldSize, device, id, timeoutMs, watchdog: o.watchdog });
+      if (ceConfig) await nc.enableCopyEngine(ceConfig);
+      comm = nc;
     }
     await r.phase("ready");
     return comm;

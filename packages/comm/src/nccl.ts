@@ -18,6 +18,10 @@
 // communication with `await comm.wait()` / `barrier()`, which poll. By default a watchdog failure is
 // fatal (the message goes to stderr and the process exits 1, so the launcher stops the other
 // ranks, as torch does); `watchdog: "throw"` leaves it to the next call on the communicator.
+//
+// Copy-engine send/recv: after `enableCopyEngine()` (initCommunicator does it for
+// LIGHTSEQ_P2P=copy-engine), sends and receives between ranks of one host go through
+// copy-engine.ts (no SMs used) instead of ncclSend/ncclRecv; collectives stay on NCCL.
 
 import { CString, dlopen } from "bun:ffi";
 import { Event, LibraryNotFoundError, locateLibrary, NCCL, type Stream, setDevice } from "@lightseq/cuda";
@@ -37,6 +41,7 @@ import {
   rejectHandled,
   type StreamOption,
 } from "./communicator.ts";
+import { type CopyEngineConfig, CopyEngineP2P, type P2PTransport } from "./copy-engine.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Declarations (nccl.h). ncclComm_t, cudaStream_t and buffers are pointers; size_t counts are u64
@@ -220,6 +225,7 @@ export class NcclCommunicator implements Communicator {
   #failure: CommError | null = null;
   #group: OpenGroup | null = null;
   #barrierScratch: Tensor | null = null;
+  #ce: CopyEngineP2P | null = null;
   #destroyed = false;
   readonly #out = new BigUint64Array(new ArrayBuffer(8));
   readonly #outI32 = new Int32Array(new ArrayBuffer(4));
@@ -256,6 +262,38 @@ export class NcclCommunicator implements Communicator {
     return this.#comm;
   }
 
+  /** How sends and receives between local ranks travel: "copy-engine" once enableCopyEngine() ran. */
+  get p2pTransport(): P2PTransport {
+    return this.#ce ? "copy-engine" : "nccl";
+  }
+
+  /** The peers reached through the copy engines (empty with the NCCL transport). */
+  get copyEnginePeers(): number[] {
+    return this.#ce?.peers ?? [];
+  }
+
+  /**
+   * Collective: sets up the copy-engine transport (copy-engine.ts) for sends and receives between
+   * ranks of this host. Every rank must call it, with the same config, before its next operation.
+   */
+  async enableCopyEngine(config?: CopyEngineConfig): Promise<void> {
+    this.#throwIfBroken("enableCopyEngine");
+    if (this.#group) throw new CommError("group", "enableCopyEngine cannot be called inside a group");
+    if (this.#ce) return;
+    this.#ce = await CopyEngineP2P.setup(
+      {
+        rank: this.rank,
+        size: this.size,
+        device: this.deviceIndex,
+        allGather: async (input, output) => {
+          await this.allGather(input, output);
+          await this.wait();
+        },
+      },
+      config,
+    );
+  }
+
   // -------------------------------------------------------------------------------------------
 
   send(t: Tensor, peer: number, o: StreamOption = {}): Promise<void> {
@@ -273,6 +311,13 @@ export class NcclCommunicator implements Communicator {
       this.#checkDevice(dir, t);
       assertRank(dir, "peer", peer, this.size);
       const s = o.stream ?? currentStream(this.deviceIndex);
+      const ce = this.#ce;
+      if (ce?.handles(peer)) {
+        ce.post(dir, t, peer, s);
+        // Inside a group the messages are issued at the group's end, together; alone, now.
+        if (this.#group === null) ce.flush();
+        return [s];
+      }
       const fn = dir === "send" ? nccl().ncclSend : nccl().ncclRecv;
       ncclCheck(
         fn(t.ptr(), t.numel, NCCL_DTYPE[t.dtype], peer, this.#comm, s.handle),
@@ -312,6 +357,13 @@ export class NcclCommunicator implements Communicator {
     }
     if (!outer) return Promise.resolve();
     this.#group = null;
+    // The copy-engine messages first (they only enqueue stream work, never wait for the peers), then
+    // NCCL's. As with NCCL, what was posted before a refused post is issued.
+    try {
+      this.#ce?.flush();
+    } catch (e) {
+      g.error ??= e as Error;
+    }
     // ncclGroupEnd must balance ncclGroupStart even when a post failed; what was posted before the
     // failure is issued by it, so the watchdog tracks that too.
     const code = nccl().ncclGroupEnd();
@@ -430,6 +482,22 @@ export class NcclCommunicator implements Communicator {
     }
   }
 
+  /** Polls `s` until it is idle; fails like the watchdog (without aborting) after the timeout. */
+  async #waitStream(s: Stream, what: string): Promise<void> {
+    const start = performance.now();
+    while (!s.query()) {
+      const waited = performance.now() - start;
+      if (waited > this.#timeoutMs)
+        throw new CommError(
+          what,
+          `did not complete within ${fmtSeconds(waited)} on cuda:${this.deviceIndex} (rank ${this.rank})`,
+          [],
+          waited,
+        );
+      await Bun.sleep(1);
+    }
+  }
+
   async split(color: number, key: number): Promise<Communicator | null> {
     if (!Number.isInteger(color) || !Number.isInteger(key))
       throw new CommError("split", `color and key must be integers, got ${color}, ${key}`);
@@ -450,7 +518,10 @@ export class NcclCommunicator implements Communicator {
     const rank = this.#outI32[0] as number;
     ncclCheck(f.ncclCommCount(child, this.#outI32), "ncclCommCount", child);
     const size = this.#outI32[0] as number;
-    return new NcclCommunicator(child, rank, size, this.deviceIndex, this.#timeoutMs, this.#watchdog);
+    const sub = new NcclCommunicator(child, rank, size, this.deviceIndex, this.#timeoutMs, this.#watchdog);
+    // The child gets the parent's transport (collective over the child's ranks, who all split here).
+    if (this.#ce) await sub.enableCopyEngine(this.#ce.config);
+    return sub;
   }
 
   abort(reason = "abort() called"): void {
@@ -473,6 +544,11 @@ export class NcclCommunicator implements Communicator {
       }
     }
     this.#stopPoller();
+    if (this.#ce) {
+      const broken = this.#failure !== null || this.#comm === 0;
+      await this.#ce.close((st) => this.#waitStream(st, "destroy (copy-engine drain)"), !broken);
+      this.#ce = null;
+    }
     this.#barrierScratch?.dispose();
     this.#barrierScratch = null;
     for (const e of this.#eventPool) e.dispose();
