@@ -15,9 +15,9 @@
 // is staged through the sender's send stream and the receiver's recv stream, joined to the caller's
 // stream with events, so the caller's stream sees the data (and may reuse the send buffer) after it.
 //
-// Limits: a stream blocked in a wait cannot be interrupted. When a peer dies mid-message, the
-// communicator's watchdog names the operation and (by default) exits the process, which frees the
-// GPU; abort() leaves the blocked internal streams behind.
+// Failure: when a peer dies mid-message, the communicator's watchdog names the operation and aborts;
+// abort() releases this rank's blocked waits (release()), so its streams drain and the process can
+// exit.
 
 import { dlopen } from "bun:ffi";
 import { readFileSync } from "node:fs";
@@ -311,6 +311,24 @@ export class CopyEngineP2P {
       u.wait(recvDone);
     }
     return users;
+  }
+
+  /**
+   * For a broken communicator: satisfies every wait this rank has issued (writes the counts its
+   * streams wait for into its own flags, from a fresh stream), so no stream stays blocked on a peer
+   * that will never answer; a blocked stream would also hang the process's exit. What those
+   * messages deliver is garbage, as after any abort.
+   */
+  release(): void {
+    if (this.#closed) return;
+    const f = p2p();
+    setDevice(this.#device);
+    const s = Stream.create(this.#device, { priority: "high" });
+    for (let r = 0; r < this.#size; r++) {
+      if (!this.handles(r)) continue;
+      f.ls_stream_write_u32(this.#local + this.#fullOffset(r), (this.#received[r] as number) % 2 ** 32, s.handle);
+      f.ls_stream_write_u32(this.#local + this.#freedOffset(r), (this.#sent[r] as number) % 2 ** 32, s.handle);
+    }
   }
 
   /**

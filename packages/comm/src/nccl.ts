@@ -530,6 +530,11 @@ export class NcclCommunicator implements Communicator {
     this.#stopPoller();
     const comm = this.#comm;
     this.#comm = 0;
+    try {
+      this.#ce?.release();
+    } catch {
+      // Best effort: the communicator is broken either way.
+    }
     nccl().ncclCommAbort(comm);
   }
 
