@@ -13,6 +13,7 @@
 #        overlap with NCCL vs copy-engine send/recv, the copy-engine bandwidth sweep beside torch's
 #   CE3: the copy-engine watchdog test; what copies cost a GEMM (bench/ce_probe.py); overlap with NCCL
 #        P2P channel limits and CTA policy, and with copy-engine chunking variants
+#   CE4: CE3's NCCL variants, and an nsys trace of the copy-engine overlap (what runs where)
 #   CE2: DistAttn on cuDNN blocks over the copy-engine transport, MHA and GQA, PyTorch CP beside it
 # The I stages write at most 8 files to $OUT (what the device tool brings back): one log and the
 # JSON files; they end by printing bench/report.ts's markdown tables. Tables over several stages:
@@ -154,13 +155,35 @@ CE3)
   tmo 60 env LIGHTSEQ_REQUIRE_GPU=1 bun test packages/comm/src/nccl.test.ts -t "watchdog" 2>&1 | grep -E '^\(fail\)|^\(pass\)|^ *[0-9]+ (pass|fail)$' | tee -a "$LOG"
   tmo 60 python3 bench/ce_probe.py 256 2>&1 | tee -a "$LOG" | grep '^{'
   for v in NCCL_MAX_P2P_NCHANNELS=8 NCCL_MAX_P2P_NCHANNELS=4 NCCL_MAX_P2P_NCHANNELS=2 NCCL_CTA_POLICY=1; do
-    env "$v" LIGHTSEQ_P2P=nccl tmo 30 bun packages/comm/bench/nccl-bench.ts "$OUT/ov-$v.json" --overlap-only --comm-priority high --trials 10 2>&1 | keep
+    (export "${v?}" LIGHTSEQ_P2P=nccl && tmo 30 bun packages/comm/bench/nccl-bench.ts "$OUT/ov-$v.json" --overlap-only --comm-priority high --trials 10 2>&1 | keep)
   done
   LIGHTSEQ_P2P=nccl tmo 30 bun packages/comm/bench/nccl-bench.ts "$OUT/ov-nccl.json" --overlap-only --comm-priority high --trials 10 2>&1 | keep
   LIGHTSEQ_P2P=copy-engine LIGHTSEQ_P2P_CHUNK_MIB=64 LIGHTSEQ_P2P_SLOTS=2 tmo 30 bun packages/comm/bench/nccl-bench.ts "$OUT/ov-ce64.json" --overlap-only --comm-priority high --trials 10 2>&1 | keep
   # shellcheck disable=SC2046
   report overlap $(have "$OUT"/ov-*.json) > /dev/null
   tar czf "$OUT/ov.tgz" -C "$OUT" $(cd "$OUT" && ls ov-*.json) && rm -f "$OUT"/ov-*.json
+  tail -14 "$LOG"
+  ;;
+CE4)
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/ce4.log"
+  for v in NCCL_MAX_P2P_NCHANNELS=8 NCCL_MAX_P2P_NCHANNELS=4 NCCL_MAX_P2P_NCHANNELS=2 NCCL_CTA_POLICY=1 NCCL_CTA_POLICY=2; do
+    (export "${v?}" LIGHTSEQ_P2P=nccl && tmo 30 bun packages/comm/bench/nccl-bench.ts "$OUT/ov-$v.json" --overlap-only --comm-priority high --trials 10 2>&1 | keep)
+  done
+  (export LIGHTSEQ_P2P=nccl && tmo 30 bun packages/comm/bench/nccl-bench.ts "$OUT/ov-nccl.json" --overlap-only --comm-priority high --trials 10 2>&1 | keep)
+  # shellcheck disable=SC2046
+  report overlap $(have "$OUT"/ov-*.json) > /dev/null
+  tar czf "$OUT/ov.tgz" -C "$OUT" $(cd "$OUT" && ls ov-*.json) && rm -f "$OUT"/ov-*.json
+  if command -v nsys > /dev/null; then
+    (export LIGHTSEQ_P2P=copy-engine && tmo 120 nsys profile -o /tmp/ce --force-overwrite true --trace=cuda bun packages/comm/bench/nccl-bench.ts /tmp/ov-trace.json --overlap-only --comm-priority high --trials 3 > /tmp/nsys.log 2>&1)
+    tail -3 /tmp/nsys.log
+    for f in /tmp/ce*.nsys-rep; do
+      timeout 60 nsys stats --report cuda_gpu_kern_sum,cuda_gpu_mem_time_sum --format csv "$f" 2>/dev/null | head -40
+    done > "$OUT/nsys.txt"
+    head -60 "$OUT/nsys.txt"
+  else
+    echo "no nsys"
+  fi
   tail -14 "$LOG"
   ;;
 CE2)
