@@ -54,8 +54,9 @@ describe("comm report", () => {
   });
 
   test("overlap rows: one per comm priority of ours, then torch's", () => {
-    expect(row(md, "ours (ours)", "default")).toEqual([
+    expect(row(md, "ours (ours)", "posted", "default")).toEqual([
       "ours (ours)",
+      "posted",
       "default",
       "-",
       "1.47",
@@ -67,9 +68,10 @@ describe("comm report", () => {
       "-112%",
       "no",
     ]);
-    expect(row(md, "ours (ours)", "high").slice(8)).toEqual(["1.09x", "86%", "yes"]);
+    expect(row(md, "ours (ours)", "posted", "high").slice(9)).toEqual(["1.09x", "86%", "yes"]);
     expect(row(md, "torch (torch)")).toEqual([
       "torch (torch)",
+      "posted",
       "torch NCCL stream (high)",
       "-",
       "1.48",
@@ -96,14 +98,26 @@ describe("comm report", () => {
     const ctas = asCommFile("ctas8", load("nccl-overlap-ctas8.json"), "either");
     expect(commReport(ctas, torch)).toContain("(no bandwidth sweep in ours: an --overlap-only run?)");
     const o = overlapReport([["ctas8", ctas]]);
-    expect(row(o, "ctas8", "default", "NCCL_MAX_CTAS=8").slice(5)).toEqual(["2.00", "2.00", "1.90", "1.36x", "41%", "no"]);
-    expect(row(o, "ctas8", "high", "NCCL_MAX_CTAS=8").slice(8)).toEqual(["1.02x", "97%", "yes"]);
+    expect(row(o, "ctas8", "posted", "default", "NCCL_MAX_CTAS=8").slice(6)).toEqual(["2.00", "2.00", "1.90", "1.36x", "41%", "no"]);
+    expect(row(o, "ctas8", "posted", "high", "NCCL_MAX_CTAS=8").slice(9)).toEqual(["1.02x", "97%", "yes"]);
+  });
+
+  test("the queued protocol's rows: ours from `overlaps`, torch's from `overlapQueued`", () => {
+    const base = ours.overlaps?.[0] as NonNullable<CommFile["overlap"]>;
+    const q = { ...base, protocol: "queued", gemmMs: 1.5, commMs: 1.0, bothMs: 1.53 };
+    const o = overlapReport([
+      ["ours", { ...ours, overlaps: [base, q] }],
+      ["torch", { ...torch, overlapQueued: { ...q, bothMs: 1.8 } }],
+    ]);
+    expect(row(o, "ours", "queued").slice(-3)).toEqual(["1.02x", "97%", "yes"]);
+    expect(row(o, "torch", "queued").slice(-3)).toEqual(["1.20x", "70%", "no"]);
+    expect(row(o, "torch", "posted").slice(-3)).toEqual(["1.19x", "75%", "no"]);
   });
 
   test("a file from before the priority list (overlap only, no overlaps) reads as default", () => {
     const { overlaps: _, ...old } = ours;
     const o = overlapReport([["old", old as CommFile]]);
-    expect(row(o, "old", "default")[5]).toBe("3.38");
+    expect(row(o, "old", "posted", "default")[6]).toBe("3.38");
     expect(o.split("\n").filter((l) => l.startsWith("| old")).length).toBe(1);
   });
 });

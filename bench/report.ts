@@ -45,6 +45,8 @@ export interface OverlapJson {
   gemmMs: number;
   commMs: number;
   bothMs: number;
+  /** "posted" (host posting time counts; files without it) or "queued" (GPU time only). */
+  protocol?: string;
   /** nccl-bench only. */
   commPriority?: string;
   gemmInBothMs?: number;
@@ -59,7 +61,9 @@ export interface CommFile {
   dtype: string;
   results: Record<string, CommRow[]>;
   overlap?: OverlapJson;
-  /** nccl-bench since --comm-priority took a list: one per priority (overlap = the first). */
+  /** torch_dist_bench.py: the "queued" protocol's measurement. */
+  overlapQueued?: OverlapJson;
+  /** nccl-bench since --comm-priority took a list: one per priority and protocol (overlap = the first). */
   overlaps?: OverlapJson[];
   ncclEnv?: Record<string, string>;
   overlapOnly?: boolean;
@@ -264,18 +268,22 @@ export function commReport(
   return out.join("\n");
 }
 
-/** One row per overlap measurement of each file (nccl-bench: one per comm priority). */
+const overlapsOf = (f: CommFile): OverlapJson[] =>
+  f.overlaps ?? [f.overlap, f.overlapQueued].filter((o): o is OverlapJson => o !== undefined);
+
+/** One row per overlap measurement of each file (nccl-bench: one per comm priority and protocol). */
 export function overlapReport(files: [string, CommFile][]): string {
   const rows: string[][] = [];
   for (const [label, f] of files) {
     const isOurs = f.tool === "lightseq nccl-bench";
-    const list = f.overlaps ?? (f.overlap ? [f.overlap] : []);
+    const list = overlapsOf(f);
     for (const o of list) {
       const ratio = o.bothMs / Math.max(o.gemmMs, o.commMs);
       // From the three times rather than the file's field, so every row uses one definition.
       const hidden = (o.gemmMs + o.commMs - o.bothMs) / Math.min(o.gemmMs, o.commMs);
       rows.push([
         label,
+        o.protocol ?? "posted",
         isOurs ? (o.commPriority ?? "default") : "torch NCCL stream (high)",
         isOurs ? envLabel(f.ncclEnv) : "-",
         fmtMs(o.gemmMs),
@@ -289,15 +297,17 @@ export function overlapReport(files: [string, CommFile][]): string {
       ]);
     }
   }
-  const first = files.flatMap(([, f]) => f.overlaps ?? (f.overlap ? [f.overlap] : []))[0];
+  const first = files.flatMap(([, f]) => overlapsOf(f))[0];
   const what = first ? `${first.gemm} GEMM beside a ${first.comm} exchange` : "GEMM beside an exchange";
   if (rows.length === 0) return `Overlap (${what}): no overlap measurement in these files.`;
   return [
-    `Overlap (${what}); target: together <= ${OVERLAP_TARGET}x the longer alone; hidden = (a + b - together) / min(a, b).`,
+    `Overlap (${what}); target: together <= ${OVERLAP_TARGET}x the longer alone; hidden = (a + b - together) / min(a, b); ` +
+      "protocol posted = the GPU idles while the host posts the work (posting time counts), queued = a spin kernel holds the stream while the host posts (GPU time only).",
     "",
     table(
       [
         "run",
+        "protocol",
         "comm stream priority",
         "NCCL env",
         "GEMM alone ms",

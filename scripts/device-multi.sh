@@ -14,6 +14,8 @@
 #   CE3: the copy-engine watchdog test; what copies cost a GEMM (bench/ce_probe.py); overlap with NCCL
 #        P2P channel limits and CTA policy, and with copy-engine chunking variants
 #   CE4: CE3's NCCL variants, and an nsys trace of the copy-engine overlap (what runs where)
+#   CE5: the overlap by protocol (posted/queued) for NCCL, copy-engine and torch; then DistAttn MHA on
+#        cuDNN blocks (lightseq, zigzag; overlap, nocomm) over each transport, PyTorch CP beside it
 #   CE2: DistAttn on cuDNN blocks over the copy-engine transport, MHA and GQA, PyTorch CP beside it
 # The I stages write at most 8 files to $OUT (what the device tool brings back): one log and the
 # JSON files; they end by printing bench/report.ts's markdown tables. Tables over several stages:
@@ -185,6 +187,27 @@ CE4)
     echo "no nsys"
   fi
   tail -14 "$LOG"
+  ;;
+CE5)
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/ce5.log"
+  tmo 60 env LIGHTSEQ_REQUIRE_GPU=1 bun test packages/cuda packages/comm/src/nccl.test.ts 2>&1 | grep -E '^\(fail\)|^ *[0-9]+ (pass|fail)$' | tee -a "$LOG"
+  for p2p in nccl copy-engine; do
+    (export LIGHTSEQ_P2P=$p2p && tmo 40 bun packages/comm/bench/nccl-bench.ts "$OUT/ov-$p2p.json" --overlap-only --comm-priority high --trials 10 2>&1 | keep)
+  done
+  tmo 60 torchrun --nproc-per-node=2 packages/comm/bench/torch_dist_bench.py "$OUT/torch.json" --trials 5 2>&1 | keep
+  # shellcheck disable=SC2046
+  report overlap $(have "$OUT"/{ov-nccl,ov-copy-engine,torch}.json)
+  for p2p in copy-engine nccl; do
+    nb=0; [ "$p2p" = nccl ] && nb=1
+    (export LIGHTSEQ_P2P=$p2p BENCH_NO_BASELINE=$nb && BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 tmo 150 bun packages/attention/bench/distattn-bench.ts \
+      "$OUT/dist-$p2p.json" 65536,131072,262144 32 lightseq,zigzag overlap,nocomm 2>&1 | keep)
+  done
+  tmo 90 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp32.json" 65536,131072,262144 32 32 cudnn 2>&1 | keep
+  cps=()
+  for f in $(have "$OUT/cp32.json"); do cps+=(--cp "$f"); done
+  # shellcheck disable=SC2046
+  report distattn $(have "$OUT"/dist-{copy-engine,nccl}.json) "${cps[@]}"
   ;;
 CE2)
   # DistAttn on cuDNN blocks with copy-engine send/recv: MHA every schedule and mode (~150 s), GQA zigzag

@@ -18,6 +18,7 @@
 
 LS_API int ls_abi_version(void);
 LS_API int ls_noop(cudaStream_t s);
+LS_API int ls_spin_ns(uint64_t ns, cudaStream_t s);
 
 LS_API int ls_fill_u32(uint32_t* out, uint32_t bits, int64_t n, cudaStream_t s);
 LS_API int ls_fill_u16(uint16_t* out, uint16_t bits, int64_t n, cudaStream_t s);

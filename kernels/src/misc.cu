@@ -5,6 +5,15 @@ namespace {
 
 __global__ void noop_kernel() {}
 
+// One thread reading the global nanosecond timer until `ns` have passed.
+__global__ void spin_kernel(uint64_t ns) {
+  uint64_t start, now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (now - start < ns);
+}
+
 template <typename T>
 struct Constant {
   T bits;
@@ -14,11 +23,18 @@ struct Constant {
 }  // namespace
 
 // Bumped whenever a signature or a documented result changes.
-LS_API int ls_abi_version(void) { return 1; }
+LS_API int ls_abi_version(void) { return 2; }
 
 // <<<1, 1>>> empty kernel on s.
 LS_API int ls_noop(cudaStream_t s) {
   noop_kernel<<<1, 1, 0, s>>>();
+  return static_cast<int>(cudaGetLastError());
+}
+
+// <<<1, 1>>> kernel that keeps s busy for `ns` nanoseconds (benchmarks: hold the GPU while the host
+// queues the work to be timed, so host launch latency stays out of the measurement).
+LS_API int ls_spin_ns(uint64_t ns, cudaStream_t s) {
+  spin_kernel<<<1, 1, 0, s>>>(ns);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -19,13 +19,14 @@
 //
 // Overlap: a bf16 GEMM 8192^3 (matmul from @lightseq/tensor, cuBLASLt) on a compute stream and a
 // bidirectional send/recv of 256 MiB on a comm stream, each alone, then both started together;
-// once per priority in --comm-priority, each on a comm stream of its own. The JSON has `overlaps`
-// (one entry per priority, in order) and `overlap` (the first, as earlier files had it).
+// once per priority in --comm-priority, each on a comm stream of its own, and per protocol ("posted"
+// and "queued": see Protocol). The JSON has `overlaps` (priority-major, in order) and `overlap` (the
+// first, as earlier files had it).
 // NCCL_* variables in the environment (NCCL_MAX_CTAS, say) are recorded in the JSON as `ncclEnv`.
 // Needs the kernels library (kernels/build) for the random fill.
 
 import { join } from "node:path";
-import { Event, probeGpus, Stream } from "@lightseq/cuda";
+import { checkLaunch, Event, kernels, probeGpus, Stream } from "@lightseq/cuda";
 import { copy, type DType, dtypeBytes, empty, matmul, randn, type Tensor, toFloat32Array } from "@lightseq/tensor";
 import { type Communicator, initCommunicator, launch, ncclVersion } from "../src/index.ts";
 
@@ -184,7 +185,8 @@ async function rank(args: Args): Promise<void> {
   if (!args.overlapOnly) await sweep(comm, b, args, results);
 
   const overlaps: Overlap[] = [];
-  for (const priority of args.commPriorities) overlaps.push(await measureOverlap(comm, b, priority, args.trials));
+  for (const priority of args.commPriorities)
+    for (const protocol of ["posted", "queued"] as const) overlaps.push(await measureOverlap(comm, b, priority, protocol, args.trials));
 
   if (comm.rank === 0) {
     const v = ncclVersion();
@@ -199,7 +201,7 @@ async function rank(args: Args): Promise<void> {
       .join(" ");
     for (const o of overlaps) {
       console.log(
-        `\noverlap (${o.gemm}, ${o.comm}; comm stream priority ${o.commPriority}${envText ? `; ${envText}` : ""}): ` +
+        `\noverlap (${o.gemm}, ${o.comm}; ${o.protocol}; comm stream priority ${o.commPriority}${envText ? `; ${envText}` : ""}): ` +
           `GEMM alone ${o.gemmMs.toFixed(2)} ms (${o.gemmTflops.toFixed(0)} TFLOP/s), ` +
           `comm alone ${o.commMs.toFixed(2)} ms, together ${o.bothMs.toFixed(2)} ms ` +
           `(GEMM ${o.gemmInBothMs.toFixed(2)} ms, comm ${o.commInBothMs.toFixed(2)} ms) = ${o.bothOverLonger.toFixed(2)}x the longer alone; ` +
@@ -278,7 +280,18 @@ async function sweep(comm: Communicator, b: Bench, args: Args, results: Record<s
   bufB.dispose();
 }
 
+/**
+ * How a timed region starts. "posted": the GPU idles while the host posts the region's work, so the
+ * host's posting time (the exchange's, for the GEMM posted after it) counts, as in
+ * torch_dist_bench.py's first measurement. "queued": a 3 ms spin kernel holds the stream while the
+ * host posts everything, so the region times the GPU's work alone, as in a training step where the
+ * host runs ahead of the GPU.
+ */
+type Protocol = "posted" | "queued";
+const HOLD_NS = 3_000_000;
+
 interface Overlap {
+  protocol: Protocol;
   commPriority: Priority;
   gemm: string;
   comm: string;
@@ -296,7 +309,7 @@ interface Overlap {
 }
 
 /** GEMM alone, exchange alone, both together, with the exchange on a fresh comm stream of `priority`. */
-async function measureOverlap(comm: Communicator, b: Bench, priority: Priority, trials: number): Promise<Overlap> {
+async function measureOverlap(comm: Communicator, b: Bench, priority: Priority, protocol: Protocol, trials: number): Promise<Overlap> {
   const d = comm.device;
   const index = d.kind === "cuda" ? d.index : 0;
   const compute = Stream.create(index);
@@ -320,6 +333,9 @@ async function measureOverlap(comm: Communicator, b: Bench, priority: Priority, 
       : Promise.resolve();
   const gemm = () => matmul(x, w, { out: y, stream: compute }).dispose();
   const ev = () => Event.create(index, { timing: true });
+  const hold = (st: Stream) => {
+    if (protocol === "queued") checkLaunch(kernels().ls_spin_ns(HOLD_NS, st.handle), "ls_spin_ns");
+  };
   const [e0, eCompute, eComm] = [ev(), ev(), ev()];
   const gemmAlone: number[] = [];
   const commAlone: number[] = [];
@@ -333,6 +349,7 @@ async function measureOverlap(comm: Communicator, b: Bench, priority: Priority, 
   compute.synchronize();
   commStream.synchronize();
   for (let t = 0; t < trials; t++) {
+    hold(compute);
     e0.record(compute);
     gemm();
     eCompute.record(compute);
@@ -340,6 +357,7 @@ async function measureOverlap(comm: Communicator, b: Bench, priority: Priority, 
     gemmAlone.push(e0.elapsedMs(eCompute));
 
     await b.align(commStream);
+    hold(commStream);
     e0.record(commStream);
     await exchange();
     eComm.record(commStream);
@@ -347,6 +365,7 @@ async function measureOverlap(comm: Communicator, b: Bench, priority: Priority, 
     commAlone.push(e0.elapsedMs(eComm));
 
     await b.align(commStream);
+    hold(commStream);
     e0.record(commStream);
     compute.wait(e0); // both streams start from the aligned point
     // The exchange is posted before the GEMM, as torch_dist_bench.py does and as DistAttn's executor
@@ -367,6 +386,7 @@ async function measureOverlap(comm: Communicator, b: Bench, priority: Priority, 
   const commMs = await b.slowest(median(commAlone));
   const bothMs = await b.slowest(median(both));
   const result: Overlap = {
+    protocol,
     commPriority: priority,
     gemm: `bf16 ${N}x${N}x${N}`,
     comm: `send+recv ${fmtSize(bytes)} each way`,

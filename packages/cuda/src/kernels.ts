@@ -12,6 +12,7 @@ const u = ["ptr", "ptr", "ptr", "i64", "ptr"] as const; // (a, b, out, n, stream
 const kernelSymbols = {
   ls_abi_version: { args: [], returns: "i32" },
   ls_noop: { args: ["ptr"], returns: "i32" },
+  ls_spin_ns: { args: ["u64", "ptr"], returns: "i32" },
   ls_fill_u32: { args: ["ptr", "u32", "i64", "ptr"], returns: "i32" },
   ls_fill_u16: { args: ["ptr", "u16", "i64", "ptr"], returns: "i32" },
   ls_rand_uniform_f32: { args: ["ptr", "i64", "u64", "u64", "f32", "f32", "ptr"], returns: "i32" },
@@ -37,7 +38,7 @@ const kernelSymbols = {
 
 export type Kernels = Bound<typeof kernelSymbols>;
 
-export const KERNELS_ABI_VERSION = 1;
+export const KERNELS_ABI_VERSION = 2;
 
 let lib: Kernels | null = null;
 
