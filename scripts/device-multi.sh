@@ -16,6 +16,8 @@
 #   CE4: CE3's NCCL variants, and an nsys trace of the copy-engine overlap (what runs where)
 #   CE5: the overlap by protocol (posted/queued) for NCCL, copy-engine and torch; then DistAttn MHA on
 #        cuDNN blocks (lightseq, zigzag; overlap, nocomm) over each transport, PyTorch CP beside it
+#   FIN: the overlap (both priorities and protocols) beside torch's; DistAttn on cuDNN blocks, MHA every
+#        schedule and mode, GQA overlap and nocomm; PyTorch CP for both, in one call
 #   CE2: DistAttn on cuDNN blocks over the copy-engine transport, MHA and GQA, PyTorch CP beside it
 # The I stages write at most 8 files to $OUT (what the device tool brings back): one log and the
 # JSON files; they end by printing bench/report.ts's markdown tables. Tables over several stages:
@@ -208,6 +210,24 @@ CE5)
   for f in $(have "$OUT/cp32.json"); do cps+=(--cp "$f"); done
   # shellcheck disable=SC2046
   report distattn $(have "$OUT"/dist-{copy-engine,nccl}.json) "${cps[@]}"
+  ;;
+FIN)
+  # ~20 s overlap, ~140 s DistAttn MHA (27 rows + baseline), ~90 s GQA (18 rows + baseline), ~100 s CP.
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/fin.log"
+  tmo 40 bun packages/comm/bench/nccl-bench.ts "$OUT/ov.json" --overlap-only --comm-priority default,high --trials 10 2>&1 | keep
+  tmo 60 torchrun --nproc-per-node=2 packages/comm/bench/torch_dist_bench.py "$OUT/torch.json" --trials 5 2>&1 | keep
+  report overlap "$OUT/ov.json" "$OUT/torch.json"
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 tmo 200 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/mha.json" 65536,131072,262144 32 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=8 tmo 130 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/gqa.json" 65536,131072,262144 8 ring,lightseq,zigzag overlap,nocomm 2>&1 | keep
+  tmo 70 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp32.json" 65536,131072,262144 32 32 cudnn 2>&1 | keep
+  tmo 70 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp8.json" 65536,131072,262144 32 8 cudnn 2>&1 | keep
+  cps=()
+  for f in $(have "$OUT/cp32.json" "$OUT/cp8.json"); do cps+=(--cp "$f"); done
+  # shellcheck disable=SC2046
+  report distattn $(have "$OUT"/{mha,gqa}.json) "${cps[@]}"
   ;;
 CE2)
   # DistAttn on cuDNN blocks with copy-engine send/recv: MHA every schedule and mode (~150 s), GQA zigzag
