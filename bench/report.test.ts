@@ -153,6 +153,18 @@ describe("distattn report", () => {
     expect(row(md, "64K", "32", "ring", "cudnn").slice(9, 12)).toEqual(["1.33x", "67%", "100%"]);
   });
 
+  test("a one-pass row (BENCH_PHASE) is labelled, with no speedup, PyTorch comparison or traffic row", () => {
+    const [name, f] = files[0] as [string, ReturnType<typeof asDistFile>];
+    const first = f.results.find((r) => !("check" in r)) as NonNullable<(typeof f.results)[number]>;
+    const one = { ...f, results: [{ ...first, phase: "bwd", overlap_ms: 50, nocomm_ms: 48, sync_ms: undefined }] };
+    const out = distattnReport([[name, one as typeof f]], cps);
+    const cells = out.split("\n").filter((l) => l.includes("(bwd only)"));
+    expect(cells.length).toBe(1);
+    const c = (cells[0] as string).split("|").map((x) => x.trim());
+    expect(c.slice(6, 16)).toEqual(["50.0", "-", "48.0", "4.2%", "-", "-", "-", "-", "-", ""]);
+    expect(out).not.toContain("| equal |");
+  });
+
   test("experiments (comm priority, NCCL env, no baseline) are rows of their own", () => {
     expect(row(md, "64K", "32", "zigzag", "cudnn", "high").slice(5, 12)).toEqual(["104.0", "-", "100.0", "4.0%", "-", "-", "-"]);
     expect(row(md, "64K", "32", "zigzag", "cudnn", "default NCCL_MAX_CTAS=8")[8]).toBe("8.0%");

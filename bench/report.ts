@@ -82,6 +82,8 @@ export interface DistRow {
   oneGpuMs: number;
   commPriority?: string;
   ncclEnv?: Record<string, string>;
+  /** distattn-bench BENCH_PHASE: the row times only this pass (no speedup or PyTorch comparison). */
+  phase?: string;
   overlap_ms?: number;
   sync_ms?: number;
   nocomm_ms?: number;
@@ -330,9 +332,9 @@ export function overlapReport(files: [string, CommFile][]): string {
 const isEquality = (r: DistRow | EqualityRow): r is EqualityRow => (r as EqualityRow).check === "equality";
 
 /** The comm setting of a row: stream priority plus NCCL env, "default" for files from before both were recorded. */
-function commLabel(r: { commPriority?: string; ncclEnv?: Record<string, string> }): string {
+function commLabel(r: { commPriority?: string; ncclEnv?: Record<string, string>; phase?: string }): string {
   const env = envLabel(r.ncclEnv);
-  return `${r.commPriority ?? "default"}${env === "-" ? "" : ` ${env}`}`;
+  return `${r.commPriority ?? "default"}${env === "-" ? "" : ` ${env}`}${r.phase ? ` (${r.phase} only)` : ""}`;
 }
 
 /** "cudnn", "cuda (wgmma)": the block kernel and, for ours, which variant ran. */
@@ -368,8 +370,8 @@ export function distattnReport(files: [string, DistFile][], cps: [string, CpFile
       cOrder(commLabel(a)) - cOrder(commLabel(b)),
   );
   const main = sorted.map((r) => {
-    const speedup = r.oneGpuMs > 0 && r.overlap_ms ? r.oneGpuMs / r.overlap_ms : undefined;
-    const cp = cpFor(r);
+    const speedup = r.oneGpuMs > 0 && r.overlap_ms && !r.phase ? r.oneGpuMs / r.overlap_ms : undefined;
+    const cp = r.phase ? undefined : cpFor(r);
     const vsCp = cp?.cp_fwdbwd_ms && r.overlap_ms ? r.overlap_ms / cp.cp_fwdbwd_ms - 1 : undefined;
     return [
       fmtTokens(r.N),
@@ -424,7 +426,7 @@ export function distattnReport(files: [string, DistFile][], cps: [string, CpFile
   for (const r of sorted) {
     const s = r.sent_bytes_rank0;
     const a = r.analytic_bytes_rank0;
-    if (!s || !a) continue;
+    if (!s || !a || r.phase) continue; // a one-pass row counts one pass's traffic
     const key = JSON.stringify([r.P, r.N, r.Hkv, r.schedule, s, a]);
     if (traffic.has(key)) continue;
     const same = s.fwd === a.fwd && s.bwd === a.bwd;

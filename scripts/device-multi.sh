@@ -18,6 +18,8 @@
 #        cuDNN blocks (lightseq, zigzag; overlap, nocomm) over each transport, PyTorch CP beside it
 #   FIN: the overlap (both priorities and protocols) beside torch's; DistAttn on cuDNN blocks, MHA every
 #        schedule and mode, GQA overlap and nocomm; PyTorch CP for both, in one call
+#   DIAG: where zigzag's MHA overlap cost lies: forward and backward timed apart (BENCH_PHASE), every
+#        mode, NCCL; the backward again over the copy-engine transport
 #   CE2: DistAttn on cuDNN blocks over the copy-engine transport, MHA and GQA, PyTorch CP beside it
 # The I stages write at most 8 files to $OUT (what the device tool brings back): one log and the
 # JSON files; they end by printing bench/report.ts's markdown tables. Tables over several stages:
@@ -228,6 +230,16 @@ FIN)
   for f in $(have "$OUT/cp32.json" "$OUT/cp8.json"); do cps+=(--cp "$f"); done
   # shellcheck disable=SC2046
   report distattn $(have "$OUT"/{mha,gqa}.json) "${cps[@]}"
+  ;;
+DIAG)
+  export CUDA_VISIBLE_DEVICES=0,1 BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 BENCH_NO_BASELINE=1
+  LOG="$OUT/diag.log"
+  for ph in fwd bwd; do
+    BENCH_PHASE=$ph tmo 90 bun packages/attention/bench/distattn-bench.ts "$OUT/$ph.json" 65536,131072,262144 32 zigzag overlap,sync,nocomm 2>&1 | keep
+  done
+  LIGHTSEQ_P2P=copy-engine BENCH_PHASE=bwd tmo 80 bun packages/attention/bench/distattn-bench.ts "$OUT/bwd-ce.json" 65536,131072,262144 32 zigzag overlap,sync,nocomm 2>&1 | keep
+  # shellcheck disable=SC2046
+  report distattn $(have "$OUT"/{fwd,bwd,bwd-ce}.json)
   ;;
 CE2)
   # DistAttn on cuDNN blocks with copy-engine send/recv: MHA every schedule and mode (~150 s), GQA zigzag

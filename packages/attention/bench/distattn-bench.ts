@@ -6,8 +6,10 @@
 // Environment: BENCH_BACKEND (cuda: our kernel, the default; cudnn), BENCH_REPS (3), BENCH_EQUALITY
 // (run|only|skip), BENCH_ALL_MODES_HKV (the Hkv values, comma list, that run every mode; the others
 // run overlap only; default 32; 0 for none), BENCH_NO_BASELINE=1 (no one-GPU run),
-// BENCH_COMM_PRIORITY (high, the default, or default: the priority of DistAttn's comm stream). Each row records the
-// comm priority and any NCCL_* variables set.
+// BENCH_COMM_PRIORITY (high, the default, or default: the priority of DistAttn's comm stream),
+// BENCH_PHASE (both, the default; fwd or bwd: time that pass alone, the backward from a forward run
+// outside the timing; the one-GPU baseline always times both). Each row records the comm priority,
+// the phase and any NCCL_* / LIGHTSEQ_P2P* variables set.
 
 import { renameSync } from "node:fs";
 import { type Communicator, initCommunicator, launch } from "@lightseq/comm";
@@ -37,6 +39,8 @@ const BACKEND = envChoice("BENCH_BACKEND", ["cuda", "cudnn"], "cuda");
 const EQUALITY = envChoice("BENCH_EQUALITY", ["run", "only", "skip"], "run");
 /** Priority of DistAttn's comm stream (PyTorch gives NCCL "high"; the default is what BENCHMARKS.md measured). */
 const COMM_PRIORITY = envChoice("BENCH_COMM_PRIORITY", ["default", "high"], "high");
+/** Which pass the DistAttn rows time. */
+const PHASE = envChoice("BENCH_PHASE", ["both", "fwd", "bwd"], "both");
 /** Hkv values that run every mode; the others run overlap only (each mode is a full fwd+bwd per repetition). */
 const ALL_MODES_HKV = (process.env.BENCH_ALL_MODES_HKV ?? "32").split(",").map((x) => {
   const v = Number(x);
@@ -184,17 +188,22 @@ for (const Hkv of EQUALITY === "only" ? [] : hkvArg.split(",").map(Number)) {
         oneGpuMs,
         commPriority: COMM_PRIORITY,
         ncclEnv: NCCL_ENV,
+        ...(PHASE === "both" ? {} : { phase: PHASE }),
       };
       for (const mode of modeArg.split(",") as DistMode[]) {
         if (mode !== "overlap" && !ALL_MODES_HKV.includes(Hkv)) continue;
         const opts = { schedule: s, N, comm, backend, mode, commPriority: COMM_PRIORITY };
         let traffic = { fwd: 0, bwd: 0 };
+        // BENCH_PHASE=bwd: one forward, outside the timing, feeds every timed backward.
+        const f0 = PHASE === "bwd" ? await distAttnForward(q, k, v, opts) : null;
         const ms = await timeMs(async () => {
-          const f = await distAttnForward(q, k, v, opts);
-          const g = await distAttnBackward(q, k, v, f, dO, opts);
-          traffic = { fwd: f.traffic.sentBytes, bwd: g.traffic.sentBytes };
-          for (const x of [f.o, ...f.lse, g.dq, g.dk, g.dv]) x.dispose();
+          const f = f0 ?? (await distAttnForward(q, k, v, opts));
+          const g = PHASE === "fwd" ? null : await distAttnBackward(q, k, v, f, dO, opts);
+          traffic = { fwd: f0 ? 0 : f.traffic.sentBytes, bwd: g ? g.traffic.sentBytes : 0 };
+          if (!f0) for (const x of [f.o, ...f.lse]) x.dispose();
+          if (g) for (const x of [g.dq, g.dk, g.dv]) x.dispose();
         });
+        if (f0) for (const x of [f0.o, ...f0.lse]) x.dispose();
         row[`${mode}_ms`] = ms;
         row[`${mode}_tflops_per_gpu`] = cost / (ms * 1e-3) / 1e12 / P;
         if (mode === "overlap") {
@@ -205,7 +214,7 @@ for (const Hkv of EQUALITY === "only" ? [] : hkvArg.split(",").map(Number)) {
       // The ideal is P (perfect scaling); the schedule's own bound (its critical path with free
       // communication) is below P for ring and, for even P, lightseq.
       row.schedule_bound = checkSchedule(s).idealSpeedup;
-      if (oneGpuMs > 0) {
+      if (oneGpuMs > 0 && PHASE === "both") {
         row.speedup = oneGpuMs / (row.overlap_ms as number);
         row.fraction_of_ideal = (row.speedup as number) / P;
       }
