@@ -20,6 +20,7 @@
 #        schedule and mode, GQA overlap and nocomm; PyTorch CP for both, in one call
 #   DIAG: where zigzag's MHA overlap cost lies: forward and backward timed apart (BENCH_PHASE), every
 #        mode, NCCL; the backward again over the copy-engine transport
+#   FIN2: FIN's DistAttn and PyTorch CP part again, after nocomm's receive buffers got real data
 #   CE2: DistAttn on cuDNN blocks over the copy-engine transport, MHA and GQA, PyTorch CP beside it
 # The I stages write at most 8 files to $OUT (what the device tool brings back): one log and the
 # JSON files; they end by printing bench/report.ts's markdown tables. Tables over several stages:
@@ -240,6 +241,20 @@ DIAG)
   LIGHTSEQ_P2P=copy-engine BENCH_PHASE=bwd tmo 80 bun packages/attention/bench/distattn-bench.ts "$OUT/bwd-ce.json" 65536,131072,262144 32 zigzag overlap,sync,nocomm 2>&1 | keep
   # shellcheck disable=SC2046
   report distattn $(have "$OUT"/{fwd,bwd,bwd-ce}.json)
+  ;;
+FIN2)
+  export CUDA_VISIBLE_DEVICES=0,1
+  LOG="$OUT/fin2.log"
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 tmo 170 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/mha.json" 65536,131072,262144 32 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=8 tmo 110 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/gqa.json" 65536,131072,262144 8 ring,lightseq,zigzag overlap,nocomm 2>&1 | keep
+  tmo 60 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp32.json" 65536,131072,262144 32 32 cudnn 2>&1 | keep
+  tmo 60 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp8.json" 65536,131072,262144 32 8 cudnn 2>&1 | keep
+  cps=()
+  for f in $(have "$OUT/cp32.json" "$OUT/cp8.json"); do cps+=(--cp "$f"); done
+  # shellcheck disable=SC2046
+  report distattn $(have "$OUT"/{mha,gqa}.json) "${cps[@]}"
   ;;
 CE2)
   # DistAttn on cuDNN blocks with copy-engine send/recv: MHA every schedule and mode (~150 s), GQA zigzag
