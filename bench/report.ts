@@ -190,7 +190,8 @@ const signedBytes = (n: number) => `${n > 0 ? "+" : ""}${fmtBytes(n)} B`;
 /** NCCL_* variables other than the multicast switch every run sets, as "K=V K=V" ("-" if none). */
 function envLabel(env: Record<string, string> | undefined): string {
   const parts = Object.entries(env ?? {})
-    .filter(([k]) => k !== "NCCL_NVLS_ENABLE")
+    // NCCL_NVLS_ENABLE=0 is always set; NCCL_VERSION is the machine's image saying what it ships.
+    .filter(([k]) => k !== "NCCL_NVLS_ENABLE" && k !== "NCCL_VERSION")
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([k, v]) => `${k}=${v}`);
   return parts.length ? parts.join(" ") : "-";
