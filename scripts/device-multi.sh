@@ -58,6 +58,20 @@ keep_eq() { grep -v -e '^\[rank [1-9]' -e Warning | tee -a "$LOG" | grep -E '^==
 # The files among the arguments that exist and are not empty.
 have() { for f in "$@"; do [ -s "$f" ] && printf '%s\n' "$f"; done; }
 report() { echo; timeout 30 bun bench/report.ts "$@" 2>&1 | tee -a "$LOG"; }
+# DistAttn on cuDNN blocks, MHA every schedule and mode (~140 s), GQA overlap and nocomm (~90 s), then
+# PyTorch CP for both (~90 s), and the tables (stages FIN, FIN2: BENCHMARKS.md's DistAttn grid).
+distattn_grid() {
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 tmo 200 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/mha.json" 65536,131072,262144 32 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
+  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=8 tmo 130 bun packages/attention/bench/distattn-bench.ts \
+    "$OUT/gqa.json" 65536,131072,262144 8 ring,lightseq,zigzag overlap,nocomm 2>&1 | keep
+  tmo 70 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp32.json" 65536,131072,262144 32 32 cudnn 2>&1 | keep
+  tmo 70 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp8.json" 65536,131072,262144 32 8 cudnn 2>&1 | keep
+  local cps=()
+  for f in $(have "$OUT/cp32.json" "$OUT/cp8.json"); do cps+=(--cp "$f"); done
+  # shellcheck disable=SC2046
+  report distattn $(have "$OUT"/{mha,gqa}.json) "${cps[@]}"
+}
 case "${1:-A}" in
 A2)
   # Comm (NCCL) and attention GPU tests, NCCL bandwidth, the cuDNN backend check.
@@ -221,16 +235,7 @@ FIN)
   tmo 40 bun packages/comm/bench/nccl-bench.ts "$OUT/ov.json" --overlap-only --comm-priority default,high --trials 10 2>&1 | keep
   tmo 60 torchrun --nproc-per-node=2 packages/comm/bench/torch_dist_bench.py "$OUT/torch.json" --trials 5 2>&1 | keep
   report overlap "$OUT/ov.json" "$OUT/torch.json"
-  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 tmo 200 bun packages/attention/bench/distattn-bench.ts \
-    "$OUT/mha.json" 65536,131072,262144 32 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
-  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=8 tmo 130 bun packages/attention/bench/distattn-bench.ts \
-    "$OUT/gqa.json" 65536,131072,262144 8 ring,lightseq,zigzag overlap,nocomm 2>&1 | keep
-  tmo 70 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp32.json" 65536,131072,262144 32 32 cudnn 2>&1 | keep
-  tmo 70 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp8.json" 65536,131072,262144 32 8 cudnn 2>&1 | keep
-  cps=()
-  for f in $(have "$OUT/cp32.json" "$OUT/cp8.json"); do cps+=(--cp "$f"); done
-  # shellcheck disable=SC2046
-  report distattn $(have "$OUT"/{mha,gqa}.json) "${cps[@]}"
+  distattn_grid
   ;;
 DIAG)
   export CUDA_VISIBLE_DEVICES=0,1 BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 BENCH_NO_BASELINE=1
@@ -245,16 +250,7 @@ DIAG)
 FIN2)
   export CUDA_VISIBLE_DEVICES=0,1
   LOG="$OUT/fin2.log"
-  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32 tmo 170 bun packages/attention/bench/distattn-bench.ts \
-    "$OUT/mha.json" 65536,131072,262144 32 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
-  BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=8 tmo 110 bun packages/attention/bench/distattn-bench.ts \
-    "$OUT/gqa.json" 65536,131072,262144 8 ring,lightseq,zigzag overlap,nocomm 2>&1 | keep
-  tmo 60 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp32.json" 65536,131072,262144 32 32 cudnn 2>&1 | keep
-  tmo 60 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp8.json" 65536,131072,262144 32 8 cudnn 2>&1 | keep
-  cps=()
-  for f in $(have "$OUT/cp32.json" "$OUT/cp8.json"); do cps+=(--cp "$f"); done
-  # shellcheck disable=SC2046
-  report distattn $(have "$OUT"/{mha,gqa}.json) "${cps[@]}"
+  distattn_grid
   ;;
 CE2)
   # DistAttn on cuDNN blocks with copy-engine send/recv: MHA every schedule and mode (~150 s), GQA zigzag

@@ -329,6 +329,7 @@ export class CopyEngineP2P {
       f.ls_stream_write_u32(this.#local + this.#fullOffset(r), (this.#received[r] as number) % 2 ** 32, s.handle);
       f.ls_stream_write_u32(this.#local + this.#freedOffset(r), (this.#sent[r] as number) % 2 ** 32, s.handle);
     }
+    s.dispose(); // destroyed once its writes have run
   }
 
   /**
