@@ -6,7 +6,13 @@ Times, with CUDA events after warm-up (median of 10), a bf16 8192^3 GEMM on GPU 
   - a local device-to-device cudaMemcpyAsync on GPU 0 (the copy-engine transport's staging copy),
   - a peer cudaMemcpyAsync GPU 0 -> GPU 1 (NVLink write by the copy engine),
   - a peer cudaMemcpyAsync GPU 1 -> GPU 0 (NVLink write into GPU 0's memory),
-and each copy alone. Prints one JSON line per case.
+  - the same peer write in 16 MiB chunks (one copy per chunk),
+  - the copy-engine transport's protocol in one direction, in one process: 16 MiB chunks through 4
+    slots on GPU 1, each chunk a stream wait, a peer copy and a flag write on GPU 0's stream, then a
+    wait, a local copy and a flag write on GPU 1's (packages/comm/src/copy-engine.ts, kernels/src/p2p.cu),
+and each copy alone. Prints one JSON line per case. The last two tell whether the transport's stall
+beside a GEMM (BENCHMARKS.md, issue 3) comes from chunking, from the stream memory operations, or from
+neither (then from the two processes / IPC mapping, which this probe does not have).
 """
 
 import ctypes
@@ -45,10 +51,54 @@ for d, p in ((0, 1), (1, 0)):
         rc = cudart.cudaDeviceEnablePeerAccess(p, 0)
         assert rc in (0, 704), f"cudaDeviceEnablePeerAccess({d}->{p}): {rc}"
 
+cuda = ctypes.CDLL("libcuda.so.1")
+CHUNK, SLOTS = 16 * MiB, 4
+slots1 = torch.empty(SLOTS * CHUNK // 4, device="cuda:1")
+dst1 = torch.empty(nbytes // 4, device="cuda:1")
+freed0 = torch.zeros(64, dtype=torch.int32, device="cuda:0")  # written by GPU 1's stream
+full1 = torch.zeros(64, dtype=torch.int32, device="cuda:1")  # written by GPU 0's stream
+sequence = [0]
+
+
+def wait_value(stream, addr, value):
+    rc = cuda.cuStreamWaitValue32_v2(ctypes.c_void_p(stream.cuda_stream), ctypes.c_uint64(addr), ctypes.c_uint32(value & 0xFFFFFFFF), 0)
+    assert rc == 0, f"cuStreamWaitValue32: {rc}"
+
+
+def write_value(stream, addr, value):
+    rc = cuda.cuStreamWriteValue32_v2(ctypes.c_void_p(stream.cuda_stream), ctypes.c_uint64(addr), ctypes.c_uint32(value & 0xFFFFFFFF), 0)
+    assert rc == 0, f"cuStreamWriteValue32: {rc}"
+
+
+def chunked(s):
+    for off in range(0, nbytes, CHUNK):
+        memcpy(dst1.data_ptr() + off, a0.data_ptr() + off, min(CHUNK, nbytes - off), s.cuda_stream)
+
+
+def protocol(s):
+    first = sequence[0]
+    for i, off in enumerate(range(0, nbytes, CHUNK)):
+        k, n = first + i, min(CHUNK, nbytes - off)
+        slot = slots1.data_ptr() + (k % SLOTS) * CHUNK
+        if k >= SLOTS:
+            wait_value(copy0, freed0.data_ptr(), k - SLOTS + 1)
+        memcpy(slot, a0.data_ptr() + off, n, copy0.cuda_stream)
+        write_value(copy0, full1.data_ptr(), k + 1)
+        wait_value(copy1, full1.data_ptr(), k + 1)
+        memcpy(dst1.data_ptr() + off, slot, n, copy1.cuda_stream)
+        write_value(copy1, freed0.data_ptr(), k + 1)
+    sequence[0] = first + (nbytes + CHUNK - 1) // CHUNK
+    done = torch.cuda.Event()
+    done.record(copy1)
+    copy0.wait_event(done)  # the timed stream ends when the receiver has its data
+
+
 copies = {
     "local d2d on gpu0": (copy0, lambda s: memcpy(b0.data_ptr(), a0.data_ptr(), nbytes, s.cuda_stream)),
     "peer gpu0 -> gpu1": (copy0, lambda s: memcpy(a1.data_ptr(), a0.data_ptr(), nbytes, s.cuda_stream)),
     "peer gpu1 -> gpu0": (copy1, lambda s: memcpy(b0.data_ptr(), a1.data_ptr(), nbytes, s.cuda_stream)),
+    "peer gpu0 -> gpu1, 16 MiB chunks": (copy0, chunked),
+    "transport protocol gpu0 -> gpu1 (waits, chunks, flags)": (copy0, protocol),
 }
 
 
