@@ -58,6 +58,8 @@ keep_eq() { grep -v -e '^\[rank [1-9]' -e Warning | tee -a "$LOG" | grep -E '^==
 # The files among the arguments that exist and are not empty.
 have() { for f in "$@"; do [ -s "$f" ] && printf '%s\n' "$f"; done; }
 report() { echo; timeout 30 bun bench/report.ts "$@" 2>&1 | tee -a "$LOG"; }
+# "--cp FILE" for each PyTorch CP file among the arguments that exists (report.ts distattn's option).
+cp_opts() { for f in $(have "$@"); do printf -- '--cp %s ' "$f"; done; }
 # DistAttn on cuDNN blocks, MHA every schedule and mode (~140 s), GQA overlap and nocomm (~90 s), then
 # PyTorch CP for both (~90 s), and the tables (stages FIN, FIN2: BENCHMARKS.md's DistAttn grid).
 distattn_grid() {
@@ -67,10 +69,8 @@ distattn_grid() {
     "$OUT/gqa.json" 65536,131072,262144 8 ring,lightseq,zigzag overlap,nocomm 2>&1 | keep
   tmo 70 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp32.json" 65536,131072,262144 32 32 cudnn 2>&1 | keep
   tmo 70 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp8.json" 65536,131072,262144 32 8 cudnn 2>&1 | keep
-  local cps=()
-  for f in $(have "$OUT/cp32.json" "$OUT/cp8.json"); do cps+=(--cp "$f"); done
   # shellcheck disable=SC2046
-  report distattn $(have "$OUT"/{mha,gqa}.json) "${cps[@]}"
+  report distattn $(have "$OUT"/{mha,gqa}.json) $(cp_opts "$OUT/cp32.json" "$OUT/cp8.json")
 }
 case "${1:-A}" in
 A2)
@@ -223,10 +223,8 @@ CE5)
       "$OUT/dist-$p2p.json" 65536,131072,262144 32 lightseq,zigzag overlap,nocomm 2>&1 | keep)
   done
   tmo 90 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp32.json" 65536,131072,262144 32 32 cudnn 2>&1 | keep
-  cps=()
-  for f in $(have "$OUT/cp32.json"); do cps+=(--cp "$f"); done
   # shellcheck disable=SC2046
-  report distattn $(have "$OUT"/dist-{copy-engine,nccl}.json) "${cps[@]}"
+  report distattn $(have "$OUT"/dist-{copy-engine,nccl}.json) $(cp_opts "$OUT/cp32.json")
   ;;
 FIN)
   # ~20 s overlap, ~140 s DistAttn MHA (27 rows + baseline), ~90 s GQA (18 rows + baseline), ~100 s CP.
@@ -262,10 +260,8 @@ CE2)
   BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=8 tmo 110 bun packages/attention/bench/distattn-bench.ts \
     "$OUT/ce-gqa.json" 65536,131072,262144 8 lightseq,zigzag overlap,nocomm 2>&1 | keep
   tmo 90 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp32.json" 65536,131072,262144 32 32 cudnn 2>&1 | keep
-  cps=()
-  for f in $(have "$OUT/cp32.json"); do cps+=(--cp "$f"); done
   # shellcheck disable=SC2046
-  report distattn $(have "$OUT"/{ce-mha,ce-gqa}.json) "${cps[@]}"
+  report distattn $(have "$OUT"/{ce-mha,ce-gqa}.json) $(cp_opts "$OUT/cp32.json")
   ;;
 I5)
   # DistAttn on cuDNN blocks, MHA (Hkv 32), every schedule and mode, then PyTorch CP (Hkv 32), then the
@@ -290,10 +286,8 @@ I5)
     BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_NO_BASELINE=1 BENCH_REPS=7 BENCH_COMM_PRIORITY=$prio tmo 60 env "${ctas[@]}" \
       bun packages/attention/bench/distattn-bench.ts "$OUT/exp-$v.json" 65536 32 zigzag overlap,nocomm 2>&1 | keep
   done
-  cps=()
-  for f in $(have "$OUT/cp32.json"); do cps+=(--cp "$f"); done
   # shellcheck disable=SC2046
-  report distattn $(have "$OUT"/{distattn-cudnn-mha,exp-default,exp-high,exp-ctas8}.json) "${cps[@]}"
+  report distattn $(have "$OUT"/{distattn-cudnn-mha,exp-default,exp-high,exp-ctas8}.json) $(cp_opts "$OUT/cp32.json")
   ;;
 I5X)
   # Why zigzag's overlap costs 8-10% over nocomm on cuDNN blocks (I5, 2026-11-26): 128K zigzag MHA,
@@ -354,10 +348,8 @@ I5F)
     BENCH_BACKEND=$be BENCH_EQUALITY=only tmo 45 bun packages/attention/bench/distattn-bench.ts "$OUT/eq-$be.json" 0 0 ring,lightseq,zigzag 2>&1 |
       keep_eq
   done
-  cps=()
-  for f in $(have "$OUT/cp32.json"); do cps+=(--cp "$f"); done
   # shellcheck disable=SC2046
-  report distattn $(have "$OUT"/{distattn-cudnn-mha,eq-cudnn,eq-cuda}.json) "${cps[@]}"
+  report distattn $(have "$OUT"/{distattn-cudnn-mha,eq-cudnn,eq-cuda}.json) $(cp_opts "$OUT/cp32.json")
   ;;
 I5G)
   # As I5 for GQA (Hkv 8; PyTorch CP repeats K/V to 32 heads, so its cost is MHA's): ~165 s DistAttn
@@ -367,10 +359,8 @@ I5G)
   BENCH_BACKEND=cudnn BENCH_EQUALITY=skip BENCH_ALL_MODES_HKV=32,8 tmo 300 bun packages/attention/bench/distattn-bench.ts \
     "$OUT/distattn-cudnn-gqa.json" 65536,131072,262144 8 ring,lightseq,zigzag overlap,sync,nocomm 2>&1 | keep
   tmo 120 torchrun --nproc-per-node=2 bench/torch_cp_attn.py "$OUT/cp8.json" 65536,131072,262144 32 8 cudnn 2>&1 | keep
-  cps=()
-  for f in $(have "$OUT/cp8.json"); do cps+=(--cp "$f"); done
   # shellcheck disable=SC2046
-  report distattn $(have "$OUT/distattn-cudnn-gqa.json") "${cps[@]}"
+  report distattn $(have "$OUT/distattn-cudnn-gqa.json") $(cp_opts "$OUT/cp8.json")
   ;;
 I5K)
   # The I5 grid on our own kernel, MHA. Estimate from BENCHMARKS.md (stage B, our kernel, 2 GPUs):

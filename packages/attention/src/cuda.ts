@@ -27,7 +27,7 @@ import {
   checkForwardArgs,
   type ForwardOptions,
 } from "./block.ts";
-import { checkOut, fail, streamFor } from "./gpu-args.ts";
+import { checkGrads, checkOut, fail, streamFor } from "./gpu-args.ts";
 import { AttentionError, FAST_HEAD_DIMS } from "./layout.ts";
 import type { AttentionPartial } from "./merge.ts";
 
@@ -154,9 +154,7 @@ export function backwardAccumulate(
   const device = requireSupported(who, c, { q, k, v, o, dO });
   if (lse.device.kind !== "cuda" || lse.device.index !== device)
     fail(who, `lse: expected device cuda:${device}, got ${deviceName(lse.device)}`);
-  checkOut(who, grads.dq, "grads.dq", ["f32"], q.shape, device);
-  checkOut(who, grads.dk, "grads.dk", ["f32"], k.shape, device);
-  checkOut(who, grads.dv, "grads.dv", ["f32"], v.shape, device);
+  checkGrads(who, grads, "f32", { q, k, v }, device);
   const s = streamFor(device, opts.stream);
   const bytes = backwardWorkspaceBytes(c.Tq, c.Hq, c.D);
   let ws = opts.workspace;

@@ -85,7 +85,7 @@ import {
   checkForwardArgs,
   type ForwardOptions,
 } from "./block.ts";
-import { checkOut as checkOutput, fail, streamFor } from "./gpu-args.ts";
+import { checkGrads, checkOut as checkOutput, fail, streamFor } from "./gpu-args.ts";
 import { FAST_HEAD_DIMS } from "./layout.ts";
 
 // ---- constants ---------------------------------------------------------------------------------------------
@@ -1014,9 +1014,12 @@ function requireSupported(who: string, c: CheckedCall, tensors: Record<string, T
   return device;
 }
 
+/** cuDNN's reason for the alignment, in checkOut's messages. */
+const CUDNN_ALIGN = "cuDNN's tensors are declared 16-byte aligned";
+
 /** checkOut (gpu-args.ts) with cuDNN's reason for the alignment. */
 function checkOut(who: string, t: Tensor, name: string, dtypes: readonly string[], shape: readonly number[], device: number): void {
-  checkOutput(who, t, name, dtypes, shape, device, 16, "cuDNN's tensors are declared 16-byte aligned");
+  checkOutput(who, t, name, dtypes, shape, device, 16, CUDNN_ALIGN);
 }
 
 const dims = (c: CheckedCall) => `Tq=${c.Tq} Tk=${c.Tk} Hq=${c.Hq} Hkv=${c.Hkv} D=${c.D} causal=${c.causal} scale=${c.scale}`;
@@ -1189,9 +1192,7 @@ export function cudnnBackwardInto(
   const c = checkBackwardArgs(who, q, k, v, o, lse, dO, opts);
   const device = requireSupported(who, c, { q, k, v, o, dO });
   checkOut(who, lse, "lse", ["f32"], [c.Hq, c.Tq], device);
-  checkOut(who, grads.dq, "grads.dq", ["bf16"], q.shape, device);
-  checkOut(who, grads.dk, "grads.dk", ["bf16"], k.shape, device);
-  checkOut(who, grads.dv, "grads.dv", ["bf16"], v.shape, device);
+  checkGrads(who, grads, "bf16", { q, k, v }, device, CUDNN_ALIGN);
   runBackward(who, c, device, streamFor(device, opts.stream), { q, k, v, o, lse, dO }, grads);
 }
 

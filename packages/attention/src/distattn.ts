@@ -74,6 +74,8 @@ interface Ctx {
   commStream?: Stream;
   traffic: Traffic;
   scale: number | undefined;
+  /** mode "nocomm": receive buffers are stand-ins (standIn), nothing travels. */
+  nocomm: boolean;
 }
 
 /** One comm stream per device and priority, created on first use and kept for the process. */
@@ -91,7 +93,8 @@ function context(o: DistAttnOptions, q: Tensor): Ctx {
     throw new TensorError(`distAttn: q: rank ${rank} holds ${p.localLen[rank]} of ${o.N} tokens under "${s.name}", got ${q.shape[0]} rows`);
   }
   const gpu = q.device.kind === "cuda";
-  const ctx: Ctx = { o, s, p, rank, gpu, traffic: { sentBytes: 0, receivedBytes: 0 }, scale: o.scale };
+  const nocomm = (o.mode ?? "overlap") === "nocomm";
+  const ctx: Ctx = { o, s, p, rank, gpu, traffic: { sentBytes: 0, receivedBytes: 0 }, scale: o.scale, nocomm };
   if (gpu) {
     const dev = (q.device as { index: number }).index;
     ctx.compute = o.stream ?? currentStream(dev);
@@ -227,6 +230,19 @@ function alloc(ctx: Ctx, shape: number[], dtype: "f32" | "bf16"): Tensor {
   return empty(shape, { dtype, device: ctx.gpu ? `cuda:${ctx.compute?.device}` : "cpu", stream: ctx.compute });
 }
 
+/** A buffer of `shape` (first dim n) receiving rows like `src`'s: fresh, or in nocomm `src`'s stand-in rows. */
+function recvBuffer(ctx: Ctx, src: Tensor, shape: number[]): Tensor {
+  const fresh = () => alloc(ctx, shape, src.dtype as "f32" | "bf16");
+  return ctx.nocomm ? standIn(src, shape[0] as number, fresh) : fresh();
+}
+
+/** The "kv" payload of `chunk`: this rank's K/V rows to send, or buffers to receive them in. */
+function kvPayload(ctx: Ctx, k: Tensor, v: Tensor, chunk: number, sender: boolean): Tensor[] {
+  if (sender) return [rows(ctx, k, chunk), rows(ctx, v, chunk)];
+  const shape = [ctx.p.len[chunk] as number, ...k.shape.slice(1)];
+  return [recvBuffer(ctx, k, shape), recvBuffer(ctx, v, shape)];
+}
+
 /** Forward: this rank's rows of causal attention over the whole sequence. */
 export async function distAttnForward(
   q: Tensor,
@@ -238,7 +254,6 @@ export async function distAttnForward(
   const { s, p, rank } = ctx;
   const backend = o.backend;
   const [, Hq, D] = q.shape as [number, number, number];
-  const [, Hkv] = k.shape as [number, number, number];
   const qd = q.dtype as "f32" | "bf16";
   const stream = ctx.compute;
   const dev = ctx.gpu ? `cuda:${stream?.device}` : "cpu";
@@ -247,15 +262,13 @@ export async function distAttnForward(
   );
   // Partials a helper computed at step t, sent back at t+1.
   const helped = new Map<string, AttentionPartial>();
-  const nocomm = (o.mode ?? "overlap") === "nocomm";
   const post = (t: number, x: Transfer, sender: boolean): Tensor[] => {
     const n = p.len[x.chunk] as number;
-    const buf = (src: Tensor, shape: number[]) => (nocomm ? standIn(src, n, () => alloc(ctx, shape, qd)) : alloc(ctx, shape, qd));
     switch (x.payload) {
       case "kv":
-        return sender ? [rows(ctx, k, x.chunk), rows(ctx, v, x.chunk)] : [buf(k, [n, Hkv, D]), buf(v, [n, Hkv, D])];
+        return kvPayload(ctx, k, v, x.chunk, sender);
       case "q":
-        return sender ? [rows(ctx, q, x.chunk)] : [buf(q, [n, Hq, D])];
+        return sender ? [rows(ctx, q, x.chunk)] : [recvBuffer(ctx, q, [n, Hq, D])];
       case "out": {
         if (!sender) return [alloc(ctx, [n, Hq, D], "f32"), alloc(ctx, [Hq, n], "f32")];
         const part = helped.get(`${t - 1}|${x.chunk}`) as AttentionPartial;
@@ -360,22 +373,20 @@ export async function distAttnBackward(
     }
     return ts;
   };
-  const nocomm = (o.mode ?? "overlap") === "nocomm";
   const post = (t: number, x: Transfer, sender: boolean): Tensor[] => {
     const n = p.len[x.chunk] as number;
-    const buf = (src: Tensor, shape: number[]) => (nocomm ? standIn(src, n, () => alloc(ctx, shape, qd)) : alloc(ctx, shape, qd));
     // lse is [Hq, Tc]: a local chunk's of the same length stands in.
     const lseBuf = () => {
       const same = out.lse.find((l) => l.shape[1] === n);
-      return nocomm && same ? same.view() : alloc(ctx, [Hq, n], "f32");
+      return ctx.nocomm && same ? same.view() : alloc(ctx, [Hq, n], "f32");
     };
     switch (x.payload) {
       case "kv":
-        return sender ? [rows(ctx, k, x.chunk), rows(ctx, v, x.chunk)] : [buf(k, [n, Hkv, D]), buf(v, [n, Hkv, D])];
+        return kvPayload(ctx, k, v, x.chunk, sender);
       case "qbwd":
         return sender
           ? [rows(ctx, q, x.chunk), rows(ctx, out.o, x.chunk), lseOf(x.chunk).view(), rows(ctx, dO, x.chunk)]
-          : [buf(q, [n, Hq, D]), buf(out.o, [n, Hq, D]), lseBuf(), buf(dO, [n, Hq, D])];
+          : [recvBuffer(ctx, q, [n, Hq, D]), recvBuffer(ctx, out.o, [n, Hq, D]), lseBuf(), recvBuffer(ctx, dO, [n, Hq, D])];
       case "dq":
       case "dkv": {
         if (!sender)

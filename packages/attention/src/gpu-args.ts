@@ -3,6 +3,7 @@
 
 import { type Stream, setDevice } from "@lightseq/cuda";
 import { currentStream, deviceName, fmtShape, type Tensor } from "@lightseq/tensor";
+import type { AttentionGrads } from "./block.ts";
 import { AttentionError } from "./layout.ts";
 
 export function fail(who: string, msg: string): never {
@@ -29,6 +30,23 @@ export function checkOut(
   if (t.device.kind !== "cuda" || t.device.index !== device)
     fail(who, `${name}: expected device cuda:${device}, got ${deviceName(t.device)}`);
   if (t.numel > 0 && t.ptr(name) % align !== 0) fail(who, `${name}: ${alignWhy}, got an address ${align}n + ${t.ptr(name) % align}`);
+}
+
+/**
+ * The gradient outputs: dq shaped as q, dk and dv as k and v, all of `dtype`, on `device`, 16-byte
+ * aligned (checkOut; `alignWhy` as there).
+ */
+export function checkGrads(
+  who: string,
+  grads: AttentionGrads,
+  dtype: string,
+  shapes: { q: Tensor; k: Tensor; v: Tensor },
+  device: number,
+  alignWhy?: string,
+): void {
+  checkOut(who, grads.dq, "grads.dq", [dtype], shapes.q.shape, device, 16, alignWhy);
+  checkOut(who, grads.dk, "grads.dk", [dtype], shapes.k.shape, device, 16, alignWhy);
+  checkOut(who, grads.dv, "grads.dv", [dtype], shapes.v.shape, device, 16, alignWhy);
 }
 
 /** Makes `device` current and returns `stream`, or the device's current stream. */

@@ -336,6 +336,12 @@ async function measureOverlap(comm: Communicator, b: Bench, priority: Priority, 
   const hold = (st: Stream) => {
     if (protocol === "queued") checkLaunch(kernels().ls_spin_ns(HOLD_NS, st.handle), "ls_spin_ns");
   };
+  /** The ranks lined up on the comm stream, then (queued) held, then e0: the start of a comm region. */
+  const startOnComm = async () => {
+    await b.align(commStream);
+    hold(commStream);
+    e0.record(commStream);
+  };
   const [e0, eCompute, eComm] = [ev(), ev(), ev()];
   const gemmAlone: number[] = [];
   const commAlone: number[] = [];
@@ -356,17 +362,13 @@ async function measureOverlap(comm: Communicator, b: Bench, priority: Priority, 
     eCompute.synchronize();
     gemmAlone.push(e0.elapsedMs(eCompute));
 
-    await b.align(commStream);
-    hold(commStream);
-    e0.record(commStream);
+    await startOnComm();
     await exchange();
     eComm.record(commStream);
     eComm.synchronize();
     commAlone.push(e0.elapsedMs(eComm));
 
-    await b.align(commStream);
-    hold(commStream);
-    e0.record(commStream);
+    await startOnComm();
     compute.wait(e0); // both streams start from the aligned point
     // The exchange is posted before the GEMM, as torch_dist_bench.py does and as DistAttn's executor
     // posts a step's transfers before its blocks: NCCL's kernels are queued first and get SMs first.

@@ -182,36 +182,29 @@ def measure_overlap(rank: int, n: int, peer: int, trials: int, queued: bool) -> 
     torch.cuda.synchronize()
     ev = lambda: torch.cuda.Event(enable_timing=True)  # noqa: E731
     gemm_alone, comm_alone, both = [], [], []
-    for _ in range(trials):
+
+    def timed(work, aligned: bool) -> float:
+        """ms of `work` on the current stream, after a barrier (aligned) and the hold (queued)."""
+        if aligned:
+            dist.barrier()
+            torch.cuda.synchronize()
         e0, e1 = ev(), ev()
         hold()
         e0.record()
-        gemm()
+        work()
         e1.record()
         e1.synchronize()
-        gemm_alone.append(e0.elapsed_time(e1))
+        return e0.elapsed_time(e1)
 
-        dist.barrier()
-        torch.cuda.synchronize()
-        e0, e1 = ev(), ev()
-        hold()
-        e0.record()
-        wait_all(exchange())  # makes the current stream wait for NCCL's stream
-        e1.record()
-        e1.synchronize()
-        comm_alone.append(e0.elapsed_time(e1))
-
-        dist.barrier()
-        torch.cuda.synchronize()
-        e0, e1 = ev(), ev()
-        hold()
-        e0.record()
+    def together():
         works = exchange()
         gemm()
         wait_all(works)
-        e1.record()
-        e1.synchronize()
-        both.append(e0.elapsed_time(e1))
+
+    for _ in range(trials):
+        gemm_alone.append(timed(gemm, aligned=False))
+        comm_alone.append(timed(lambda: wait_all(exchange()), aligned=True))  # current stream waits for NCCL's
+        both.append(timed(together, aligned=True))
     gemm_ms = slowest(statistics.median(gemm_alone))
     comm_ms = slowest(statistics.median(comm_alone))
     both_ms = slowest(statistics.median(both))
