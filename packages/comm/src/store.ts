@@ -156,7 +156,7 @@ function parseRequest(raw: unknown): Request | { id: number; error: string } {
  * in its size; a frame is handed out as its own copy. A declared length over the limit stops the
  * reader (nothing of it is allocated) and calls `onOversize`.
  */
-class FrameReader {
+export class FrameReader {
   #buf = new Uint8Array(0);
   /** The bytes waiting are #buf[#start, #end). */
   #start = 0;
