@@ -386,7 +386,7 @@ test(`the mesh: ${MESH_PEER_CASES} seeded bad and good headers from a peer fail 
     const sent = r.pick([bytes, 0, r.int(Math.min(bytes, MiB) + 1)]);
     if (sent > 0) fake!.send(r.bytes(Math.min(sent, MiB)));
     if (r.chance(0.2)) fake!.send(r.bytes(r.int(256)));
-    const settled = posted ? await Promise.race([posted, Bun.sleep(150).then(() => null)]) : (await Bun.sleep(50), null);
+    const settled = await Promise.race([posted ?? new Promise<null>(() => {}), Bun.sleep(posted ? 150 : 50).then(() => null)]);
     const failure = mesh.failure;
     if (failure !== null) {
       expect(failure.peers, `${what}: ${failure.message}`).toEqual([1]);
