@@ -75,17 +75,24 @@ test("a header that disagrees with the posted receive fails the mesh at once, na
   fake.close();
 });
 
-test("a frame that came before its receive is checked when the receive is posted", async () => {
-  const { mesh, fake } = await withFakePeer();
-  fake.send(meshHeader(40, 0, FrameKind.p2p, DTYPE_CODE.f32));
-  fake.send(new Uint8Array(40));
-  await Bun.sleep(50);
-  expect(mesh.failure).toBeNull();
-  await expect(mesh.recv(1, 0, { kind: FrameKind.p2p, dtype: DTYPE_CODE.f32, bytes: 48 })).rejects.toThrow(
-    "mismatched call from rank 1: it sent p2p data (f32, 40 bytes) where this rank expected p2p (f32, 48 bytes)",
-  );
-  mesh.abort("test over");
-  fake.close();
+test("a frame that came before its receive, whole or in part, is checked against it too", async () => {
+  for (const before of [40, 16]) {
+    const { mesh, fake } = await withFakePeer();
+    // The header and `before` of the 40 payload bytes, then the receive, then the rest.
+    fake.send(meshHeader(40, 0, FrameKind.p2p, DTYPE_CODE.f32));
+    fake.send(new Uint8Array(before));
+    await Bun.sleep(50);
+    expect(mesh.failure).toBeNull();
+    const got = mesh.recv(1, 0, { kind: FrameKind.p2p, dtype: DTYPE_CODE.f32, bytes: 48, into: new Uint8Array(48) });
+    fake.send(new Uint8Array(40 - before));
+    const result = await Promise.race([got.catch((e: Error) => e), Bun.sleep(1_000).then(() => "no answer")]);
+    expect(result, `${before} bytes before`).toBeInstanceOf(MeshFailure);
+    expect((result as MeshFailure).message).toStartWith(
+      "mismatched call from rank 1: it sent p2p data (f32, 40 bytes) where this rank expected p2p (f32, 48 bytes)",
+    );
+    mesh.abort("test over");
+    fake.close();
+  }
 });
 
 test("an absurd header from a peer fails the mesh naming the peer, with nothing of its size allocated", async () => {

@@ -48,6 +48,7 @@ export const FrameKind = {
   abort: 10,
 } as const;
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
+const KNOWN_KINDS = new Set<number>(Object.values(FrameKind));
 
 export function frameKindName(k: number): string {
   for (const [name, v] of Object.entries(FrameKind)) if (v === k) return name;
@@ -504,23 +505,36 @@ export class Mesh {
       case FrameKind.abort:
         return h.bytes <= MAX_ABORT_BYTES ? null : `rank ${peer} sent an abort of ${h.bytes} bytes, over ${MAX_ABORT_BYTES} (${corrupt})`;
     }
-    if (!Object.values(FrameKind).includes(h.kind as FrameKind)) return `rank ${peer} sent a frame of unknown kind ${h.kind} (${corrupt})`;
+    if (!KNOWN_KINDS.has(h.kind)) return `rank ${peer} sent a frame of unknown kind ${h.kind} (${corrupt})`;
     if (h.bytes > MAX_PAYLOAD_BYTES)
       return `rank ${peer} sent a frame header of ${h.bytes} bytes, more than any tensor holds (${MAX_PAYLOAD_BYTES}) (${corrupt})`;
     const waiter = this.#inboxes.get(h.tag)?.[peer]?.waiters[0];
     return waiter ? mismatch(peer, h, waiter.want) : null;
   }
 
+  /** A whole data frame from `peer`: to the receive waiting for it, if it is the one expected, or queued. */
   deliver(peer: number, f: Frame): void {
     const box = this.#inbox(f.tag, peer);
-    const w = box.waiters.shift();
-    if (w) w.resolve(f);
-    else box.frames.push(f);
+    const w = box.waiters[0];
+    if (!w) {
+      box.frames.push(f);
+      return;
+    }
+    // Checked here too: the receive may have been posted after the header came.
+    const problem = mismatch(peer, { ...f, bytes: f.payload.byteLength }, w.want);
+    if (problem !== null) {
+      this.fail(new MeshFailure(problem, [peer]));
+      return;
+    }
+    box.waiters.shift();
+    w.resolve(f);
   }
 
   /**
-   * The next frame from `peer` on communicator `tag` (its place in line is taken now, at the call).
-   * With `into`, a payload of exactly that size is written there (then frame.payload === into).
+   * The next frame from `peer` on communicator `tag` (its place in line is taken now, at the call),
+   * which must be what `want` says (else the mesh fails, naming the peer). With `want.into`, the
+   * payload is written there when the receive is posted before the frame comes (then
+   * frame.payload === into).
    */
   recv(peer: number, tag: number, want: Expected): Promise<Frame> {
     const box = this.#inbox(tag, peer);

@@ -369,12 +369,14 @@ test(`the mesh: ${MESH_PEER_CASES} seeded bad and good headers from a peer fail 
     const dataKinds = [FrameKind.p2p, FrameKind.allReduce, FrameKind.allGather, FrameKind.broadcast, FrameKind.barrier];
     const want: Expected = { kind: r.pick(dataKinds), dtype: r.int(4), bytes: r.pick([0, 4, 48, 1000, 65536]) };
     if (r.chance(0.5)) want.into = new Uint8Array(want.bytes);
-    const posted = r.chance(0.7)
-      ? mesh.recv(1, 0, want).then(
-          (f) => f,
-          (e: Error) => e,
-        )
-      : null;
+    // The receive is posted before the frame, or after part of it came, or never.
+    const when = r.pick(["before", "before", "midway", "never"] as const);
+    const post = () =>
+      mesh.recv(1, 0, want).then(
+        (f) => f,
+        (e: Error) => e,
+      );
+    let posted = when === "before" ? post() : null;
     // The header: as posted, or off in its kind, dtype, size or tag, or absurd.
     const kind = r.chance(0.8) ? want.kind : r.int(256);
     const dtype = r.chance(0.85) ? want.dtype : r.int(256);
@@ -383,8 +385,14 @@ test(`the mesh: ${MESH_PEER_CASES} seeded bad and good headers from a peer fail 
       : r.pick([want.bytes + 1, Math.max(0, want.bytes - 1), 2 ** 32 + 1, 2 ** 40, 2 ** 53 - 1, r.int(64 * MiB)]);
     const tag = r.chance(0.9) ? 0 : r.u32();
     fake!.send(meshHeader(bytes, tag, kind, dtype));
-    const sent = r.pick([bytes, 0, r.int(Math.min(bytes, MiB) + 1)]);
-    if (sent > 0) fake!.send(r.bytes(Math.min(sent, MiB)));
+    const sent = Math.min(r.pick([bytes, 0, r.int(Math.min(bytes, MiB) + 1)]), MiB);
+    const first = when === "midway" ? r.int(sent + 1) : sent;
+    if (first > 0) fake!.send(r.bytes(first));
+    if (when === "midway") {
+      await Bun.sleep(5);
+      posted = post();
+      if (sent > first) fake!.send(r.bytes(sent - first));
+    }
     if (r.chance(0.2)) fake!.send(r.bytes(r.int(256)));
     const settled = await Promise.race([posted ?? new Promise<null>(() => {}), Bun.sleep(posted ? 150 : 50).then(() => null)]);
     const failure = mesh.failure;
