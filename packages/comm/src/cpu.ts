@@ -35,10 +35,7 @@ import {
   type StreamOption,
   splitMembers,
 } from "./communicator.ts";
-import { type Frame, FrameKind, frameKindName, Mesh, MeshFailure, tagOf } from "./mesh.ts";
-
-const DTYPE_CODE = { f32: 1, bf16: 2, i32: 3 } as const;
-const DTYPE_NAME = ["none", "f32", "bf16", "i32"];
+import { DTYPE_CODE, type Frame, FrameKind, Mesh, MeshFailure, tagOf } from "./mesh.ts";
 
 type DT = keyof typeof DTYPE_CODE;
 
@@ -511,7 +508,6 @@ export class CpuCommunicator implements Communicator {
     return this.#write(peer, kind, DTYPE_CODE[t.dtype], bytesOf(t, start, count));
   }
 
-  /** The next frame from `peer`, checked against what this rank expects (kind, dtype, size). */
   /**
    * A receive buffer per peer for the reductions, kept between operations: fresh memory costs a page
    * fault per 4 KiB on first touch, which on the development VM is slower than the copy itself.
@@ -522,23 +518,10 @@ export class CpuCommunicator implements Communicator {
     return b.subarray(0, bytes);
   }
 
+  /** The next frame from `peer`; the mesh checks it against what this rank expects (kind, dtype, size). */
   #recvFrame(peer: number, kind: FrameKind, dtype: DT | null, bytes: number, into?: Uint8Array): Promise<Frame> {
-    const name = this.#running?.name ?? frameKindName(kind);
-    return handled(
-      this.#track(peer, this.#mesh.recv(this.#world[peer] as number, this.#tag, into)).then((f) => {
-        const want = dtype === null ? 0 : DTYPE_CODE[dtype];
-        if (f.kind !== kind || f.dtype !== want || f.payload.byteLength !== bytes) {
-          const e = new CommError(
-            name,
-            `mismatched call from rank ${peer}: it sent ${frameKindName(f.kind)} data (${DTYPE_NAME[f.dtype]}, ${f.payload.byteLength} bytes) where this rank expected ${frameKindName(kind)} (${dtype ?? "none"}, ${bytes} bytes); every rank must issue the same operations in the same order`,
-            [peer],
-          );
-          this.#mesh.fail(new MeshFailure(e.message, [this.#world[peer] as number]));
-          throw e;
-        }
-        return f;
-      }),
-    );
+    const want = { kind, dtype: dtype === null ? 0 : DTYPE_CODE[dtype], bytes, into };
+    return handled(this.#track(peer, this.#mesh.recv(this.#world[peer] as number, this.#tag, want)));
   }
 
   #recvInto(peer: number, kind: FrameKind, t: Tensor, start: number, count: number): Promise<void> {

@@ -73,6 +73,28 @@ test("a taken port is reported as such, by the launcher and by a rank 0 that hos
   }
 });
 
+test("a rank of another job (LIGHTSEQ_JOB_ID) pointed at our store is refused by name, at once", async () => {
+  const ours = StoreServer.listen({ host: "127.0.0.1", port: 0, job: "job-a" });
+  try {
+    const env = {
+      RANK: "1",
+      WORLD_SIZE: "2",
+      MASTER_ADDR: "127.0.0.1",
+      MASTER_PORT: String(ours.port),
+      LIGHTSEQ_STORE_HOSTED: "1",
+      LIGHTSEQ_JOB_ID: "job-b",
+    };
+    const start = performance.now();
+    await expect(initCommunicator({ backend: "cpu", env, rendezvousTimeoutMs: 5_000 })).rejects.toThrow(
+      /refused this process \(job "job-b", .*\): job mismatch: this store serves job "job-a", not job "job-b"/,
+    );
+    expect(performance.now() - start).toBeLessThan(2_000);
+    expect(ours.stats.keys).toBe(0);
+  } finally {
+    ours.close();
+  }
+});
+
 test("an unreachable master is reported with its address after the rendezvous timeout", async () => {
   const port = freePort();
   const env = { RANK: "1", WORLD_SIZE: "2", MASTER_ADDR: "127.0.0.1", MASTER_PORT: String(port) };

@@ -20,7 +20,7 @@ import { CpuCommunicator } from "./cpu.ts";
 import { type DistEnv, readDistEnv } from "./env.ts";
 import { Mesh, type Transport } from "./mesh.ts";
 import { NcclCommunicator, nccl, ncclUniqueId } from "./nccl.ts";
-import { StoreClient, StoreServer } from "./store.ts";
+import { jobIdFromEnv, StoreClient, StoreServer } from "./store.ts";
 
 export type BackendChoice = "cpu" | "nccl" | "auto";
 
@@ -96,8 +96,9 @@ export async function initCommunicator(o: InitOptions = {}): Promise<Communicato
     return NcclCommunicator.init({ rank: 0, size: 1, device: pickDevice(dist), id: ncclUniqueId(), timeoutMs, watchdog: o.watchdog });
   }
 
-  const server = dist.rank === 0 && !dist.storeHosted ? StoreServer.listen({ host: dist.masterAddr, port: dist.masterPort }) : null;
-  const store = await StoreClient.connect(dist.masterAddr, server?.port ?? dist.masterPort, { connectTimeoutMs: rendezvousMs });
+  const job = jobIdFromEnv(env);
+  const server = dist.rank === 0 && !dist.storeHosted ? StoreServer.listen({ host: dist.masterAddr, port: dist.masterPort, job }) : null;
+  const store = await StoreClient.connect(dist.masterAddr, server?.port ?? dist.masterPort, { connectTimeoutMs: rendezvousMs, job });
   const r = new Rendezvous(store, `lightseq/init${call}`, dist, rendezvousMs);
   try {
     await r.agree(backend);

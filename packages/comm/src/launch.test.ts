@@ -29,6 +29,11 @@ test("every rank gets the torchrun variables, the multicast-off variables and a 
   }
 });
 
+test("the launcher's store serves one job id, which every rank gets as LIGHTSEQ_JOB_ID", async () => {
+  const job = await runJob("env-worker.ts", 2, { gpus: 0, env: { LIGHTSEQ_JOB_ID: "", TORCHELASTIC_RUN_ID: "run-7" } });
+  expect(job.lines.map((l) => JSON.parse(l[0] ?? "{}").LIGHTSEQ_JOB_ID)).toEqual(["run-7", "run-7"]);
+});
+
 test("one GPU per local rank when there are enough: CUDA_VISIBLE_DEVICES is the local rank", async () => {
   const job = await runJob("env-worker.ts", 2, { gpus: 2 });
   expect(job.lines.map((l) => JSON.parse(l[0] ?? "{}").CUDA_VISIBLE_DEVICES)).toEqual(["0", "1"]);

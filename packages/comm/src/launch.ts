@@ -4,7 +4,9 @@
 //   lightseq-launch [-n NPROCS] [--nnodes N --node-rank R] [--master-addr A] [--master-port P] script.ts [args...]
 //
 // - Node rank 0 hosts the rendezvous store at MASTER_ADDR:MASTER_PORT (port 0 or unset: a free one);
-//   a taken port is an error that says so.
+//   a taken port is an error that says so. The store serves one job id (store.ts jobIdFromEnv:
+//   LIGHTSEQ_JOB_ID, else TORCHELASTIC_RUN_ID, else SLURM_JOB_ID, else "default"), which every rank
+//   gets as LIGHTSEQ_JOB_ID; every node of a multi-node job must be started with the same one.
 // - Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, NNODES,
 //   MASTER_ADDR, MASTER_PORT; CUDA_VISIBLE_DEVICES=<its GPU> when there is a GPU per local rank; and
 //   always NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1, NVSHMEM_DISABLE_NVLS=1 (the GPU
@@ -15,7 +17,7 @@
 //   launcher are forwarded. Ranks run with --no-orphans: if the launcher dies, they die with it.
 
 import { probeGpus } from "@lightseq/cuda";
-import { StoreServer } from "./store.ts";
+import { jobIdFromEnv, StoreServer } from "./store.ts";
 
 /** Always set for every rank (see the header). */
 export const MULTICAST_OFF_ENV = { NCCL_NVLS_ENABLE: "0", TORCH_SYMM_MEM_DISABLE_MULTICAST: "1", NVSHMEM_DISABLE_NVLS: "1" } as const;
@@ -119,7 +121,8 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
   const grace = o.gracePeriodMs ?? 3_000;
 
   // Throws a LaunchError-like StoreError ("port N on host is in use") before any rank starts.
-  const store = nodeRank === 0 ? StoreServer.listen({ host: masterAddr, port: requestedPort }) : null;
+  const job = jobIdFromEnv({ ...process.env, ...o.env });
+  const store = nodeRank === 0 ? StoreServer.listen({ host: masterAddr, port: requestedPort, job }) : null;
   const masterPort = store?.port ?? requestedPort;
   const gpus = gpuAssignment(nprocs, o.gpus ?? probeGpus().count);
 
@@ -166,6 +169,7 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
         MASTER_ADDR: masterAddr,
         MASTER_PORT: String(masterPort),
         LIGHTSEQ_STORE_HOSTED: "1",
+        LIGHTSEQ_JOB_ID: job,
         BUN_FEATURE_FLAG_NO_ORPHANS: "1",
         ...MULTICAST_OFF_ENV,
       };

@@ -15,10 +15,23 @@
 // The first frame on a connection is a `hello` from the connecting (higher) rank; the last one a
 // `bye` sent by destroy(). A connection that closes without `bye` means the peer died: the whole
 // mesh fails and every pending and later receive rejects.
+//
+// Headers are checked before anything is allocated for their payload. On a connection not yet
+// identified only a small hello is read (anything else: the connection is refused and closed). From
+// a peer, a header that disagrees with the receive posted for it (kind, dtype, size), or that is
+// absurd (unknown kind, a second hello, a payload no typed array could hold), fails the mesh with an
+// error naming the peer. A frame that comes before its receive is posted is read into a fresh buffer
+// (zero pages, committed as the bytes arrive) and checked when the receive is posted.
 
 import { Packr } from "msgpackr";
 
 const HEADER_BYTES = 16;
+/** The largest typed array (JSC: 4 GiB): a payload is one, so no peer can have sent more. */
+const MAX_PAYLOAD_BYTES = 2 ** 32;
+/** A hello holds a rank, a size and a session id. */
+const MAX_HELLO_BYTES = 4096;
+/** An abort holds one failure message (truncated to fit when sent). */
+const MAX_ABORT_BYTES = 64 * 1024;
 /** Payloads below this are copied behind their header and written with one call. */
 const COALESCE_BYTES = 64 * 1024;
 
@@ -35,10 +48,36 @@ export const FrameKind = {
   abort: 10,
 } as const;
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
+const KNOWN_KINDS = new Set<number>(Object.values(FrameKind));
 
 export function frameKindName(k: number): string {
   for (const [name, v] of Object.entries(FrameKind)) if (v === k) return name;
   return `kind ${k}`;
+}
+
+/** The header's dtype byte of a data frame (0: no elements, e.g. barrier). */
+export const DTYPE_CODE = { f32: 1, bf16: 2, i32: 3 } as const;
+
+export function dtypeName(code: number): string {
+  if (code === 0) return "none";
+  for (const [name, v] of Object.entries(DTYPE_CODE)) if (v === code) return name;
+  return `dtype ${code}`;
+}
+
+/** What a receive expects of its frame; a frame that differs fails the mesh. */
+export interface Expected {
+  kind: FrameKind;
+  dtype: number;
+  bytes: number;
+  /** Where the payload lands, of `bytes` bytes (no intermediate buffer, no first-touch pages). */
+  into?: Uint8Array;
+}
+
+interface Header {
+  bytes: number;
+  tag: number;
+  kind: number;
+  dtype: number;
 }
 
 export interface Frame {
@@ -63,8 +102,7 @@ export class MeshFailure extends Error {
 interface Waiter {
   resolve(f: Frame): void;
   reject(e: Error): void;
-  /** Where the payload should land if its size matches (no intermediate buffer, no first-touch pages). */
-  into?: Uint8Array;
+  want: Expected;
 }
 
 /** Frames of one (tag, peer) pair, and the receives waiting for them, both first in first out. */
@@ -95,6 +133,8 @@ class Conn {
   #header = new Uint8Array(HEADER_BYTES);
   #headerFill = 0;
   #current: { tag: number; kind: number; dtype: number; payload: Uint8Array; fill: number } | null = null;
+  /** A refused header stopped the parsing: the rest of the stream is dropped. */
+  #discarding = false;
   byeReceived = false;
   closed = false;
   /** The bytes written so far end on a frame boundary (an abort frame may be slipped in). */
@@ -149,7 +189,7 @@ class Conn {
   /** Parses frames out of one chunk of bytes; a chunk may hold many frames or a piece of one. */
   onData(chunk: Uint8Array): void {
     let at = 0;
-    while (at < chunk.byteLength) {
+    while (at < chunk.byteLength && !this.#discarding) {
       const cur = this.#current;
       if (cur === null) {
         const take = Math.min(HEADER_BYTES - this.#headerFill, chunk.byteLength - at);
@@ -159,10 +199,19 @@ class Conn {
         if (this.#headerFill < HEADER_BYTES) return;
         this.#headerFill = 0;
         const h = new DataView(this.#header.buffer);
-        const bytes = h.getUint32(0, true) + h.getUint32(4, true) * 2 ** 32;
-        const tag = h.getUint32(8, true);
-        const next = { tag, kind: h.getUint8(12), dtype: h.getUint8(13), payload: this.mesh.bufferFor(this.peer, tag, bytes), fill: 0 };
-        if (bytes === 0) this.#deliver(next);
+        const header = {
+          bytes: h.getUint32(0, true) + h.getUint32(4, true) * 2 ** 32,
+          tag: h.getUint32(8, true),
+          kind: h.getUint8(12),
+          dtype: h.getUint8(13),
+        };
+        const payload = this.mesh.payloadFor(this, header);
+        if (payload === null) {
+          this.#discarding = true;
+          return;
+        }
+        const next = { tag: header.tag, kind: header.kind, dtype: header.dtype, payload, fill: 0 };
+        if (header.bytes === 0) this.#deliver(next);
         else this.#current = next;
         continue;
       }
@@ -398,7 +447,7 @@ export class Mesh {
     this.#connected?.reject(failure);
     this.#connected = null;
     if (!this.#closed) {
-      const why = frameBytes(0, FrameKind.abort, 0, new TextEncoder().encode(failure.message));
+      const why = frameBytes(0, FrameKind.abort, 0, new TextEncoder().encode(failure.message.slice(0, MAX_ABORT_BYTES / 4)));
       for (const c of this.#conns) c?.sendAbort(why);
     }
   }
@@ -415,36 +464,91 @@ export class Mesh {
   }
 
   /**
-   * The buffer a frame of `bytes` from `peer` will be read into: the posted receive's own buffer
-   * when the next receive in line gave one of that size, else a fresh one (an unexpected frame).
+   * Where the payload of a frame whose header just came on `conn` is read into, or null to read
+   * nothing more from it (module header): the posted receive's own buffer when the next receive in
+   * line gave one, else a fresh one. Nothing is allocated for a header that is refused.
    */
-  bufferFor(peer: number, tag: number, bytes: number): Uint8Array {
-    if (peer >= 0 && bytes > 0) {
-      const into = this.#inboxes.get(tag)?.[peer]?.waiters[0]?.into;
-      if (into && into.byteLength === bytes) return into;
+  payloadFor(conn: Conn, h: Header): Uint8Array | null {
+    const peer = conn.peer;
+    if (peer < 0) {
+      if (h.kind === FrameKind.hello && h.bytes <= MAX_HELLO_BYTES) return new Uint8Array(h.bytes);
+      // Not a rank of this job (a rank's first frame is a small hello): refused, as a bad hello is.
+      conn.socket.terminate();
+      return null;
     }
-    return new Uint8Array(bytes);
+    if (this.#failure !== null) return null;
+    const problem = this.#badHeader(peer, h);
+    if (problem !== null) {
+      this.fail(new MeshFailure(problem, [peer]));
+      return null;
+    }
+    const into = this.#inboxes.get(h.tag)?.[peer]?.waiters[0]?.want.into;
+    if (into && into.byteLength === h.bytes) return into;
+    try {
+      return new Uint8Array(h.bytes);
+    } catch (e) {
+      this.fail(
+        new MeshFailure(`rank ${peer} sent a frame of ${h.bytes} bytes that this process cannot allocate: ${(e as Error).message}`, [peer]),
+      );
+      return null;
+    }
   }
 
+  /** Why a header from identified `peer` cannot be right, or null. */
+  #badHeader(peer: number, h: Header): string | null {
+    const corrupt = "the stream is corrupt or not from a lightseq rank";
+    switch (h.kind) {
+      case FrameKind.hello:
+        return `rank ${peer} sent a second hello (${corrupt})`;
+      case FrameKind.bye:
+        return h.bytes === 0 ? null : `rank ${peer} sent a bye with a ${h.bytes}-byte payload (${corrupt})`;
+      case FrameKind.abort:
+        return h.bytes <= MAX_ABORT_BYTES ? null : `rank ${peer} sent an abort of ${h.bytes} bytes, over ${MAX_ABORT_BYTES} (${corrupt})`;
+    }
+    if (!KNOWN_KINDS.has(h.kind)) return `rank ${peer} sent a frame of unknown kind ${h.kind} (${corrupt})`;
+    if (h.bytes > MAX_PAYLOAD_BYTES)
+      return `rank ${peer} sent a frame header of ${h.bytes} bytes, more than any tensor holds (${MAX_PAYLOAD_BYTES}) (${corrupt})`;
+    const waiter = this.#inboxes.get(h.tag)?.[peer]?.waiters[0];
+    return waiter ? mismatch(peer, h, waiter.want) : null;
+  }
+
+  /** A whole data frame from `peer`: to the receive waiting for it, if it is the one expected, or queued. */
   deliver(peer: number, f: Frame): void {
     const box = this.#inbox(f.tag, peer);
-    const w = box.waiters.shift();
-    if (w) w.resolve(f);
-    else box.frames.push(f);
+    const w = box.waiters[0];
+    if (!w) {
+      box.frames.push(f);
+      return;
+    }
+    // Checked here too: the receive may have been posted after the header came.
+    const problem = mismatch(peer, { ...f, bytes: f.payload.byteLength }, w.want);
+    if (problem !== null) {
+      this.fail(new MeshFailure(problem, [peer]));
+      return;
+    }
+    box.waiters.shift();
+    w.resolve(f);
   }
 
   /**
-   * The next frame from `peer` on communicator `tag` (its place in line is taken now, at the call).
-   * With `into`, a payload of exactly that size is written there (then frame.payload === into).
+   * The next frame from `peer` on communicator `tag` (its place in line is taken now, at the call),
+   * which must be what `want` says (else the mesh fails, naming the peer). With `want.into`, the
+   * payload is written there when the receive is posted before the frame comes (then
+   * frame.payload === into).
    */
-  recv(peer: number, tag: number, into?: Uint8Array): Promise<Frame> {
+  recv(peer: number, tag: number, want: Expected): Promise<Frame> {
     const box = this.#inbox(tag, peer);
     const f = box.frames.shift();
-    if (f) return Promise.resolve(f);
+    if (f) {
+      const problem = mismatch(peer, { ...f, bytes: f.payload.byteLength }, want);
+      if (problem === null) return Promise.resolve(f);
+      this.fail(new MeshFailure(problem, [peer]));
+      return Promise.reject(this.#failure);
+    }
     if (this.#failure) return Promise.reject(this.#failure);
     if (this.#gone.has(peer))
       return Promise.reject(new MeshFailure(`rank ${peer} destroyed its communicator; nothing more will come from it`, [peer]));
-    return new Promise<Frame>((resolve, reject) => box.waiters.push({ resolve, reject, into }));
+    return new Promise<Frame>((resolve, reject) => box.waiters.push({ resolve, reject, want }));
   }
 
   /** Sends one frame; resolves when all of it is handed to the kernel (the buffer may then be reused). */
@@ -499,6 +603,12 @@ export class Mesh {
     this.#listener?.stop(false);
     this.#listener = null;
   }
+}
+
+/** Why a data frame from `peer` is not the one a receive expects, or null. */
+function mismatch(peer: number, h: Header, want: Expected): string | null {
+  if (h.kind === want.kind && h.dtype === want.dtype && h.bytes === want.bytes) return null;
+  return `mismatched call from rank ${peer}: it sent ${frameKindName(h.kind)} data (${dtypeName(h.dtype)}, ${h.bytes} bytes) where this rank expected ${frameKindName(want.kind)} (${dtypeName(want.dtype)}, ${want.bytes} bytes); every rank must issue the same operations in the same order`;
 }
 
 function frameBytes(tag: number, kind: number, dtype: number, payload: Uint8Array, withPayload = true): Uint8Array {
