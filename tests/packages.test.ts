@@ -8,6 +8,7 @@ import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { createOutsideProject, type OutsideProject, PACKAGE_DIRS, ROOT } from "../scripts/outside-project.ts";
 import { READMES, readmeExamples } from "../scripts/readme-examples.ts";
+import { workspaceManifests } from "../scripts/set-version.ts";
 
 const version = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
 
@@ -27,9 +28,11 @@ function runIn(dir: string, cmd: string[], env: Record<string, string> = {}) {
 }
 
 describe("packed packages", () => {
-  test("every package has the repository's version", () => {
-    for (const folder of PACKAGE_DIRS) {
-      const m = JSON.parse(readFileSync(join(ROOT, folder, "package.json"), "utf8")) as { name: string; version: string };
+  test("every workspace has the repository's version (bun scripts/set-version.ts sets it)", () => {
+    const manifests = workspaceManifests();
+    for (const folder of PACKAGE_DIRS) expect(manifests).toContain(join(ROOT, folder, "package.json"));
+    for (const path of manifests) {
+      const m = JSON.parse(readFileSync(path, "utf8")) as { name: string; version: string };
       expect(`${m.name}@${m.version}`).toBe(`${m.name}@${version}`);
     }
   });
