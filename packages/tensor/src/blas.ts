@@ -107,7 +107,7 @@ function open(path: string): Blas {
       threads: symbols[name("openblas_get_num_threads")] as () => number,
     };
   }
-  throw new BlasError(`${path} is not a usable OpenBLAS (${failures.join("; ")}): ${INSTALL}`);
+  throw new BlasError(`${path} is not a usable OpenBLAS: ${INSTALL} (${failures.join("; ")})`);
 }
 
 let lib: Blas | null = null;
@@ -121,7 +121,7 @@ function load(): Blas {
       `LIGHTSEQ_BLAS_SO=${found.badOverride}: no such file; point it at a libopenblas.so, or unset it to search the system`,
     );
   }
-  if (found.path === null) throw new BlasError(`OpenBLAS not found (searched ${found.tried.join(", ")}): ${INSTALL}`);
+  if (found.path === null) throw new BlasError(`OpenBLAS not found: ${INSTALL} (searched ${found.tried.join(", ")})`);
   lib = open(found.path);
   return lib;
 }
