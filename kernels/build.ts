@@ -1,3 +1,4 @@
+#!/usr/bin/env bun
 // Builds kernels/build/liblightseq.so from kernels/src/*.cu (C ABI: kernels/src/lightseq.cuh).
 //
 //   bun kernels/build.ts [--verbose] [--force]

@@ -16,7 +16,7 @@
 //   a grace period; the launcher then exits non-zero naming that rank. SIGINT/SIGTERM sent to the
 //   launcher are forwarded. Ranks run with --no-orphans: if the launcher dies, they die with it.
 
-import { probeGpus } from "@lightseq/cuda";
+import { LIGHTSEQ_VERSION, probeGpus } from "@lightseq/cuda";
 import { jobIdFromEnv, StoreServer } from "./store.ts";
 
 /** Always set for every rank (see the header). */
@@ -276,6 +276,10 @@ export function parseLaunchArgs(argv: readonly string[]): LaunchOptions {
       case "-h":
       case "--help":
         usage();
+        break;
+      case "--version":
+        process.stdout.write(`lightseq-launch ${LIGHTSEQ_VERSION}\n`);
+        process.exit(0);
         break;
       default:
         throw new LaunchError(`unknown option ${flag}`);

@@ -3,7 +3,7 @@
 // library's DT_NEEDED libcudart resolves to the same copy (bun's dlopen is RTLD_LOCAL).
 
 import { existsSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { LibraryNotFoundError } from "./errors.ts";
 import { type Bound, bind } from "./ffi.ts";
 import { check, cudart } from "./runtime.ts";
@@ -42,18 +42,33 @@ export const KERNELS_ABI_VERSION = 2;
 
 let lib: Kernels | null = null;
 
-/** Path of liblightseq.so: $LIGHTSEQ_KERNELS_SO, else kernels/build/liblightseq.so of this repo. */
+/** What to run when liblightseq.so is missing or stale, for every error that says so. */
+export const KERNELS_BUILD_HINT =
+  "Build it with `bunx lightseq-build-kernels` (needs nvcc; in the lightseq-ts repository `bun run build:kernels` does the same), or set LIGHTSEQ_KERNELS_SO to a built liblightseq.so.";
+
+/**
+ * Path of liblightseq.so: $LIGHTSEQ_KERNELS_SO (a path that does not exist is not skipped: nothing
+ * else is tried), else build/liblightseq.so of the @lightseq/kernels package, where its build command
+ * writes it (kernels/ in this repository, node_modules/@lightseq/kernels in a project that installed
+ * the packages), or, where that package does not resolve (a checkout whose node_modules predates
+ * it), this repository's kernels/build. `path` is "" when the file does not exist.
+ */
 export function kernelsPath(): { path: string; tried: string[] } {
   const env = process.env.LIGHTSEQ_KERNELS_SO;
-  const repoBuild = resolve(import.meta.dir, "../../../kernels/build/liblightseq.so");
-  const tried = [
-    env ? `$LIGHTSEQ_KERNELS_SO=${env}` : "$LIGHTSEQ_KERNELS_SO (unset)",
-    repoBuild,
-    join(process.cwd(), "kernels/build/liblightseq.so"),
-  ];
-  for (const p of [env, repoBuild, join(process.cwd(), "kernels/build/liblightseq.so")]) {
-    if (p && existsSync(p)) return { path: p, tried };
+  if (env)
+    return existsSync(env)
+      ? { path: env, tried: [`$LIGHTSEQ_KERNELS_SO=${env}`] }
+      : { path: "", tried: [`$LIGHTSEQ_KERNELS_SO=${env} (no such file)`] };
+  const tried = ["$LIGHTSEQ_KERNELS_SO (unset)"];
+  let candidate: string;
+  try {
+    candidate = join(dirname(Bun.resolveSync("@lightseq/kernels/package.json", import.meta.dir)), "build", "liblightseq.so");
+  } catch {
+    tried.push("@lightseq/kernels (not installed)");
+    candidate = resolve(import.meta.dir, "../../../kernels/build/liblightseq.so");
   }
+  if (existsSync(candidate)) return { path: candidate, tried };
+  tried.push(candidate);
   return { path: "", tried };
 }
 
@@ -61,15 +76,14 @@ export function kernels(): Kernels {
   if (lib) return lib;
   cudart(); // the runtime first, by absolute path
   const { path, tried } = kernelsPath();
-  if (!path)
-    throw new LibraryNotFoundError("lightseq kernels (liblightseq.so)", tried, "Build it with `bun run build:kernels` (needs nvcc).");
+  if (!path) throw new LibraryNotFoundError("lightseq kernels (liblightseq.so)", tried, KERNELS_BUILD_HINT);
   const loaded = bind(path, kernelSymbols);
   const abi = loaded.ls_abi_version();
   if (abi !== KERNELS_ABI_VERSION) {
     throw new LibraryNotFoundError(
       "lightseq kernels (liblightseq.so)",
       [path],
-      `ABI version ${abi}, expected ${KERNELS_ABI_VERSION}: rebuild with \`bun run build:kernels\`.`,
+      `ABI version ${abi}, expected ${KERNELS_ABI_VERSION}. ${KERNELS_BUILD_HINT.replace("Build", "Rebuild")}`,
     );
   }
   lib = loaded;

@@ -65,7 +65,10 @@ export function sitePackages(): string[] {
   for (const d of globDirs(["/usr/local/lib", "python3*", "dist-packages"])) add(d);
   for (const d of globDirs(["/usr/local/lib", "python3*", "site-packages"])) add(d);
   const home = process.env.HOME;
-  if (home) for (const d of globDirs([home, ".local", "lib", "python3*", "site-packages"])) add(d);
+  if (home) {
+    for (const d of globDirs([home, ".local", "lib", "python3*", "site-packages"])) add(d);
+    for (const d of globDirs([home, ".pyenv", "versions", "*", "lib", "python3*", "site-packages"])) add(d);
+  }
   add("/usr/lib/python3/dist-packages");
   sitePackagesCache = [...found];
   return sitePackagesCache;
@@ -165,3 +168,35 @@ export const CUDNN: LibrarySpec = {
   wheelDirs: ["nvidia/cudnn/lib", "nvidia/cu13/lib"],
   toolkitDirs: ["lib64", "targets/x86_64-linux/lib", "lib"],
 };
+
+/**
+ * OpenBLAS for the CPU matmul (not a CUDA library, so its own search): $LIGHTSEQ_BLAS_SO (a path that
+ * does not exist comes back as `badOverride` for the caller to refuse; it is never skipped), the
+ * system's libopenblas.so.0 (`ldconfig -p`, then Debian's libopenblas0-pthread/-openmp/-serial
+ * folders), then the OpenBLAS that numpy and scipy wheels bundle (`numpy.libs/libscipy_openblas*.so`, `scipy.libs/...`), whose symbols carry a prefix
+ * and, in the 64-bit-integer build, a suffix: the loader tells the builds apart by their symbols.
+ */
+export function locateBlas(): { path: string | null; tried: string[]; badOverride?: string } {
+  const override = process.env.LIGHTSEQ_BLAS_SO;
+  if (override) {
+    const tried = [`$LIGHTSEQ_BLAS_SO=${override}`];
+    return existsSync(override) ? { path: override, tried } : { path: null, tried, badOverride: override };
+  }
+  const tried = ["$LIGHTSEQ_BLAS_SO (unset)"];
+  const hit = ldconfig().get("libopenblas.so.0");
+  if (hit) return { path: hit, tried };
+  tried.push("ldconfig -p (no libopenblas.so.0)");
+  for (const variant of ["openblas-pthread", "openblas-openmp", "openblas-serial"]) {
+    const p = join("/usr/lib/x86_64-linux-gnu", variant, "libopenblas.so.0");
+    if (existsSync(p)) return { path: p, tried };
+    tried.push(p);
+  }
+  for (const sp of sitePackages()) {
+    for (const bundle of ["numpy.libs", "scipy.libs"]) {
+      const found = globDirs([sp, bundle, "libscipy_openblas*"]).filter((p) => p.endsWith(".so"));
+      if (found[0]) return { path: found[0], tried };
+      tried.push(join(sp, bundle, "libscipy_openblas*.so"));
+    }
+  }
+  return { path: null, tried };
+}

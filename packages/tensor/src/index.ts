@@ -1,4 +1,5 @@
 export * from "./bf16.ts";
+export { BlasError, type CpuMatmul, type CpuMatmulInfo, cpuMatmul, cpuMatmulInfo, setCpuMatmul } from "./blas.ts";
 export { currentStream, withStream } from "./cuda.ts";
 export * from "./device.ts";
 export * from "./dtype.ts";

@@ -4,6 +4,7 @@
 
 import type { Stream } from "@lightseq/cuda";
 import { bf16BitsToF32, f32ToBf16Bits } from "./bf16.ts";
+import { blasMatmul, cpuMatmul } from "./blas.ts";
 import * as cpu from "./cpu.ts";
 import { allocate, cu, streamOf, sumsqScratch } from "./cuda.ts";
 import { type Device, type DeviceLike, parseDevice } from "./device.ts";
@@ -377,7 +378,9 @@ export function matmul(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tensor {
     beta,
   };
   if (a.device.kind === "cpu") {
-    cpu.matmul(a.dtype, a.data("a"), b.data("b"), out.data("out"), dims);
+    // The reference unless this process chose OpenBLAS (setCpuMatmul("blas")).
+    const run = cpuMatmul() === "blas" ? blasMatmul : cpu.matmul;
+    run(a.dtype, a.data("a"), b.data("b"), out.data("out"), dims);
     return out;
   }
   if (m * n * batch === 0) return out;
