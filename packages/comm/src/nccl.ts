@@ -21,7 +21,7 @@
 //
 // Copy-engine send/recv: after `enableCopyEngine()` (initCommunicator does it for
 // LIGHTSEQ_P2P=copy-engine), sends and receives between ranks of one host go through
-// copy-engine.ts (no SMs used) instead of ncclSend/ncclRecv; collectives stay on NCCL.
+// experimental/copy-engine.ts (no SMs used) instead of ncclSend/ncclRecv; collectives stay on NCCL.
 
 import { CString, dlopen } from "bun:ffi";
 import { Event, LibraryNotFoundError, locateLibrary, NCCL, type Stream, setDevice } from "@lightseq/cuda";
@@ -41,7 +41,8 @@ import {
   rejectHandled,
   type StreamOption,
 } from "./communicator.ts";
-import { type CopyEngineConfig, CopyEngineP2P, type P2PTransport } from "./copy-engine.ts";
+import type { CopyEngineConfig, P2PTransport } from "./env.ts";
+import { CopyEngineP2P } from "./experimental/copy-engine.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Declarations (nccl.h). ncclComm_t, cudaStream_t and buffers are pointers; size_t counts are u64
@@ -273,7 +274,7 @@ export class NcclCommunicator implements Communicator {
   }
 
   /**
-   * Collective: sets up the copy-engine transport (copy-engine.ts) for sends and receives between
+   * Collective: sets up the copy-engine transport (experimental/copy-engine.ts) for sends and receives between
    * ranks of this host. Every rank must call it, with the same config, before its next operation.
    */
   async enableCopyEngine(config?: CopyEngineConfig): Promise<void> {

@@ -34,6 +34,17 @@ const kernelSymbols = {
   ls_sumsq_f32: { args: ["ptr", "i64", "ptr", "ptr", "ptr"], returns: "i32" },
   ls_sumsq_bf16: { args: ["ptr", "i64", "ptr", "ptr", "ptr"], returns: "i32" },
   ls_sumsq_partials: { args: [], returns: "i64" },
+  // p2p.cu: the experimental copy-engine transport (@lightseq/comm experimental/copy-engine.ts).
+  ls_p2p_init: { args: [], returns: "i32" },
+  ls_ipc_get_handle: { args: ["ptr", "ptr"], returns: "i32" },
+  ls_ipc_open_handle: { args: ["ptr", "ptr"], returns: "i32" },
+  ls_ipc_close_handle: { args: ["ptr"], returns: "i32" },
+  ls_stream_wait_u32: { args: ["ptr", "u32", "ptr"], returns: "i32" },
+  ls_stream_write_u32: { args: ["ptr", "u32", "ptr"], returns: "i32" },
+  // (src, bytes, remote_slots, slot_bytes, nslots, first_chunk, local_freed, remote_full, stream)
+  ls_p2p_send: { args: ["ptr", "i64", "ptr", "i64", "i32", "u64", "ptr", "ptr", "ptr"], returns: "i32" },
+  // (dst, bytes, local_slots, slot_bytes, nslots, first_chunk, local_full, remote_freed, stream)
+  ls_p2p_recv: { args: ["ptr", "i64", "ptr", "i64", "i32", "u64", "ptr", "ptr", "ptr"], returns: "i32" },
 } as const;
 
 export type Kernels = Bound<typeof kernelSymbols>;
