@@ -9,9 +9,10 @@
 // LIGHTSEQ_CPU_TRANSPORT, LIGHTSEQ_P2P, LIGHTSEQ_P2P_CHUNK_MIB, LIGHTSEQ_P2P_SLOTS; and
 // CUDA_VISIBLE_DEVICES, only to name it in messages.
 
+import { UserError } from "@lightseq/cuda";
 import type { Transport } from "./mesh.ts";
 
-export class EnvError extends Error {
+export class EnvError extends UserError {
   override name = "EnvError";
 }
 

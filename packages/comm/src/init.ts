@@ -14,7 +14,7 @@
 // every rank fails with the same clear message instead of waiting for a timeout.
 
 import { hostname } from "node:os";
-import { probeGpus } from "@lightseq/cuda";
+import { LibraryOverrideError, probeGpus, UserError } from "@lightseq/cuda";
 import { CommError, type Communicator, fmtRanks } from "./communicator.ts";
 import { CpuCommunicator } from "./cpu.ts";
 import { type DistEnv, type P2PTransport, readCommEnv } from "./env.ts";
@@ -46,7 +46,8 @@ export interface InitOptions {
   p2p?: P2PTransport;
 }
 
-export class RendezvousError extends Error {
+/** The ranks could not meet or agree (a mismatch in how they were started): the user's to fix. */
+export class RendezvousError extends UserError {
   override name = "RendezvousError";
 }
 
@@ -67,7 +68,9 @@ export function resolveBackend(choice: BackendChoice): "cpu" | "nccl" {
   try {
     nccl();
     return "nccl";
-  } catch {
+  } catch (e) {
+    // A LIGHTSEQ_NCCL_SO naming no file is a mistake to report, not a reason to run on the CPU.
+    if (e instanceof LibraryOverrideError) throw e;
     return "cpu";
   }
 }

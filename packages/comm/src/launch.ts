@@ -13,9 +13,13 @@
 // - The first rank to fail (non-zero exit or a signal) stops the others: SIGTERM, then SIGKILL after
 //   a grace period; the launcher then exits non-zero naming that rank. SIGINT/SIGTERM sent to the
 //   launcher are forwarded. Ranks run with --no-orphans: if the launcher dies, they die with it.
+// - What every rank would trip on is checked once, here, before any rank starts: the script exists,
+//   and the ranks' environment holds valid comm settings (env.ts; a bad LIGHTSEQ_* is one line).
 
-import { probeGpus } from "@lightseq/cuda";
-import { StoreServer } from "./store.ts";
+import { existsSync } from "node:fs";
+import { cliErrors, probeGpus, UserError } from "@lightseq/cuda";
+import { readCommEnv } from "./env.ts";
+import { StoreError, StoreServer } from "./store.ts";
 
 /** Always set for every rank (see the header). */
 export const MULTICAST_OFF_ENV = { NCCL_NVLS_ENABLE: "0", TORCH_SYMM_MEM_DISABLE_MULTICAST: "1", NVSHMEM_DISABLE_NVLS: "1" } as const;
@@ -62,7 +66,7 @@ export interface LaunchResult {
   elapsedMs: number;
 }
 
-export class LaunchError extends Error {
+export class LaunchError extends UserError {
   override name = "LaunchError";
 }
 
@@ -117,6 +121,7 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
     ((rank: number, stream: "stdout" | "stderr", line: string) =>
       (stream === "stdout" ? process.stdout : process.stderr).write(`[rank ${rank}] ${line}\n`));
   const grace = o.gracePeriodMs ?? 3_000;
+  if (!existsSync(o.script)) throw new LaunchError(`script ${o.script}: no such file`);
 
   // Throws a LaunchError-like StoreError ("port N on host is in use") before any rank starts.
   const store = nodeRank === 0 ? StoreServer.listen({ host: masterAddr, port: requestedPort }) : null;
@@ -170,6 +175,7 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
         ...MULTICAST_OFF_ENV,
       };
       if (gpus) env.CUDA_VISIBLE_DEVICES = gpus[local] as string;
+      if (local === 0) readCommEnv(env); // the EnvError every rank would hit, once
       const exit: RankExit = { rank, localRank: local, exitCode: null, signal: null, stopped: false };
       exits.push(exit);
       const proc = Bun.spawn([process.execPath, "--no-orphans", o.script, ...(o.args ?? [])], {
@@ -221,15 +227,12 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
 // ---------------------------------------------------------------------------------------------
 // Command line
 
-function usage(): never {
-  process.stderr.write(
-    "usage: lightseq-launch [-n NPROCS] [--nnodes N] [--node-rank R] [--master-addr ADDR] [--master-port PORT] script.ts [args...]\n" +
-      "  NPROCS defaults to the number of visible GPUs (at least 1); PORT 0 picks a free port.\n",
-  );
-  process.exit(2);
-}
+const USAGE =
+  "usage: lightseq-launch [-n NPROCS] [--nnodes N] [--node-rank R] [--master-addr ADDR] [--master-port PORT] script.ts [args...]\n" +
+  "  NPROCS defaults to the number of visible GPUs (at least 1); PORT 0 picks a free port.\n";
 
-export function parseLaunchArgs(argv: readonly string[]): LaunchOptions {
+/** The options of a command line, or "help" for -h/--help. */
+export function parseLaunchArgs(argv: readonly string[]): LaunchOptions | "help" {
   const o: Partial<LaunchOptions> & { args: string[] } = { args: [] };
   const num = (flag: string, v: string | undefined): number => {
     const n = Number(v);
@@ -271,8 +274,7 @@ export function parseLaunchArgs(argv: readonly string[]): LaunchOptions {
         break;
       case "-h":
       case "--help":
-        usage();
-        break;
+        return "help";
       default:
         throw new LaunchError(`unknown option ${flag}`);
     }
@@ -286,19 +288,25 @@ export function parseLaunchArgs(argv: readonly string[]): LaunchOptions {
 }
 
 async function main(): Promise<void> {
-  let opts: LaunchOptions;
+  cliErrors("lightseq-launch");
+  let opts: LaunchOptions | "help";
   try {
     opts = parseLaunchArgs(process.argv.slice(2));
   } catch (e) {
-    process.stderr.write(`lightseq-launch: ${(e as Error).message}\n`);
-    usage();
+    process.stderr.write(`lightseq-launch: ${(e as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+  if (opts === "help") {
+    process.stdout.write(USAGE);
+    process.exit(0);
   }
   try {
     const r = await launch(opts);
     process.exit(r.exitCode);
   } catch (e) {
-    process.stderr.write(`lightseq-launch: ${(e as Error).message}\n`);
-    process.exit(1);
+    // The store's port taken is the user's to fix too; anything else is a bug (cliErrors: a stack trace).
+    if (e instanceof StoreError) throw new LaunchError(e.message);
+    throw e;
   }
 }
 

@@ -4,7 +4,7 @@
 
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { LibraryNotFoundError } from "./errors.ts";
+import { LibraryNotFoundError, LibraryOverrideError } from "./errors.ts";
 import { type Bound, bind } from "./ffi.ts";
 import { check, cudart } from "./runtime.ts";
 
@@ -53,9 +53,13 @@ export const KERNELS_ABI_VERSION = 2;
 
 let lib: Kernels | null = null;
 
-/** Path of liblightseq.so: $LIGHTSEQ_KERNELS_SO, else kernels/build/liblightseq.so of this repo. */
+/**
+ * Path of liblightseq.so: $LIGHTSEQ_KERNELS_SO (which must exist: LibraryOverrideError otherwise), else
+ * kernels/build/liblightseq.so of this repo, else of the working directory.
+ */
 export function kernelsPath(): { path: string; tried: string[] } {
   const env = process.env.LIGHTSEQ_KERNELS_SO;
+  if (env && !existsSync(env)) throw new LibraryOverrideError("LIGHTSEQ_KERNELS_SO", env, "lightseq kernels (liblightseq.so)");
   const repoBuild = resolve(import.meta.dir, "../../../kernels/build/liblightseq.so");
   const tried = [
     env ? `$LIGHTSEQ_KERNELS_SO=${env}` : "$LIGHTSEQ_KERNELS_SO (unset)",
