@@ -29,7 +29,9 @@ test("a rank that exits in the middle of a collective fails every other rank at 
     // survivor's close (it could not slip its report into a half-sent frame). Either survivor may
     // be the one that sees the other's close first.
     expect(errors[0], transcript).toMatch(
-      new RegExp(`^ERROR allReduce: (rank ${other} gave up: )?rank [1${other}] closed its connection without saying goodbye .*had waited \\d+\\.\\d+ s`),
+      new RegExp(
+        `^ERROR allReduce: (rank ${other} gave up: )?rank [1${other}] closed its connection without saying goodbye .*had waited \\d+\\.\\d+ s`,
+      ),
     );
   }
   expect(elapsed).toBeLessThan(10_000);
