@@ -19,7 +19,8 @@ import { CommError, type Communicator, fmtRanks } from "./communicator.ts";
 import { CpuCommunicator } from "./cpu.ts";
 import { type DistEnv, type P2PTransport, readCommEnv } from "./env.ts";
 import { Mesh, type Transport } from "./mesh.ts";
-import { NcclCommunicator, nccl, ncclUniqueId } from "./nccl.ts";
+import { NcclCommunicator } from "./nccl.ts";
+import { nccl, ncclUniqueId } from "./nccl-ffi.ts";
 import { StoreClient, StoreServer } from "./store.ts";
 
 export type BackendChoice = "cpu" | "nccl" | "auto";
