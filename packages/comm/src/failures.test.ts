@@ -37,6 +37,15 @@ test("a rank that exits in the middle of a collective fails every other rank at 
   expect(elapsed).toBeLessThan(10_000);
 }, 30_000);
 
+test("the rank that failed first is named even when the ranks failing because of it exit before it", async () => {
+  // Rank 1 breaks the communicator and exits (code 3) 300 ms later; ranks 0 and 2 exit at once (code 1).
+  const job = await runJob("failure-worker.ts", 3, { args: ["slow-exit", "1"], env: { LIGHTSEQ_COMM_TIMEOUT_MS: "30000" } });
+  expect(job.failure, job.transcript()).toMatch(
+    /^rank 1 exited with code 3; at about the same time rank [02] exited with code 1, rank [02] exited with code 1$/,
+  );
+  expect(job.exitCode).toBe(3);
+}, 30_000);
+
 test("a rank that never joins a collective makes the others time out with the operation, the rank and the time", async () => {
   const start = performance.now();
   const job = await runJob("failure-worker.ts", 3, { args: ["hang", "2"], env: { LIGHTSEQ_COMM_TIMEOUT_MS: "1000" } });

@@ -79,6 +79,18 @@ function describeExit(e: RankExit): string {
   return e.signal ? `rank ${e.rank} was killed by ${e.signal}` : `rank ${e.rank} exited with code ${e.exitCode}`;
 }
 
+/** How long after a rank's failure the launcher waits for others before naming the first (see launch()). */
+const SETTLE_MS = 500;
+
+/**
+ * Of failures seen at once, the likeliest cause: a rank killed by a signal (a crash, the OOM killer),
+ * else one with an exit code other than 1 (a rank that fails because a peer died exits 1, with the
+ * communicator's error), else the first seen.
+ */
+function likeliestCause(failed: readonly RankExit[]): RankExit {
+  return failed.find((e) => e.signal !== null) ?? failed.find((e) => e.exitCode !== 1) ?? (failed[0] as RankExit);
+}
+
 /** Which GPU each local rank sees, or null to leave CUDA_VISIBLE_DEVICES alone. */
 function gpuAssignment(nprocs: number, gpus: number): string[] | null {
   if (gpus < nprocs || gpus === 0) return null;
@@ -131,6 +143,18 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
   const exits: RankExit[] = [];
   const procs: Bun.Subprocess<"ignore", "pipe", "pipe">[] = [];
   let failure: RankExit | null = null;
+  // Which rank failed first. The ranks that fail because a peer died can exit before it does (they
+  // see its sockets close while its process is still being torn down; on a loaded machine that takes
+  // a while), so failures are collected for SETTLE_MS after the first and the likeliest cause named.
+  const early: RankExit[] = [];
+  let verdict: Timer | null = null;
+  const decide = () => {
+    if (failure !== null || early.length === 0) return;
+    failure = likeliestCause(early);
+    const also = early.filter((e) => e !== failure).map(describeExit);
+    log(`${describeExit(failure)}${also.length ? ` (at about the same time: ${also.join(", ")})` : ""}; stopping the other ranks`);
+    stopAll("SIGTERM");
+  };
   let stopping = false;
   const killTimers: Timer[] = [];
 
@@ -192,9 +216,8 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
           exit.signal = signal === null ? null : typeof signal === "number" ? `signal ${signal}` : signal;
           exit.stopped = stopping && failure !== null;
           if ((exit.exitCode !== 0 || exit.signal !== null) && failure === null && !stopping) {
-            failure = exit;
-            log(`${describeExit(exit)}; stopping the other ranks`);
-            stopAll("SIGTERM");
+            early.push(exit);
+            verdict ??= setTimeout(decide, SETTLE_MS);
           }
         }),
       );
@@ -203,6 +226,8 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
       pumps.push(pumpLines(proc.stderr, (l) => onLine(rank, "stderr", l)));
     }
     await Promise.all(waits);
+    if (verdict) clearTimeout(verdict);
+    decide();
     await Promise.all(pumps);
   } finally {
     for (const t of killTimers) clearTimeout(t);
@@ -217,7 +242,8 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
   let message: string | null = null;
   if (culprit) {
     const others = exits.filter((e) => e !== culprit && e.stopped).map((e) => e.rank);
-    message = `${describeExit(culprit)}${others.length ? `; stopped ${others.length === 1 ? "rank" : "ranks"} ${others.join(", ")}` : ""}`;
+    const also = early.filter((e) => e !== culprit).map(describeExit);
+    message = `${describeExit(culprit)}${also.length ? `; at about the same time ${also.join(", ")}` : ""}${others.length ? `; stopped ${others.length === 1 ? "rank" : "ranks"} ${others.join(", ")}` : ""}`;
     log(`job failed: ${message}`);
   }
   const exitCode = culprit === null ? 0 : culprit.exitCode !== null && culprit.exitCode !== 0 ? culprit.exitCode : 1;
