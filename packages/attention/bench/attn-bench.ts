@@ -9,6 +9,7 @@
 
 import { deviceInfo, medianEventMs, type Stream } from "@lightseq/cuda";
 import { currentStream, empty, fill, randn, type Tensor } from "@lightseq/tensor";
+import { type AttnFile, type AttnRow, versioned } from "../../../bench/schema.ts";
 import { attentionCost } from "../src/block.ts";
 import { backwardAccumulate, backwardWorkspaceBytes, cudaAttentionKernels, forwardInto } from "../src/cuda.ts";
 import { cudnnAvailable, cudnnBackwardInto, cudnnForwardInto } from "../src/cudnn.ts";
@@ -41,7 +42,7 @@ for (const b of backends) console.log(`  ${b}: ${kernelName(b)}`);
 console.log(
   `${"backend".padEnd(7)} ${"T".padStart(6)} ${"Hkv".padStart(4)} ${"fwd ms".padStart(9)} ${"bwd ms".padStart(9)} ${"f+b ms".padStart(9)} ${"fwd TF".padStart(7)} ${"bwd TF".padStart(7)} ${"f+b TF".padStart(7)}`,
 );
-const results: Record<string, unknown>[] = [];
+const results: AttnRow[] = [];
 for (const backend of backends)
   for (const T of Ts) {
     for (const Hkv of [32, 8]) {
@@ -109,4 +110,5 @@ for (const backend of backends)
       for (const t of live) t.dispose();
     }
   }
-if (outPath) await Bun.write(outPath, `${JSON.stringify({ device: info.name, date: new Date().toISOString(), results }, null, 2)}\n`);
+const file: AttnFile = versioned({ device: info.name, date: new Date().toISOString(), results });
+if (outPath) await Bun.write(outPath, `${JSON.stringify(file, null, 2)}\n`);

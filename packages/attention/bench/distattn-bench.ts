@@ -16,6 +16,7 @@ import { type Communicator, initCommunicator, launch } from "@lightseq/comm";
 import { Event, median, probeGpus } from "@lightseq/cuda";
 import * as T from "@lightseq/tensor";
 import { compareClose } from "@lightseq/tensor/testing";
+import { versioned } from "../../../bench/schema.ts";
 import type { AttentionBackend } from "../src/block.ts";
 import { attentionCost } from "../src/block.ts";
 import { cudaAttentionKernels, cudaBackend } from "../src/cuda.ts";
@@ -133,7 +134,7 @@ const results: Record<string, unknown>[] = [];
  */
 async function save(): Promise<void> {
   if (comm.rank !== 0 || !outPath) return;
-  await Bun.write(`${outPath}.tmp`, JSON.stringify({ P, results }, null, 2));
+  await Bun.write(`${outPath}.tmp`, JSON.stringify(versioned({ P, results }), null, 2));
   renameSync(`${outPath}.tmp`, outPath);
 }
 const Ts = tsArg.split(",").map(Number);
