@@ -16,7 +16,8 @@ test("imports: static, type-only, re-exports, side effects and dynamic; not the 
     'import "./side.ts";',
     'const g = await import("./g.ts");',
   ].join("\n");
-  expect(importsOf(src)).toEqual(["./a.ts", "./b.ts", "@lightseq/cuda", "./e.ts", "./f.ts", "./side.ts", "./g.ts"]);
+  expect(importsOf(src).map((i) => i.spec)).toEqual(["./a.ts", "./b.ts", "@lightseq/cuda", "./e.ts", "./f.ts", "./side.ts", "./g.ts"]);
+  expect(importsOf(src).filter((i) => i.dynamic)).toEqual([{ spec: "./g.ts", dynamic: true }]);
 });
 
 test("cycles: each strongly connected component of two or more files, and self-imports; none in a tree", () => {
