@@ -3,10 +3,12 @@
 // inputs are random (never zeros). Writes JSON to argv[2] (if given) and prints a table.
 //   bun bench/foundation.ts [out.json]
 
-import { deviceInfo, kernels, median, medianEventMs } from "@lightseq/cuda";
+import { cliErrors, deviceInfo, kernels, median, medianEventMs, requireDevice } from "@lightseq/cuda";
 import * as T from "@lightseq/tensor";
 import { type FoundationFile, type FoundationRow, versioned } from "./schema.ts";
 
+cliErrors("bench");
+requireDevice(0); // no GPU: one line saying why
 const dev = "cuda:0";
 const stream = T.currentStream(0);
 

@@ -7,13 +7,14 @@
 //   bun packages/attention/bench/attn-bench.ts [out.json] [--T 8192,32768,65536] [--reps 5] [--backends cuda,cudnn]
 // Compare with packages/attention/bench/torch_sdpa_bench.py (PyTorch SDPA, cuDNN and flash) on the same card.
 
-import { deviceInfo, medianEventMs, type Stream } from "@lightseq/cuda";
+import { cliErrors, deviceInfo, medianEventMs, requireDevice, type Stream, UserError } from "@lightseq/cuda";
 import { currentStream, empty, fill, randn, type Tensor } from "@lightseq/tensor";
 import { type AttnFile, type AttnRow, versioned } from "../../../bench/schema.ts";
 import { attentionCost } from "../src/block.ts";
 import { backwardAccumulate, backwardWorkspaceBytes, cudaAttentionKernels, forwardInto } from "../src/cuda.ts";
 import { cudnnAvailable, cudnnBackwardInto, cudnnForwardInto } from "../src/cudnn.ts";
 
+cliErrors("attn-bench");
 const args = process.argv.slice(2);
 const flag = (name: string) => {
   const i = args.indexOf(name);
@@ -24,9 +25,10 @@ const Ts = (flag("--T") ?? "8192,32768,65536").split(",").map(Number);
 const reps = Number(flag("--reps") ?? 5);
 const backends = (flag("--backends") ?? "cuda").split(",");
 for (const b of backends) {
-  if (b !== "cuda" && b !== "cudnn") throw new Error(`--backends: expected a list of cuda, cudnn; got ${JSON.stringify(b)}`);
+  if (b !== "cuda" && b !== "cudnn") throw new UserError(`--backends: expected a list of cuda, cudnn; got ${JSON.stringify(b)}`);
 }
-if (backends.includes("cudnn") && !cudnnAvailable().ok) throw new Error(`--backends cudnn: ${cudnnAvailable().reason}`);
+requireDevice(0); // no GPU: one line saying why
+if (backends.includes("cudnn") && !cudnnAvailable().ok) throw new UserError(`--backends cudnn: ${cudnnAvailable().reason}`);
 const H = 32;
 const D = 128;
 const dev = "cuda:0";

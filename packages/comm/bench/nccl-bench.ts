@@ -26,7 +26,7 @@
 // Needs the kernels library (kernels/build) for the random fill.
 
 import { join } from "node:path";
-import { checkLaunch, Event, kernels, probeGpus, Stream } from "@lightseq/cuda";
+import { checkLaunch, cliErrors, Event, kernels, probeGpus, Stream } from "@lightseq/cuda";
 import { copy, type DType, dtypeBytes, empty, matmul, randn, type Tensor, toFloat32Array } from "@lightseq/tensor";
 import { type CommFile, versioned } from "../../../bench/schema.ts";
 import { type Communicator, initCommunicator, launch, ncclVersion } from "../src/index.ts";
@@ -446,6 +446,7 @@ function printTable(results: Record<string, Row[]>, n: number, dtype: DType, ver
   });
 }
 
+cliErrors("nccl-bench");
 const args = parseArgs(process.argv.slice(2));
 if (process.env.RANK === undefined) {
   const gpus = probeGpus().count;
