@@ -11,7 +11,8 @@
 //   machines require multicast/NVLS off).
 // - Output lines are prefixed "[rank N] ".
 // - The first rank to fail (non-zero exit or a signal) stops the others: SIGTERM, then SIGKILL after
-//   a grace period; the launcher then exits non-zero naming that rank. SIGINT/SIGTERM sent to the
+//   a grace period; the launcher then exits non-zero naming that rank (of the failures within 0.5 s
+//   of the first, the likeliest cause: ranks failing because of a peer may exit before it). SIGINT/SIGTERM sent to the
 //   launcher are forwarded. Ranks run with --no-orphans: if the launcher dies, they die with it.
 // - What every rank would trip on is checked once, here, before any rank starts: the script exists,
 //   and the ranks' environment holds valid comm settings (env.ts; a bad LIGHTSEQ_* is one line).
