@@ -9,7 +9,7 @@ Times, with CUDA events after warm-up (median of 10), a bf16 8192^3 GEMM on GPU 
   - the same peer write in 16 MiB chunks (one copy per chunk),
   - the copy-engine transport's protocol in one direction, in one process: 16 MiB chunks through 4
     slots on GPU 1, each chunk a stream wait, a peer copy and a flag write on GPU 0's stream, then a
-    wait, a local copy and a flag write on GPU 1's (packages/comm/src/copy-engine.ts, kernels/src/p2p.cu),
+    wait, a local copy and a flag write on GPU 1's (packages/comm/src/experimental/copy-engine.ts, kernels/src/p2p.cu),
 and each copy alone. Prints one JSON line per case. The last two tell whether the transport's stall
 beside a GEMM (BENCHMARKS.md, issue 3) comes from chunking, from the stream memory operations, or from
 neither (then from the two processes / IPC mapping, which this probe does not have).

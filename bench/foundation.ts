@@ -3,9 +3,12 @@
 // inputs are random (never zeros). Writes JSON to argv[2] (if given) and prints a table.
 //   bun bench/foundation.ts [out.json]
 
-import { deviceInfo, kernels, median, medianEventMs } from "@lightseq/cuda";
+import { cliErrors, deviceInfo, kernels, median, medianEventMs, requireDevice } from "@lightseq/cuda";
 import * as T from "@lightseq/tensor";
+import { type FoundationFile, type FoundationRow, versioned } from "./schema.ts";
 
+cliErrors("bench");
+requireDevice(0); // no GPU: one line saying why
 const dev = "cuda:0";
 const stream = T.currentStream(0);
 
@@ -39,7 +42,7 @@ for (const [name, din, dout] of llama) {
   cases.push({ name: `${name} wgrad`, m: dout, k: TOKENS, n: din, transA: true, transB: false });
 }
 
-const results: Record<string, unknown>[] = [];
+const results: FoundationRow[] = [];
 const info = deviceInfo(0);
 console.log(`device: ${info.name}, ${info.multiProcessors} SMs`);
 
@@ -96,4 +99,5 @@ for (const mib of [256, 1024]) {
 }
 
 const outPath = process.argv[2];
-if (outPath) await Bun.write(outPath, JSON.stringify({ device: info.name, date: new Date().toISOString(), results }, null, 2));
+const file: FoundationFile = versioned({ device: info.name, date: new Date().toISOString(), results });
+if (outPath) await Bun.write(outPath, JSON.stringify(file, null, 2));

@@ -4,17 +4,8 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import {
-  asCommFile,
-  asCpFile,
-  asDistFile,
-  type CommFile,
-  commReport,
-  distattnReport,
-  fmtTokens,
-  overlapReport,
-  ReportError,
-} from "./report.ts";
+import { commReport, distattnReport, fmtTokens, overlapReport } from "./report.ts";
+import { asCommFile, asCpFile, asDistFile, type CommFile, SchemaError } from "./schema.ts";
 
 const DIR = join(import.meta.dir, "fixtures", "report");
 const load = (name: string): unknown => JSON.parse(readFileSync(join(DIR, name), "utf8"));
@@ -89,7 +80,7 @@ describe("comm report", () => {
     expect(() => asCommFile("t.json", load("nccl-torch.json"), "ours")).toThrow(
       't.json: expected a file written by "lightseq nccl-bench", got tool "torch.distributed bench"',
     );
-    expect(() => asCommFile("d.json", load("distattn.json"), "either")).toThrow(ReportError);
+    expect(() => asCommFile("d.json", load("distattn.json"), "either")).toThrow(SchemaError);
     expect(() => commReport({ ...ours, ranks: 4 }, torch)).toThrow("ours has 4 ranks, torch 2: not comparable");
     expect(() => commReport({ ...ours, dtype: "bf16" }, torch)).toThrow("not comparable");
   });

@@ -14,9 +14,22 @@
 //       measured against the schedule's count, the equality checks and the one-GPU baselines.
 //
 // The functions below take parsed JSON and return markdown, so bench/report.test.ts runs them on
-// hand-made fixtures. A file of the wrong kind is refused with its name and what was expected.
+// hand-made fixtures. The files' shapes and their checks are bench/schema.ts's (a file of the wrong
+// kind, or of a newer version, is refused with its name and what was expected).
 
 import { basename } from "node:path";
+import {
+  asCommFile,
+  asCpFile,
+  asDistFile,
+  type CommFile,
+  type CpFile,
+  type DistFile,
+  type DistRow,
+  type EqualityRow,
+  type OverlapJson,
+  SchemaError,
+} from "./schema.ts";
 
 const MiB = 2 ** 20;
 /** Ours below this fraction of torch's bandwidth at >= FLAG_MIN_BYTES is flagged (the comm target). */
@@ -27,139 +40,6 @@ const OVERLAP_TARGET = 1.1;
 
 export class ReportError extends Error {
   override name = "ReportError";
-}
-
-// ---------------------------------------------------------------------------------------------
-// Input shapes (what the benchmarks write) and their checks
-
-export interface CommRow {
-  bytes: number;
-  ms: number;
-  algbw: number;
-  busbw: number;
-}
-
-export interface OverlapJson {
-  gemm: string;
-  comm: string;
-  gemmMs: number;
-  commMs: number;
-  bothMs: number;
-  /** "posted" (host posting time counts; files without it) or "queued" (GPU time only). */
-  protocol?: string;
-  /** nccl-bench only. */
-  commPriority?: string;
-  gemmInBothMs?: number;
-  commInBothMs?: number;
-}
-
-export interface CommFile {
-  tool: string;
-  nccl?: string;
-  torch?: string;
-  ranks: number;
-  dtype: string;
-  results: Record<string, CommRow[]>;
-  overlap?: OverlapJson;
-  /** torch_dist_bench.py: the "queued" protocol's measurement. */
-  overlapQueued?: OverlapJson;
-  /** nccl-bench since --comm-priority took a list: one per priority and protocol (overlap = the first). */
-  overlaps?: OverlapJson[];
-  ncclEnv?: Record<string, string>;
-  overlapOnly?: boolean;
-}
-
-export interface DistRow {
-  N: number;
-  H: number;
-  Hkv: number;
-  P: number;
-  schedule: string;
-  kernel: string;
-  /** Our kernel's variant ("wgmma" or "mma.sync"), in files written since it was recorded. */
-  attnKernels?: string;
-  /** -1 when the one-GPU baseline did not run. */
-  oneGpuMs: number;
-  commPriority?: string;
-  ncclEnv?: Record<string, string>;
-  /** distattn-bench BENCH_PHASE: the row times only this pass (no speedup or PyTorch comparison). */
-  phase?: string;
-  overlap_ms?: number;
-  sync_ms?: number;
-  nocomm_ms?: number;
-  schedule_bound?: number;
-  sent_bytes_rank0?: { fwd: number; bwd: number };
-  analytic_bytes_rank0?: { fwd: number; bwd: number };
-}
-
-export interface EqualityRow {
-  check: "equality";
-  N: number;
-  Hkv: number;
-  schedule: string;
-  kernel?: string;
-  attnKernels?: string;
-  commPriority?: string;
-  worstRelErr: number;
-}
-
-export interface DistFile {
-  P: number;
-  results: (DistRow | EqualityRow)[];
-}
-
-export interface CpRow {
-  T: number;
-  H: number;
-  Hkv: number;
-  world: number;
-  sdpa: string;
-  cp_fwdbwd_ms?: number;
-  cp_error?: string;
-  one_gpu_fwdbwd_ms?: number;
-  one_gpu_error?: string;
-}
-
-export interface CpFile {
-  device: string;
-  torch: string;
-  results: CpRow[];
-}
-
-const isObject = (x: unknown): x is Record<string, unknown> => typeof x === "object" && x !== null && !Array.isArray(x);
-
-export function asCommFile(name: string, j: unknown, want: "ours" | "torch" | "either"): CommFile {
-  const tools = {
-    ours: ["lightseq nccl-bench"],
-    torch: ["torch.distributed bench"],
-    either: ["lightseq nccl-bench", "torch.distributed bench"],
-  }[want];
-  if (!isObject(j) || !tools.includes(j.tool as string)) {
-    const got = isObject(j) ? `tool ${JSON.stringify(j.tool)}` : "no object";
-    throw new ReportError(`${name}: expected a file written by ${tools.map((t) => `"${t}"`).join(" or ")}, got ${got}`);
-  }
-  if (!isObject(j.results)) throw new ReportError(`${name}: no "results" object`);
-  return j as unknown as CommFile;
-}
-
-export function asDistFile(name: string, j: unknown): DistFile {
-  if (!isObject(j) || typeof j.P !== "number" || !Array.isArray(j.results))
-    throw new ReportError(`${name}: expected a file written by distattn-bench.ts ({ P, results: [...] })`);
-  for (const r of j.results) {
-    if (!isObject(r) || (r.check !== "equality" && (typeof r.N !== "number" || typeof r.schedule !== "string")))
-      throw new ReportError(`${name}: a result is neither a timing row (N, schedule, ...) nor an equality check: ${JSON.stringify(r)}`);
-  }
-  return j as unknown as DistFile;
-}
-
-export function asCpFile(name: string, j: unknown): CpFile {
-  if (!isObject(j) || !Array.isArray(j.results) || !("torch" in j))
-    throw new ReportError(`${name}: expected a file written by bench/torch_cp_attn.py ({ device, torch, results: [...] })`);
-  for (const r of j.results) {
-    if (!isObject(r) || typeof r.T !== "number" || typeof r.Hkv !== "number" || typeof r.world !== "number")
-      throw new ReportError(`${name}: a result lacks T, Hkv or world: ${JSON.stringify(r)}`);
-  }
-  return j as unknown as CpFile;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -188,7 +68,7 @@ const fmtBytes = (n: number) => n.toLocaleString("en-US");
 const signedBytes = (n: number) => `${n > 0 ? "+" : ""}${fmtBytes(n)} B`;
 
 /** NCCL_* variables other than the multicast switch every run sets, as "K=V K=V" ("-" if none). */
-function envLabel(env: Record<string, string> | undefined): string {
+function envLabel(env: Record<string, string | undefined> | undefined): string {
   const parts = Object.entries(env ?? {})
     // NCCL_NVLS_ENABLE=0 is always set; NCCL_VERSION is the machine's image saying what it ships.
     .filter(([k]) => k !== "NCCL_NVLS_ENABLE" && k !== "NCCL_VERSION")
@@ -333,7 +213,7 @@ export function overlapReport(files: [string, CommFile][]): string {
 const isEquality = (r: DistRow | EqualityRow): r is EqualityRow => (r as EqualityRow).check === "equality";
 
 /** The comm setting of a row: stream priority plus NCCL env, "default" for files from before both were recorded. */
-function commLabel(r: { commPriority?: string; ncclEnv?: Record<string, string>; phase?: string }): string {
+function commLabel(r: { commPriority?: string; ncclEnv?: Record<string, string | undefined>; phase?: string }): string {
   const env = envLabel(r.ncclEnv);
   return `${r.commPriority ?? "default"}${env === "-" ? "" : ` ${env}`}${r.phase ? ` (${r.phase} only)` : ""}`;
 }
@@ -571,7 +451,7 @@ if (import.meta.main) {
   try {
     console.log(await main(process.argv.slice(2)));
   } catch (e) {
-    if (!(e instanceof ReportError)) throw e;
+    if (!(e instanceof ReportError) && !(e instanceof SchemaError)) throw e;
     console.error(`report: ${e.message}\n${USAGE}`);
     process.exit(2);
   }

@@ -93,5 +93,6 @@ for T in Ts:
         print(json.dumps(row), flush=True)
         results.append(row)
 if rank == 0:
-    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results}, open(out_path, "w"), indent=2)
+    # version: bench/schema.ts SCHEMA_VERSION
+    json.dump({"version": 1, "device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results}, open(out_path, "w"), indent=2)
 dist.destroy_process_group()

@@ -3,8 +3,11 @@
 //
 //   bun kernels/build.ts [--verbose] [--force]
 //
-// Skips the build when kernels/build/stamp.json matches the hash of every source and header, the
-// flags and the nvcc version. With no nvcc it says so and exits 0: the CPU paths still work.
+// Rebuilds only what changed: kernels/build/stamp.json holds a hash per object (its .cu, the local
+// headers it includes, transitively, its flags and the nvcc version); a source whose hash differs is
+// recompiled, the others are kept, and the library is relinked. When every hash matches (and the link
+// flags), nothing runs. With no nvcc it says so and exits 0: the CPU paths still work. `--force`
+// recompiles everything.
 // A source file holding the line `// build: sm_90a` also gets Hopper-only code (wgmma, TMA).
 
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
@@ -81,6 +84,17 @@ function flagsFor(source: string): string[] {
   return [...withoutSm90, ...hopperFlags];
 }
 
+/** The local headers `file` includes (#include "x"), transitively. */
+function localIncludes(file: string, seen = new Set<string>()): Set<string> {
+  for (const m of readFileSync(join(srcDir, file), "utf8").matchAll(/^\s*#\s*include\s*"([^"]+)"/gm)) {
+    const header = m[1] as string;
+    if (seen.has(header) || !existsSync(join(srcDir, header))) continue;
+    seen.add(header);
+    localIncludes(header, seen);
+  }
+  return seen;
+}
+
 async function main(): Promise<number> {
   const started = performance.now();
   const elapsed = () => `${((performance.now() - started) / 1000).toFixed(1)} s`;
@@ -104,19 +118,23 @@ async function main(): Promise<number> {
     return 1;
   }
 
-  const hasher = new Bun.CryptoHasher("sha256");
-  hasher.update(JSON.stringify({ commonFlags, hopperFlags, linkFlags, nvcc: version.output }));
-  for (const f of inputs) {
-    hasher.update(`\0${f}\0`);
-    hasher.update(readFileSync(join(srcDir, f)));
-  }
-  const hash = hasher.digest("hex");
-  if (!force && existsSync(libPath) && existsSync(stampPath)) {
-    const stamp = JSON.parse(readFileSync(stampPath, "utf8")) as { hash?: string };
-    if (stamp.hash === hash) {
-      console.log(`kernels up to date (${elapsed()})`);
-      return 0;
+  const objectHash = (source: string): string => {
+    const h = new Bun.CryptoHasher("sha256");
+    h.update(JSON.stringify({ flags: flagsFor(source), nvcc: version.output }));
+    for (const f of [source, ...[...localIncludes(source)].sort()]) {
+      h.update(`\0${f}\0`);
+      h.update(readFileSync(join(srcDir, f)));
     }
+    return h.digest("hex");
+  };
+  const objectHashes = Object.fromEntries(sources.map((f) => [f, objectHash(f)]));
+  const hash = new Bun.CryptoHasher("sha256").update(JSON.stringify({ linkFlags, objectHashes })).digest("hex");
+  const stamp = existsSync(stampPath)
+    ? (JSON.parse(readFileSync(stampPath, "utf8")) as { hash?: string; objects?: Record<string, string> })
+    : {};
+  if (!force && existsSync(libPath) && stamp.hash === hash) {
+    console.log(`kernels up to date (${elapsed()})`);
+    return 0;
   }
 
   mkdirSync(objDir, { recursive: true });
@@ -125,16 +143,20 @@ async function main(): Promise<number> {
   for (const f of readdirSync(objDir)) {
     if (!objects.includes(join(objDir, f))) rmSync(join(objDir, f), { force: true }); // from deleted sources
   }
+  const stale = sources.filter((f, i) => force || !existsSync(objects[i]!) || stamp.objects?.[f] !== objectHashes[f]);
 
-  console.log(`kernels: compiling ${sources.length} files with ${nvcc}`);
+  console.log(
+    stale.length === 0
+      ? "kernels: relinking (no object changed)"
+      : `kernels: compiling ${stale.length} of ${sources.length} files with ${nvcc}${stale.length < sources.length ? ` (changed: ${stale.join(", ")})` : ""}`,
+  );
   let next = 0;
   let failed = false;
   const worker = async () => {
-    while (next < sources.length && !failed) {
-      const i = next++;
-      const source = sources[i]!;
+    while (next < stale.length && !failed) {
+      const source = stale[next++]!;
       const t0 = performance.now();
-      const r = await runAsync([nvcc, ...flagsFor(source), "-c", join(srcDir, source), "-o", objects[i]!]);
+      const r = await runAsync([nvcc, ...flagsFor(source), "-c", join(srcDir, source), "-o", join(objDir, `${basename(source, ".cu")}.o`)]);
       if (!r.ok) {
         failed = true;
         console.error(`kernels: compiling ${source} failed:\n${r.output}`);
@@ -158,7 +180,7 @@ async function main(): Promise<number> {
   renameSync(tmpLib, libPath);
 
   const nvccVersion = /release [\d.]+, V[\d.]+/.exec(version.output)?.[0] ?? version.output.trim();
-  writeFileSync(stampPath, `${JSON.stringify({ hash, nvcc, nvccVersion, inputs }, null, 2)}\n`);
+  writeFileSync(stampPath, `${JSON.stringify({ hash, nvcc, nvccVersion, inputs, objects: objectHashes }, null, 2)}\n`);
   console.log(`kernels: built ${libPath} (${elapsed()})`);
   return 0;
 }

@@ -1,6 +1,7 @@
 // One rank of the demo: DistAttn forward + backward over a sequence split across the ranks, for every
 // schedule, checked against attention over the whole sequence on one rank. CPU ranks use the reference
-// kernels over the CPU communicator; GPU ranks use our CUDA kernels over NCCL.
+// kernels over the CPU communicator; GPU ranks the auto-selected block kernels over NCCL.
+//   bun rank.ts cpu|nccl   (under the launcher; index.ts decides which, plan.ts says why)
 
 import {
   checkSchedule,
@@ -14,15 +15,20 @@ import {
   selectAttentionBackend,
 } from "@lightseq/attention";
 import { initCommunicator } from "@lightseq/comm";
-import { fmtBytes } from "@lightseq/cuda";
+import { cliErrors, fmtBytes, UserError } from "@lightseq/cuda";
 import * as T from "@lightseq/tensor";
 import { compareClose } from "@lightseq/tensor/testing";
+import { CPU_TOKENS } from "./plan.ts";
 
-const comm = await initCommunicator({ backend: "auto" });
+cliErrors("demo rank");
+const choice = process.argv[2];
+if (choice !== "cpu" && choice !== "nccl")
+  throw new UserError(`backend: expected cpu or nccl, got ${JSON.stringify(choice)} (run \`bun run demo\`)`);
+const comm = await initCommunicator({ backend: choice });
 const gpu = comm.backend === "nccl";
 const device = gpu ? "cuda:0" : "cpu";
 const dtype = gpu ? "bf16" : "f32";
-const [N, Hq, Hkv, D] = gpu ? [8192 + 37, 32, 8, 128] : [389, 4, 2, 16];
+const [N, Hq, Hkv, D] = gpu ? [8192 + 37, 32, 8, 128] : [CPU_TOKENS, 4, 2, 16];
 const { backend, reason } = selectAttentionBackend("auto", device);
 const say = (m: string) => comm.rank === 0 && console.log(m);
 say(reason);

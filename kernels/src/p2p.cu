@@ -1,6 +1,6 @@
 // Copy-engine point-to-point transfers between GPUs of one node (host code only: no kernels).
 //
-// @lightseq/comm's copy-engine transport (packages/comm/src/copy-engine.ts) uses these. Each rank
+// @lightseq/comm's copy-engine transport (packages/comm/src/experimental/copy-engine.ts) uses these. Each rank
 // owns one block of device memory, shared with the other local ranks through CUDA IPC:
 //
 //   [ flags: full[size] u32, freed[size] u32, padded to 256 B ][ slots from rank 0 ][ slots from rank 1 ] ...

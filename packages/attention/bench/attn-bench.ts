@@ -7,12 +7,14 @@
 //   bun packages/attention/bench/attn-bench.ts [out.json] [--T 8192,32768,65536] [--reps 5] [--backends cuda,cudnn]
 // Compare with packages/attention/bench/torch_sdpa_bench.py (PyTorch SDPA, cuDNN and flash) on the same card.
 
-import { deviceInfo, medianEventMs, type Stream } from "@lightseq/cuda";
+import { cliErrors, deviceInfo, medianEventMs, requireDevice, type Stream, UserError } from "@lightseq/cuda";
 import { currentStream, empty, fill, randn, type Tensor } from "@lightseq/tensor";
+import { type AttnFile, type AttnRow, versioned } from "../../../bench/schema.ts";
 import { attentionCost } from "../src/block.ts";
 import { backwardAccumulate, backwardWorkspaceBytes, cudaAttentionKernels, forwardInto } from "../src/cuda.ts";
 import { cudnnAvailable, cudnnBackwardInto, cudnnForwardInto } from "../src/cudnn.ts";
 
+cliErrors("attn-bench");
 const args = process.argv.slice(2);
 const flag = (name: string) => {
   const i = args.indexOf(name);
@@ -23,9 +25,10 @@ const Ts = (flag("--T") ?? "8192,32768,65536").split(",").map(Number);
 const reps = Number(flag("--reps") ?? 5);
 const backends = (flag("--backends") ?? "cuda").split(",");
 for (const b of backends) {
-  if (b !== "cuda" && b !== "cudnn") throw new Error(`--backends: expected a list of cuda, cudnn; got ${JSON.stringify(b)}`);
+  if (b !== "cuda" && b !== "cudnn") throw new UserError(`--backends: expected a list of cuda, cudnn; got ${JSON.stringify(b)}`);
 }
-if (backends.includes("cudnn") && !cudnnAvailable().ok) throw new Error(`--backends cudnn: ${cudnnAvailable().reason}`);
+requireDevice(0); // no GPU: one line saying why
+if (backends.includes("cudnn") && !cudnnAvailable().ok) throw new UserError(`--backends cudnn: ${cudnnAvailable().reason}`);
 const H = 32;
 const D = 128;
 const dev = "cuda:0";
@@ -41,7 +44,7 @@ for (const b of backends) console.log(`  ${b}: ${kernelName(b)}`);
 console.log(
   `${"backend".padEnd(7)} ${"T".padStart(6)} ${"Hkv".padStart(4)} ${"fwd ms".padStart(9)} ${"bwd ms".padStart(9)} ${"f+b ms".padStart(9)} ${"fwd TF".padStart(7)} ${"bwd TF".padStart(7)} ${"f+b TF".padStart(7)}`,
 );
-const results: Record<string, unknown>[] = [];
+const results: AttnRow[] = [];
 for (const backend of backends)
   for (const T of Ts) {
     for (const Hkv of [32, 8]) {
@@ -109,4 +112,5 @@ for (const backend of backends)
       for (const t of live) t.dispose();
     }
   }
-if (outPath) await Bun.write(outPath, `${JSON.stringify({ device: info.name, date: new Date().toISOString(), results }, null, 2)}\n`);
+const file: AttnFile = versioned({ device: info.name, date: new Date().toISOString(), results });
+if (outPath) await Bun.write(outPath, `${JSON.stringify(file, null, 2)}\n`);

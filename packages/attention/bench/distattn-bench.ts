@@ -13,9 +13,10 @@
 
 import { renameSync } from "node:fs";
 import { type Communicator, initCommunicator, launch } from "@lightseq/comm";
-import { Event, median, probeGpus } from "@lightseq/cuda";
+import { cliErrors, Event, median, probeGpus, UserError } from "@lightseq/cuda";
 import * as T from "@lightseq/tensor";
 import { compareClose } from "@lightseq/tensor/testing";
+import { versioned } from "../../../bench/schema.ts";
 import type { AttentionBackend } from "../src/block.ts";
 import { attentionCost } from "../src/block.ts";
 import { cudaAttentionKernels, cudaBackend } from "../src/cuda.ts";
@@ -24,13 +25,14 @@ import { type DistMode, distAttnBackward, distAttnForward } from "../src/distatt
 import { gatherRows, localRanges, placeSequence } from "../src/placement.ts";
 import { checkSchedule, makeSchedule, SCHEDULES, type Schedule, type ScheduleName } from "../src/schedule.ts";
 
+cliErrors("distattn-bench");
 const [outPath = "", tsArg = "65536,131072,262144", hkvArg = "32,8", schedArg = SCHEDULES.join(","), modeArg = "overlap,sync,nocomm"] =
   process.argv.slice(2);
 
 /** Checked before any rank starts, so a typo stops the launcher rather than every rank. */
 function envChoice<C extends string>(name: string, choices: readonly C[], fallback: C): C {
   const v = process.env[name] || fallback;
-  if (!choices.includes(v as C)) throw new Error(`${name}: expected one of ${choices.join(", ")}, got "${v}"`);
+  if (!choices.includes(v as C)) throw new UserError(`${name}: expected one of ${choices.join(", ")}, got "${v}"`);
   return v as C;
 }
 /** Block kernels: "cuda" (ours) or "cudnn". */
@@ -45,7 +47,7 @@ const PHASE = envChoice("BENCH_PHASE", ["both", "fwd", "bwd"], "both");
 const ALL_MODES_HKV = (process.env.BENCH_ALL_MODES_HKV ?? "32").split(",").map((x) => {
   const v = Number(x);
   if (x === "" || !Number.isInteger(v) || v < 0)
-    throw new Error(`BENCH_ALL_MODES_HKV: expected a comma list of head counts (0 for none), got "${process.env.BENCH_ALL_MODES_HKV}"`);
+    throw new UserError(`BENCH_ALL_MODES_HKV: expected a comma list of head counts (0 for none), got "${process.env.BENCH_ALL_MODES_HKV}"`);
   return v;
 });
 /** NCCL_* variables other than the always-set multicast switch, recorded with each row. */
@@ -56,7 +58,7 @@ const NCCL_ENV = Object.fromEntries(
 
 if (process.env.RANK === undefined) {
   const gpus = probeGpus().count;
-  if (gpus < 2) throw new Error(`distattn-bench needs at least 2 GPUs, found ${gpus}: ${probeGpus().reason}`);
+  if (gpus < 2) throw new UserError(`needs at least 2 GPUs, found ${gpus}: ${probeGpus().reason}`);
   const r = await launch({ nprocs: gpus, script: import.meta.path, args: process.argv.slice(2) });
   process.exit(r.exitCode);
 }
@@ -133,7 +135,7 @@ const results: Record<string, unknown>[] = [];
  */
 async function save(): Promise<void> {
   if (comm.rank !== 0 || !outPath) return;
-  await Bun.write(`${outPath}.tmp`, JSON.stringify({ P, results }, null, 2));
+  await Bun.write(`${outPath}.tmp`, JSON.stringify(versioned({ P, results }), null, 2));
   renameSync(`${outPath}.tmp`, outPath);
 }
 const Ts = tsArg.split(",").map(Number);

@@ -1,5 +1,5 @@
 // nccl-bench's arguments are checked before any rank starts: a bad value exits 2 naming the option.
-// (The measurements themselves need GPUs; device stage I3 of scripts/device-multi.sh runs them.)
+// (The measurements themselves need GPUs; bench/recipes.ts's comm and overlap recipes run them.)
 
 import { expect, test } from "bun:test";
 import { join } from "node:path";

@@ -26,8 +26,9 @@
 // Needs the kernels library (kernels/build) for the random fill.
 
 import { join } from "node:path";
-import { checkLaunch, Event, kernels, probeGpus, Stream } from "@lightseq/cuda";
+import { checkLaunch, cliErrors, Event, kernels, probeGpus, Stream } from "@lightseq/cuda";
 import { copy, type DType, dtypeBytes, empty, matmul, randn, type Tensor, toFloat32Array } from "@lightseq/tensor";
+import { type CommFile, versioned } from "../../../bench/schema.ts";
 import { type Communicator, initCommunicator, launch, ncclVersion } from "../src/index.ts";
 
 type Priority = "default" | "high";
@@ -208,7 +209,7 @@ async function rank(args: Args): Promise<void> {
           `hidden: ${(o.hiddenFraction * 100).toFixed(0)}% of the shorter one`,
       );
     }
-    const report = {
+    const report: CommFile = versioned({
       tool: "lightseq nccl-bench",
       nccl: v.text,
       ranks: n,
@@ -221,7 +222,7 @@ async function rank(args: Args): Promise<void> {
       results,
       overlap: overlaps[0],
       overlaps,
-    };
+    });
     await Bun.write(args.out, JSON.stringify(report, null, 2));
     console.log(`wrote ${args.out}`);
   }
@@ -445,6 +446,7 @@ function printTable(results: Record<string, Row[]>, n: number, dtype: DType, ver
   });
 }
 
+cliErrors("nccl-bench");
 const args = parseArgs(process.argv.slice(2));
 if (process.env.RANK === undefined) {
   const gpus = probeGpus().count;

@@ -121,6 +121,7 @@ def main() -> None:
             f"comm alone {o['commMs']:.2f} ms, together {o['bothMs']:.2f} ms; hidden: {o['hiddenFraction'] * 100:.0f}% of the shorter one"
         )
         report = {
+            "version": 1,  # bench/schema.ts SCHEMA_VERSION
             "tool": "torch.distributed bench",
             "torch": torch.__version__,
             "nccl": ".".join(str(x) for x in torch.cuda.nccl.version()),

@@ -125,18 +125,6 @@ export function fmtSeconds(ms: number): string {
   return `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)} s`;
 }
 
-export const DEFAULT_TIMEOUT_MS = 60_000;
-
-/** The timeout from `LIGHTSEQ_COMM_TIMEOUT_MS`, else 60 s; a malformed value is an error, not a silent default. */
-export function timeoutFromEnv(env: Record<string, string | undefined> = process.env): number {
-  const raw = env.LIGHTSEQ_COMM_TIMEOUT_MS;
-  if (raw === undefined || raw === "") return DEFAULT_TIMEOUT_MS;
-  const v = Number(raw);
-  if (!Number.isFinite(v) || v <= 0)
-    throw new RangeError(`LIGHTSEQ_COMM_TIMEOUT_MS: expected a positive number of milliseconds, got ${JSON.stringify(raw)}`);
-  return v;
-}
-
 /** Checks a peer/root index and says which operation got it wrong. */
 export function assertRank(what: string, argName: string, r: number, size: number): void {
   if (!Number.isInteger(r) || r < 0 || r >= size) {

@@ -19,6 +19,12 @@ export interface ConformanceOptions {
    * each input by 1/P first, which is exact only when P is a power of two (checked exactly then).
    */
   exactAvg: boolean;
+  /**
+   * Whether sums are promised in rank order, ((x0 + x1) + x2) ..., so that sums whose f32 value
+   * depends on the order are exact: the CPU backend (cpu.ts). NCCL's order depends on its algorithm
+   * (ring, tree) and on the chunk, so such a sum has no one right answer there.
+   */
+  rankOrderSums: boolean;
   /** Runs only the cases whose name matches. */
   only?: RegExp;
   /** Progress lines (one per failure, and a summary). */
@@ -321,6 +327,47 @@ function miscCases(): Case[] {
   ];
 }
 
+/**
+ * Sums whose f32 value depends on the order of the terms (the other cases' small integers sum exactly
+ * in any order): rank 0 holds 1e8, the last rank -1e8, the ranks between 1. In rank order every 1 is
+ * lost against 1e8 (its f32 spacing is 8) and the sum is exactly 0; starting anywhere else, e.g. at
+ * the reducing rank's own term, keeps some of the ones. Every rank reduces a chunk (n = 7 per rank),
+ * so a wrong start on any rank shows. P = 2 cannot tell (a + b = b + a).
+ */
+function rankOrderCases(): Case[] {
+  const term = (r: number, P: number) => (r === 0 ? 1e8 : r === P - 1 ? -1e8 : 1);
+  const inRankOrder = (op: "sum" | "avg", P: number) => {
+    let acc = term(0, P);
+    for (let r = 1; r < P; r++) acc = Math.fround(acc + term(r, P));
+    return op === "avg" ? Math.fround(acc / P) : acc;
+  };
+  const cases: Case[] = [];
+  for (const op of ["sum", "avg"] as const) {
+    cases.push({
+      name: `allReduce ${op} f32 in rank order ([1e8, 1, ..., -1e8])`,
+      run: async (c) => {
+        const t = make(c.device, "f32", 7 * c.size, () => term(c.rank, c.size));
+        await using_([t], async () => {
+          await c.allReduce(t, op);
+          expectValues(t, () => inRankOrder(op, c.size), "result");
+        });
+      },
+    });
+    cases.push({
+      name: `reduceScatter ${op} f32 in rank order ([1e8, 1, ..., -1e8])`,
+      run: async (c) => {
+        const input = make(c.device, "f32", 7 * c.size, () => term(c.rank, c.size));
+        const out = make(c.device, "f32", 7, () => -1);
+        await using_([input, out], async () => {
+          await c.reduceScatter(input, out, op);
+          expectValues(out, () => inRankOrder(op, c.size), "result");
+        });
+      },
+    });
+  }
+  return cases;
+}
+
 /** Cases on sub-communicators from split (run on the parent; each makes and destroys its split). */
 function splitCases(o: ConformanceOptions): Case[] {
   return [
@@ -336,10 +383,17 @@ function splitCases(o: ConformanceOptions): Case[] {
           }
           // Sum of the parent ranks + 1 of the members: checks that each half reduces only its own.
           const t = make(c.device, "f32", 1001, (i) => (c.rank + 1) * k(i));
+          const s = members.reduce((a, r) => a + r + 1, 0);
           await using_([t], async () => {
             await sub.allReduce(t, "sum");
-            const s = members.reduce((a, r) => a + r + 1, 0);
             expectValues(t, (i) => s * k(i), "sum over the half");
+          });
+          // avg divides by the half's size, not the job's: inputs scaled by it so the mean is exact.
+          const m = members.length;
+          const a = make(c.device, "f32", 1001, (i) => m * (c.rank + 1) * k(i));
+          await using_([a], async () => {
+            await sub.allReduce(a, "avg");
+            expectValues(a, (i) => s * k(i), `avg over the half (${m} ranks)`, avgTolerance(o, "avg", "f32", m));
           });
           for (const cs of [
             ...ringCases("bf16", 17, " (sub)"),
@@ -402,6 +456,7 @@ function splitCases(o: ConformanceOptions): Case[] {
 export function conformanceCases(o: ConformanceOptions, size: number): Case[] {
   const all: Case[] = [];
   for (const dtype of DTYPES) for (const n of [0, 1, 1001]) all.push(...elementCases(o, dtype, n, ""));
+  if (o.rankOrderSums) all.push(...rankOrderCases());
   all.push(...miscCases(), ...splitCases(o), ...largeCases(o, size));
   return o.only ? all.filter((c) => o.only?.test(c.name)) : all;
 }

@@ -9,16 +9,10 @@
 //   broadcast      root sends to every rank.         barrier     an empty frame to and from all.
 // Every pair exchanges exactly one frame per phase (empty when its chunk is), so frames match by order.
 //
-// Arithmetic (the fixed order makes results independent of arrival order and identical on every rank):
-//   - reductions run in rank order: ((x0 op x1) op x2) ... op x(P-1);
-//   - f32 and bf16 accumulate in f32 (bf16 inputs widened exactly); the result is rounded to bf16
-//     once, nearest-even, at the end. NCCL rounds bf16 after every hop of its ring, so it may differ
-//     from us in the last bit for inexact sums; integer-valued sums that fit are exact in both;
-//   - avg = sum / P computed in f32 from the f32 sum, then rounded once (bf16); for i32 it is the
-//     wrapped i32 sum divided by P, truncated toward zero (NCCL's SumPostDiv);
-//   - i32 sums wrap modulo 2^32; max compares values (NaN handling is unspecified, as in NCCL).
+// Arithmetic: cpu-reduce.ts (rank order, f32 accumulation, one rounding for bf16), the same on
+// every rank whatever order the frames arrive in.
 
-import { CPU, type Device, decodeBf16, encodeBf16, type Tensor } from "@lightseq/tensor";
+import { CPU, type Device, type Tensor } from "@lightseq/tensor";
 import {
   type AllReduceOptions,
   assertRank,
@@ -35,6 +29,7 @@ import {
   type StreamOption,
   splitMembers,
 } from "./communicator.ts";
+import { type ReduceResult, reduceInRankOrder } from "./cpu-reduce.ts";
 import { DTYPE_CODE, type Frame, FrameKind, Mesh, MeshFailure, tagOf } from "./mesh.ts";
 
 type DT = keyof typeof DTYPE_CODE;
@@ -535,36 +530,9 @@ export class CpuCommunicator implements Communicator {
   }
 
   /** Reduces elements [start, start+count) of `t` (this rank) with the frames of the peers, in rank order. */
-  async #reduce(
-    t: Tensor,
-    op: ReduceOp,
-    start: number,
-    count: number,
-    frames: Promise<Frame>[],
-  ): Promise<Float32Array | Uint16Array | Int32Array> {
-    const dtype = t.dtype;
-    // Scratch reused between operations (the caller copies the result out before the next one).
-    const acc =
-      dtype === "i32"
-        ? new Int32Array(this.#reusable("acc", 4 * count), 0, count)
-        : new Float32Array(this.#reusable("acc", 4 * count), 0, count);
-    const scratch = dtype === "bf16" ? new Float32Array(this.#reusable("widened", 4 * count), 0, count) : null;
-    for (let p = 0; p < this.size; p++) {
-      const src = p === this.rank ? bytesOf(t, start, count) : (await frames[p]!).payload;
-      if (dtype === "i32") combineI32(acc as Int32Array, new Int32Array(src.buffer, src.byteOffset, count), op, p === 0);
-      else {
-        let x: Float32Array;
-        if (dtype === "bf16") x = decodeBf16(new Uint16Array(src.buffer, src.byteOffset, count), scratch as Float32Array);
-        else x = new Float32Array(src.buffer, src.byteOffset, count);
-        combineF32(acc as Float32Array, x, op, p === 0);
-      }
-    }
-    if (op === "avg") {
-      const P = this.size;
-      if (acc instanceof Int32Array) for (let i = 0; i < count; i++) acc[i] = Math.trunc((acc[i] as number) / P);
-      else for (let i = 0; i < count; i++) acc[i] = (acc[i] as number) / P;
-    }
-    return dtype === "bf16" ? encodeBf16(acc, new Uint16Array(this.#reusable("rounded", 2 * count), 0, count)) : acc;
+  async #reduce(t: Tensor, op: ReduceOp, start: number, count: number, frames: Promise<Frame>[]): Promise<ReduceResult> {
+    const term = async (p: number) => (p === this.rank ? bytesOf(t, start, count) : (await frames[p]!).payload);
+    return reduceInRankOrder(t.dtype, op, count, this.size, term, (slot, bytes) => this.#reusable(slot, bytes));
   }
 
   #reusable(slot: string, bytes: number): ArrayBuffer {
@@ -572,21 +540,4 @@ export class CpuCommunicator implements Communicator {
     if (!b || b.byteLength < bytes) this.#reusables.set(slot, (b = new ArrayBuffer(bytes)));
     return b;
   }
-}
-
-/** acc = x (first) or acc op x, in f32 (every store to a Float32Array rounds to f32). */
-function combineF32(acc: Float32Array, x: Float32Array, op: ReduceOp, first: boolean): void {
-  const n = acc.length;
-  if (first) acc.set(x);
-  else if (op === "max") {
-    for (let i = 0; i < n; i++) if ((x[i] as number) > (acc[i] as number)) acc[i] = x[i] as number;
-  } else for (let i = 0; i < n; i++) acc[i] = (acc[i] as number) + (x[i] as number);
-}
-
-function combineI32(acc: Int32Array, x: Int32Array, op: ReduceOp, first: boolean): void {
-  const n = acc.length;
-  if (first) acc.set(x);
-  else if (op === "max") {
-    for (let i = 0; i < n; i++) if ((x[i] as number) > (acc[i] as number)) acc[i] = x[i] as number;
-  } else for (let i = 0; i < n; i++) acc[i] = ((acc[i] as number) + (x[i] as number)) | 0;
 }

@@ -1,9 +1,19 @@
-// Where this process sits in the job, read from the environment: torchrun's variables (RANK,
-// WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, MASTER_ADDR, MASTER_PORT, as our
-// launcher sets them too), else SLURM's (srun), else a single process. Every value is checked and
-// a bad one is an EnvError naming the variable.
+// Every environment variable the comm package reads, read here and nowhere else (initCommunicator
+// calls readCommEnv once; everything below it takes plain options). Every value is checked and a bad
+// one is an EnvError, one line naming the variable, what it holds and what was expected.
+//
+// Where this process sits in the job (readDistEnv): torchrun's variables (RANK, WORLD_SIZE,
+// LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, MASTER_ADDR, MASTER_PORT, as our launcher sets
+// them too), else SLURM's (srun), else a single process.
+// How it talks (readCommEnv): LIGHTSEQ_COMM_TIMEOUT_MS, LIGHTSEQ_RENDEZVOUS_TIMEOUT_MS,
+// LIGHTSEQ_CPU_TRANSPORT, LIGHTSEQ_P2P, LIGHTSEQ_P2P_CHUNK_MIB, LIGHTSEQ_P2P_SLOTS; and
+// CUDA_VISIBLE_DEVICES, only to name it in messages.
 
-export class EnvError extends Error {
+import { UserError } from "@lightseq/cuda";
+import type { Transport } from "./mesh.ts";
+import { DEFAULT_JOB_ID, MAX_JOB_ID_CHARS } from "./store.ts";
+
+export class EnvError extends UserError {
   override name = "EnvError";
 }
 
@@ -23,7 +33,7 @@ export interface DistEnv {
   storeHosted: boolean;
 }
 
-type Env = Record<string, string | undefined>;
+export type Env = Record<string, string | undefined>;
 
 const DEFAULT_MASTER_ADDR = "127.0.0.1";
 /** torch's default, used when SLURM gives no MASTER_PORT. */
@@ -135,5 +145,131 @@ export function readDistEnv(env: Env = process.env): DistEnv {
     masterAddr: env.MASTER_ADDR || DEFAULT_MASTER_ADDR,
     masterPort: has("MASTER_PORT") ? port(env, "MASTER_PORT") : 0,
     storeHosted,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// How the communicator talks
+
+/** CPU backend transports (mesh.ts): abstract Unix sockets, or TCP. */
+export const TRANSPORTS: readonly Transport[] = ["unix", "tcp"];
+
+/** How send/recv between GPUs of one host travel (experimental/copy-engine.ts). */
+export type P2PTransport = "nccl" | "copy-engine";
+export const P2P_TRANSPORTS: readonly P2PTransport[] = ["nccl", "copy-engine"];
+
+export interface CopyEngineConfig {
+  /** Bytes per chunk (and per slot). */
+  chunkBytes: number;
+  /** Slots per ordered pair of ranks: chunks in flight before the sender waits for the receiver. */
+  slots: number;
+}
+
+const MiB = 2 ** 20;
+export const DEFAULT_COPY_ENGINE_CONFIG: CopyEngineConfig = { chunkBytes: 16 * MiB, slots: 4 };
+export const DEFAULT_TIMEOUT_MS = 60_000;
+
+export interface CommEnv {
+  dist: DistEnv;
+  /** Per-operation timeout: LIGHTSEQ_COMM_TIMEOUT_MS, else 60 s. */
+  timeoutMs: number;
+  /** Rendezvous timeout: LIGHTSEQ_RENDEZVOUS_TIMEOUT_MS, else undefined (the caller uses timeoutMs). */
+  rendezvousTimeoutMs: number | undefined;
+  /** LIGHTSEQ_CPU_TRANSPORT, else "unix". */
+  cpuTransport: Transport;
+  /** LIGHTSEQ_P2P, else "nccl". */
+  p2p: P2PTransport;
+  /** LIGHTSEQ_P2P_CHUNK_MIB and LIGHTSEQ_P2P_SLOTS, else 16 MiB x 4 (read whatever p2p says, so a typo never waits). */
+  copyEngine: CopyEngineConfig;
+  /** CUDA_VISIBLE_DEVICES as given, or "unset": for messages only. */
+  visibleDevices: string;
+  /** The job id the store and its clients share (jobIdFromEnv). */
+  jobId: string;
+}
+
+function set(env: Env, name: string): string | undefined {
+  const raw = env[name];
+  return raw === undefined || raw === "" ? undefined : raw;
+}
+
+function positiveMs(env: Env, name: string): number | undefined {
+  const raw = set(env, name);
+  if (raw === undefined) return undefined;
+  const v = Number(raw);
+  if (!Number.isFinite(v) || v <= 0) throw new EnvError(`${name}: expected a positive number of milliseconds, got ${JSON.stringify(raw)}`);
+  return v;
+}
+
+function oneOf<T extends string>(env: Env, name: string, choices: readonly T[], fallback: T): T {
+  const raw = set(env, name);
+  if (raw === undefined) return fallback;
+  if ((choices as readonly string[]).includes(raw)) return raw as T;
+  throw new EnvError(`${name}: expected one of ${choices.join(", ")}, got ${JSON.stringify(raw)}`);
+}
+
+/** The per-operation timeout from LIGHTSEQ_COMM_TIMEOUT_MS, else 60 s. */
+export function readTimeoutMs(env: Env = process.env): number {
+  return positiveMs(env, "LIGHTSEQ_COMM_TIMEOUT_MS") ?? DEFAULT_TIMEOUT_MS;
+}
+
+/** LIGHTSEQ_P2P (default "nccl"). */
+export function readP2PTransport(env: Env = process.env): P2PTransport {
+  return oneOf(env, "LIGHTSEQ_P2P", P2P_TRANSPORTS, "nccl");
+}
+
+/** Chunk size and slot count from LIGHTSEQ_P2P_CHUNK_MIB and LIGHTSEQ_P2P_SLOTS (defaults 16 and 4). */
+export function readCopyEngineConfig(env: Env = process.env): CopyEngineConfig {
+  const read = (name: string, fallback: number, max: number): number => {
+    const raw = set(env, name);
+    if (raw === undefined) return fallback;
+    const v = Number(raw);
+    if (!Number.isFinite(v) || v <= 0 || v > max)
+      throw new EnvError(`${name}: expected a number in (0, ${max}], got ${JSON.stringify(raw)}`);
+    return v;
+  };
+  const chunkMiB = read("LIGHTSEQ_P2P_CHUNK_MIB", DEFAULT_COPY_ENGINE_CONFIG.chunkBytes / MiB, 1024);
+  const slots = read("LIGHTSEQ_P2P_SLOTS", DEFAULT_COPY_ENGINE_CONFIG.slots, 64);
+  if (!Number.isInteger(slots)) throw new EnvError(`LIGHTSEQ_P2P_SLOTS: expected an integer, got ${slots}`);
+  // Whole 4 KiB pages keep every slot aligned for the copy engines.
+  const chunkBytes = Math.max(4096, Math.round((chunkMiB * MiB) / 4096) * 4096);
+  return { chunkBytes, slots };
+}
+
+/** Everything the comm package takes from the environment, checked. */
+/**
+ * The job id a store and its clients must share: LIGHTSEQ_JOB_ID (our launcher sets it for its
+ * ranks), else torchrun's TORCHELASTIC_RUN_ID (its --rdzv-id), else SLURM's SLURM_JOB_ID (with
+ * .SLURM_STEP_ID when set: two steps of one allocation are two jobs), else "default".
+ */
+export function jobIdFromEnv(env: Env = process.env): string {
+  const set = (name: string) => {
+    const v = env[name]?.trim();
+    return v === undefined || v === "" ? undefined : v;
+  };
+  const slurmJob = set("SLURM_JOB_ID");
+  const slurmStep = set("SLURM_STEP_ID");
+  const candidates: [string, string | undefined][] = [
+    ["LIGHTSEQ_JOB_ID", set("LIGHTSEQ_JOB_ID")],
+    ["TORCHELASTIC_RUN_ID", set("TORCHELASTIC_RUN_ID")],
+    ["SLURM_JOB_ID", slurmJob !== undefined && slurmStep !== undefined ? `${slurmJob}.${slurmStep}` : slurmJob],
+  ];
+  for (const [name, v] of candidates) {
+    if (v === undefined) continue;
+    if (v.length > MAX_JOB_ID_CHARS) throw new EnvError(`${name}: a job id is at most ${MAX_JOB_ID_CHARS} characters, got ${v.length}`);
+    return v;
+  }
+  return DEFAULT_JOB_ID;
+}
+
+export function readCommEnv(env: Env = process.env): CommEnv {
+  return {
+    dist: readDistEnv(env),
+    timeoutMs: readTimeoutMs(env),
+    rendezvousTimeoutMs: positiveMs(env, "LIGHTSEQ_RENDEZVOUS_TIMEOUT_MS"),
+    cpuTransport: oneOf(env, "LIGHTSEQ_CPU_TRANSPORT", TRANSPORTS, "unix"),
+    p2p: readP2PTransport(env),
+    copyEngine: readCopyEngineConfig(env),
+    visibleDevices: env.CUDA_VISIBLE_DEVICES ?? "unset",
+    jobId: jobIdFromEnv(env),
   };
 }

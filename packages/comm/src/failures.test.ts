@@ -19,16 +19,31 @@ test("a rank that exits in the middle of a collective fails every other rank at 
   const transcript = job.transcript();
   expect(job.exitCode, transcript).not.toBe(0);
   expect(job.failure, transcript).toMatch(/^rank 1 exited with code 3/);
-  for (const rank of [0, 2]) {
+  for (const [rank, other] of [
+    [0, 2],
+    [2, 0],
+  ] as const) {
     const errors = errorLines(job.lines[rank] ?? []);
     expect(errors.length, transcript).toBe(1);
-    // Rank 1's close; or the other survivor's report of it; or, when two closes race, the
-    // survivor's close (it could not slip its report into a half-sent frame).
+    // Rank 1's close; or the other survivor's report of it; or, when two closes race, the other
+    // survivor's close (it could not slip its report into a half-sent frame). Either survivor may
+    // be the one that sees the other's close first.
     expect(errors[0], transcript).toMatch(
-      /^ERROR allReduce: (rank [02] gave up: )?rank [12] closed its connection without saying goodbye .*had waited \d+\.\d+ s/,
+      new RegExp(
+        `^ERROR allReduce: (rank ${other} gave up: )?rank [1${other}] closed its connection without saying goodbye .*had waited \\d+\\.\\d+ s`,
+      ),
     );
   }
   expect(elapsed).toBeLessThan(10_000);
+}, 30_000);
+
+test("the rank that failed first is named even when the ranks failing because of it exit before it", async () => {
+  // Rank 1 breaks the communicator and exits (code 3) 300 ms later; ranks 0 and 2 exit at once (code 1).
+  const job = await runJob("failure-worker.ts", 3, { args: ["slow-exit", "1"], env: { LIGHTSEQ_COMM_TIMEOUT_MS: "30000" } });
+  expect(job.failure, job.transcript()).toMatch(
+    /^rank 1 exited with code 3; at about the same time rank [02] exited with code 1, rank [02] exited with code 1$/,
+  );
+  expect(job.exitCode).toBe(3);
 }, 30_000);
 
 test("a rank that never joins a collective makes the others time out with the operation, the rank and the time", async () => {

@@ -1,7 +1,19 @@
 export * from "./communicator.ts";
 export { CpuCommunicator } from "./cpu.ts";
-export { type DistEnv, EnvError, firstSlurmHost, readDistEnv } from "./env.ts";
+export {
+  type CommEnv,
+  type CopyEngineConfig,
+  DEFAULT_COPY_ENGINE_CONFIG,
+  DEFAULT_TIMEOUT_MS,
+  type DistEnv,
+  EnvError,
+  firstSlurmHost,
+  type P2PTransport,
+  readCommEnv,
+  readDistEnv,
+} from "./env.ts";
 export { type BackendChoice, type InitOptions, initCommunicator, RendezvousError, resolveBackend } from "./init.ts";
 export { LaunchError, type LaunchOptions, type LaunchResult, launch, MULTICAST_OFF_ENV, parseLaunchArgs, type RankExit } from "./launch.ts";
-export { NCCL_DTYPE, NCCL_OP, NcclCommunicator, NcclError, ncclVersion } from "./nccl.ts";
+export { NcclCommunicator } from "./nccl.ts";
+export { NCCL_DTYPE, NCCL_OP, NcclError, ncclVersion } from "./nccl-ffi.ts";
 export { StoreClient, StoreError, StoreServer } from "./store.ts";

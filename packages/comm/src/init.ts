@@ -1,4 +1,5 @@
-// initCommunicator: read where this process sits (env.ts), meet the other ranks at the rendezvous
+// initCommunicator: read the environment once (env.ts: where this process sits, timeouts,
+// transports), meet the other ranks at the rendezvous
 // store, agree on the job, and build the communicator of the chosen backend.
 //
 // Rendezvous, under a per-call key prefix (every rank calls initCommunicator in the same order):
@@ -13,14 +14,14 @@
 // every rank fails with the same clear message instead of waiting for a timeout.
 
 import { hostname } from "node:os";
-import { probeGpus } from "@lightseq/cuda";
-import { CommError, type Communicator, fmtRanks, timeoutFromEnv } from "./communicator.ts";
-import { copyEngineConfigFromEnv, type P2PTransport, p2pTransportFromEnv } from "./copy-engine.ts";
+import { LibraryOverrideError, probeGpus, UserError } from "@lightseq/cuda";
+import { CommError, type Communicator, fmtRanks } from "./communicator.ts";
 import { CpuCommunicator } from "./cpu.ts";
-import { type DistEnv, readDistEnv } from "./env.ts";
+import { type DistEnv, type P2PTransport, readCommEnv } from "./env.ts";
 import { Mesh, type Transport } from "./mesh.ts";
-import { NcclCommunicator, nccl, ncclUniqueId } from "./nccl.ts";
-import { jobIdFromEnv, StoreClient, StoreServer } from "./store.ts";
+import { NcclCommunicator } from "./nccl.ts";
+import { nccl, ncclUniqueId } from "./nccl-ffi.ts";
+import { StoreClient, StoreServer } from "./store.ts";
 
 export type BackendChoice = "cpu" | "nccl" | "auto";
 
@@ -40,13 +41,14 @@ export interface InitOptions {
   watchdog?: "exit" | "throw";
   /**
    * NCCL backend: how send/recv between ranks of one host travel, "nccl" or "copy-engine"
-   * (copy-engine.ts: no SMs used); default LIGHTSEQ_P2P, else "nccl". Chunking: LIGHTSEQ_P2P_CHUNK_MIB,
+   * (experimental/copy-engine.ts: no SMs used); default LIGHTSEQ_P2P, else "nccl". Chunking: LIGHTSEQ_P2P_CHUNK_MIB,
    * LIGHTSEQ_P2P_SLOTS.
    */
   p2p?: P2PTransport;
 }
 
-export class RendezvousError extends Error {
+/** The ranks could not meet or agree (a mismatch in how they were started): the user's to fix. */
+export class RendezvousError extends UserError {
   override name = "RendezvousError";
 }
 
@@ -67,36 +69,36 @@ export function resolveBackend(choice: BackendChoice): "cpu" | "nccl" {
   try {
     nccl();
     return "nccl";
-  } catch {
+  } catch (e) {
+    // A LIGHTSEQ_NCCL_SO naming no file is a mistake to report, not a reason to run on the CPU.
+    if (e instanceof LibraryOverrideError) throw e;
     return "cpu";
   }
 }
 
-function positiveMs(env: Record<string, string | undefined>, name: string): number | undefined {
-  const raw = env[name];
-  if (raw === undefined || raw === "") return undefined;
-  const v = Number(raw);
-  if (!Number.isFinite(v) || v <= 0)
-    throw new RangeError(`${name}: expected a positive number of milliseconds, got ${JSON.stringify(raw)}`);
-  return v;
-}
-
 export async function initCommunicator(o: InitOptions = {}): Promise<Communicator> {
-  const env = o.env ?? process.env;
-  const dist = readDistEnv(env);
-  const timeoutMs = o.timeoutMs ?? timeoutFromEnv(env);
-  const rendezvousMs = o.rendezvousTimeoutMs ?? positiveMs(env, "LIGHTSEQ_RENDEZVOUS_TIMEOUT_MS") ?? timeoutMs;
+  const env = readCommEnv(o.env ?? process.env);
+  const { dist } = env;
+  const timeoutMs = o.timeoutMs ?? env.timeoutMs;
+  const rendezvousMs = o.rendezvousTimeoutMs ?? env.rendezvousTimeoutMs ?? timeoutMs;
   const backend = resolveBackend(o.backend ?? "auto");
-  const p2p = o.p2p ?? p2pTransportFromEnv(env);
-  const ceConfig = p2p === "copy-engine" ? copyEngineConfigFromEnv(env) : null;
+  const p2p = o.p2p ?? env.p2p;
+  const ceConfig = p2p === "copy-engine" ? env.copyEngine : null;
   const call = initCalls++;
 
   if (dist.worldSize === 1 && dist.masterPort === 0) {
     if (backend === "cpu") return CpuCommunicator.single({ timeoutMs });
-    return NcclCommunicator.init({ rank: 0, size: 1, device: pickDevice(dist), id: ncclUniqueId(), timeoutMs, watchdog: o.watchdog });
+    return NcclCommunicator.init({
+      rank: 0,
+      size: 1,
+      device: pickDevice(dist, env.visibleDevices),
+      id: ncclUniqueId(),
+      timeoutMs,
+      watchdog: o.watchdog,
+    });
   }
 
-  const job = jobIdFromEnv(env);
+  const job = env.jobId;
   const server = dist.rank === 0 && !dist.storeHosted ? StoreServer.listen({ host: dist.masterAddr, port: dist.masterPort, job }) : null;
   const store = await StoreClient.connect(dist.masterAddr, server?.port ?? dist.masterPort, { connectTimeoutMs: rendezvousMs, job });
   const r = new Rendezvous(store, `lightseq/init${call}`, dist, rendezvousMs);
@@ -104,9 +106,9 @@ export async function initCommunicator(o: InitOptions = {}): Promise<Communicato
     await r.agree(backend);
     let comm: Communicator;
     if (backend === "cpu") {
-      comm = await r.connectCpu(o.transport ?? transportFromEnv(env), o.host ?? "127.0.0.1", timeoutMs);
+      comm = await r.connectCpu(o.transport ?? env.cpuTransport, o.host ?? "127.0.0.1", timeoutMs);
     } else {
-      const device = pickDevice(dist);
+      const device = pickDevice(dist, env.visibleDevices);
       const id = await r.shareNcclId();
       const nc = NcclCommunicator.init({ rank: dist.rank, size: dist.worldSize, device, id, timeoutMs, watchdog: o.watchdog });
       if (ceConfig) await nc.enableCopyEngine(ceConfig);
@@ -123,22 +125,15 @@ export async function initCommunicator(o: InitOptions = {}): Promise<Communicato
   }
 }
 
-function transportFromEnv(env: Record<string, string | undefined>): Transport {
-  const v = env.LIGHTSEQ_CPU_TRANSPORT;
-  if (v === undefined || v === "" || v === "unix") return "unix";
-  if (v === "tcp") return "tcp";
-  throw new RangeError(`LIGHTSEQ_CPU_TRANSPORT: expected "unix" or "tcp", got ${JSON.stringify(v)}`);
-}
-
 /** The CUDA device of this rank: 0 when the launcher narrowed CUDA_VISIBLE_DEVICES to one, else LOCAL_RANK. */
-function pickDevice(dist: DistEnv): number {
+function pickDevice(dist: DistEnv, visibleDevices: string): number {
   const { count, reason } = probeGpus();
   if (count === 0) throw new CommError("init", `backend "nccl" needs a GPU: ${reason}`);
   const device = count === 1 ? 0 : dist.localRank;
   if (device >= count) {
     throw new CommError(
       "init",
-      `LOCAL_RANK=${dist.localRank} but only ${count} GPU(s) are visible (CUDA_VISIBLE_DEVICES=${process.env.CUDA_VISIBLE_DEVICES ?? "unset"})`,
+      `LOCAL_RANK=${dist.localRank} but only ${count} GPU(s) are visible (CUDA_VISIBLE_DEVICES=${visibleDevices})`,
     );
   }
   return device;

@@ -117,3 +117,34 @@ test("command-line parsing stops at the script; unknown options are refused", ()
   expect(() => parseLaunchArgs(["-n", "two", "x.ts"])).toThrow(/-n: expected an integer, got "two"/);
   expect(() => parseLaunchArgs(["-n", "2"])).toThrow(/no script given/);
 });
+
+/** Runs the lightseq-launch command line to its end. */
+async function cli(args: string[], env: Record<string, string> = {}) {
+  const p = Bun.spawn([process.execPath, join(import.meta.dir, "launch.ts"), ...args], {
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, ...env },
+  });
+  const [stdout, stderr] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
+  await p.exited;
+  return { code: p.exitCode, stdout, stderr };
+}
+
+test("the command line: --help prints the usage and exits 0; a bad option exits 2 with the usage", async () => {
+  const help = await cli(["--help"]);
+  expect(help.code).toBe(0);
+  expect(help.stdout).toMatch(/^usage: lightseq-launch /);
+  const bad = await cli(["--frobnicate", "x.ts"]);
+  expect(bad.code).toBe(2);
+  expect(bad.stderr).toMatch(/^lightseq-launch: unknown option --frobnicate\nusage: /);
+});
+
+test("the command line: a missing script and a bad LIGHTSEQ_* value are reported once, before any rank starts", async () => {
+  const missing = await cli(["-n", "3", "no-such-script.ts"]);
+  expect(missing.code).toBe(1);
+  expect(missing.stderr).toBe("lightseq-launch: script no-such-script.ts: no such file\n");
+  const badEnv = await cli(["-n", "3", join(FIXTURES, "sleeper.ts")], { LIGHTSEQ_P2P: "bogus" });
+  expect(badEnv.code).toBe(1);
+  expect(badEnv.stderr).toBe('lightseq-launch: LIGHTSEQ_P2P: expected one of nccl, copy-engine, got "bogus"\n');
+  expect(badEnv.stdout).toBe("");
+});

@@ -4,7 +4,7 @@
 //   lightseq-launch [-n NPROCS] [--nnodes N --node-rank R] [--master-addr A] [--master-port P] script.ts [args...]
 //
 // - Node rank 0 hosts the rendezvous store at MASTER_ADDR:MASTER_PORT (port 0 or unset: a free one);
-//   a taken port is an error that says so. The store serves one job id (store.ts jobIdFromEnv:
+//   a taken port is an error that says so. The store serves one job id (env.ts jobIdFromEnv:
 //   LIGHTSEQ_JOB_ID, else TORCHELASTIC_RUN_ID, else SLURM_JOB_ID, else "default"), which every rank
 //   gets as LIGHTSEQ_JOB_ID; every node of a multi-node job must be started with the same one.
 // - Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, NNODES,
@@ -13,11 +13,16 @@
 //   machines require multicast/NVLS off).
 // - Output lines are prefixed "[rank N] ".
 // - The first rank to fail (non-zero exit or a signal) stops the others: SIGTERM, then SIGKILL after
-//   a grace period; the launcher then exits non-zero naming that rank. SIGINT/SIGTERM sent to the
+//   a grace period; the launcher then exits non-zero naming that rank (of the failures within 0.5 s
+//   of the first, the likeliest cause: ranks failing because of a peer may exit before it). SIGINT/SIGTERM sent to the
 //   launcher are forwarded. Ranks run with --no-orphans: if the launcher dies, they die with it.
+// - What every rank would trip on is checked once, here, before any rank starts: the script exists,
+//   and the ranks' environment holds valid comm settings (env.ts; a bad LIGHTSEQ_* is one line).
 
-import { LIGHTSEQ_VERSION, probeGpus } from "@lightseq/cuda";
-import { jobIdFromEnv, StoreServer } from "./store.ts";
+import { existsSync } from "node:fs";
+import { cliErrors, LIGHTSEQ_VERSION, probeGpus, UserError } from "@lightseq/cuda";
+import { jobIdFromEnv, readCommEnv } from "./env.ts";
+import { StoreError, StoreServer } from "./store.ts";
 
 /** Always set for every rank (see the header). */
 export const MULTICAST_OFF_ENV = { NCCL_NVLS_ENABLE: "0", TORCH_SYMM_MEM_DISABLE_MULTICAST: "1", NVSHMEM_DISABLE_NVLS: "1" } as const;
@@ -64,7 +69,7 @@ export interface LaunchResult {
   elapsedMs: number;
 }
 
-export class LaunchError extends Error {
+export class LaunchError extends UserError {
   override name = "LaunchError";
 }
 
@@ -75,6 +80,18 @@ function positiveInt(name: string, v: number): number {
 
 function describeExit(e: RankExit): string {
   return e.signal ? `rank ${e.rank} was killed by ${e.signal}` : `rank ${e.rank} exited with code ${e.exitCode}`;
+}
+
+/** How long after a rank's failure the launcher waits for others before naming the first (see launch()). */
+const SETTLE_MS = 500;
+
+/**
+ * Of failures seen at once, the likeliest cause: a rank killed by a signal (a crash, the OOM killer),
+ * else one with an exit code other than 1 (a rank that fails because a peer died exits 1, with the
+ * communicator's error), else the first seen.
+ */
+function likeliestCause(failed: readonly RankExit[]): RankExit {
+  return failed.find((e) => e.signal !== null) ?? failed.find((e) => e.exitCode !== 1) ?? (failed[0] as RankExit);
 }
 
 /** Which GPU each local rank sees, or null to leave CUDA_VISIBLE_DEVICES alone. */
@@ -119,6 +136,7 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
     ((rank: number, stream: "stdout" | "stderr", line: string) =>
       (stream === "stdout" ? process.stdout : process.stderr).write(`[rank ${rank}] ${line}\n`));
   const grace = o.gracePeriodMs ?? 3_000;
+  if (!existsSync(o.script)) throw new LaunchError(`script ${o.script}: no such file`);
 
   // Throws a LaunchError-like StoreError ("port N on host is in use") before any rank starts.
   const job = jobIdFromEnv({ ...process.env, ...o.env });
@@ -129,6 +147,18 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
   const exits: RankExit[] = [];
   const procs: Bun.Subprocess<"ignore", "pipe", "pipe">[] = [];
   let failure: RankExit | null = null;
+  // Which rank failed first. The ranks that fail because a peer died can exit before it does (they
+  // see its sockets close while its process is still being torn down; on a loaded machine that takes
+  // a while), so failures are collected for SETTLE_MS after the first and the likeliest cause named.
+  const early: RankExit[] = [];
+  let verdict: Timer | null = null;
+  const decide = () => {
+    if (failure !== null || early.length === 0) return;
+    failure = likeliestCause(early);
+    const also = early.filter((e) => e !== failure).map(describeExit);
+    log(`${describeExit(failure)}${also.length ? ` (at about the same time: ${also.join(", ")})` : ""}; stopping the other ranks`);
+    stopAll("SIGTERM");
+  };
   let stopping = false;
   const killTimers: Timer[] = [];
 
@@ -174,6 +204,7 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
         ...MULTICAST_OFF_ENV,
       };
       if (gpus) env.CUDA_VISIBLE_DEVICES = gpus[local] as string;
+      if (local === 0) readCommEnv(env); // the EnvError every rank would hit, once
       const exit: RankExit = { rank, localRank: local, exitCode: null, signal: null, stopped: false };
       exits.push(exit);
       const proc = Bun.spawn([process.execPath, "--no-orphans", o.script, ...(o.args ?? [])], {
@@ -190,9 +221,8 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
           exit.signal = signal === null ? null : typeof signal === "number" ? `signal ${signal}` : signal;
           exit.stopped = stopping && failure !== null;
           if ((exit.exitCode !== 0 || exit.signal !== null) && failure === null && !stopping) {
-            failure = exit;
-            log(`${describeExit(exit)}; stopping the other ranks`);
-            stopAll("SIGTERM");
+            early.push(exit);
+            verdict ??= setTimeout(decide, SETTLE_MS);
           }
         }),
       );
@@ -201,6 +231,8 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
       pumps.push(pumpLines(proc.stderr, (l) => onLine(rank, "stderr", l)));
     }
     await Promise.all(waits);
+    if (verdict) clearTimeout(verdict);
+    decide();
     await Promise.all(pumps);
   } finally {
     for (const t of killTimers) clearTimeout(t);
@@ -215,7 +247,8 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
   let message: string | null = null;
   if (culprit) {
     const others = exits.filter((e) => e !== culprit && e.stopped).map((e) => e.rank);
-    message = `${describeExit(culprit)}${others.length ? `; stopped ${others.length === 1 ? "rank" : "ranks"} ${others.join(", ")}` : ""}`;
+    const also = early.filter((e) => e !== culprit).map(describeExit);
+    message = `${describeExit(culprit)}${also.length ? `; at about the same time ${also.join(", ")}` : ""}${others.length ? `; stopped ${others.length === 1 ? "rank" : "ranks"} ${others.join(", ")}` : ""}`;
     log(`job failed: ${message}`);
   }
   const exitCode = culprit === null ? 0 : culprit.exitCode !== null && culprit.exitCode !== 0 ? culprit.exitCode : 1;
@@ -225,15 +258,12 @@ export async function launch(o: LaunchOptions): Promise<LaunchResult> {
 // ---------------------------------------------------------------------------------------------
 // Command line
 
-function usage(): never {
-  process.stderr.write(
-    "usage: lightseq-launch [-n NPROCS] [--nnodes N] [--node-rank R] [--master-addr ADDR] [--master-port PORT] script.ts [args...]\n" +
-      "  NPROCS defaults to the number of visible GPUs (at least 1); PORT 0 picks a free port.\n",
-  );
-  process.exit(2);
-}
+const USAGE =
+  "usage: lightseq-launch [-n NPROCS] [--nnodes N] [--node-rank R] [--master-addr ADDR] [--master-port PORT] script.ts [args...]\n" +
+  "  NPROCS defaults to the number of visible GPUs (at least 1); PORT 0 picks a free port.\n";
 
-export function parseLaunchArgs(argv: readonly string[]): LaunchOptions {
+/** The options of a command line, or "help" for -h/--help, "version" for --version. */
+export function parseLaunchArgs(argv: readonly string[]): LaunchOptions | "help" | "version" {
   const o: Partial<LaunchOptions> & { args: string[] } = { args: [] };
   const num = (flag: string, v: string | undefined): number => {
     const n = Number(v);
@@ -275,12 +305,9 @@ export function parseLaunchArgs(argv: readonly string[]): LaunchOptions {
         break;
       case "-h":
       case "--help":
-        usage();
-        break;
+        return "help";
       case "--version":
-        process.stdout.write(`lightseq-launch ${LIGHTSEQ_VERSION}\n`);
-        process.exit(0);
-        break;
+        return "version";
       default:
         throw new LaunchError(`unknown option ${flag}`);
     }
@@ -294,19 +321,29 @@ export function parseLaunchArgs(argv: readonly string[]): LaunchOptions {
 }
 
 async function main(): Promise<void> {
-  let opts: LaunchOptions;
+  cliErrors("lightseq-launch");
+  let opts: LaunchOptions | "help" | "version";
   try {
     opts = parseLaunchArgs(process.argv.slice(2));
   } catch (e) {
-    process.stderr.write(`lightseq-launch: ${(e as Error).message}\n`);
-    usage();
+    process.stderr.write(`lightseq-launch: ${(e as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+  if (opts === "help") {
+    process.stdout.write(USAGE);
+    process.exit(0);
+  }
+  if (opts === "version") {
+    process.stdout.write(`lightseq-launch ${LIGHTSEQ_VERSION}\n`);
+    process.exit(0);
   }
   try {
     const r = await launch(opts);
     process.exit(r.exitCode);
   } catch (e) {
-    process.stderr.write(`lightseq-launch: ${(e as Error).message}\n`);
-    process.exit(1);
+    // The store's port taken is the user's to fix too; anything else is a bug (cliErrors: a stack trace).
+    if (e instanceof StoreError) throw new LaunchError(e.message);
+    throw e;
   }
 }
 

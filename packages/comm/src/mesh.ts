@@ -164,7 +164,13 @@ class Conn {
       const w = this.#queue[0] as PendingWrite;
       const n = w.buf.byteLength - w.off > 0 ? this.socket.write(w.off === 0 ? w.buf : w.buf.subarray(w.off)) : 0;
       if (n < 0) {
-        this.failWrites(new MeshFailure(`write to rank ${this.peer} failed: the connection is closed`, [this.peer]));
+        // The peer's end is closed. Bun may say so to a write before the close event, which comes
+        // once the bytes already received (perhaps the peer's goodbye) are read: leave the verdict
+        // to that event (gone without goodbye: the mesh fails, naming the peer; after goodbye: it
+        // destroyed its communicator), so the error does not depend on which one this rank saw
+        // first. Only if no close event comes are the writes failed here.
+        const e = new MeshFailure(`write to rank ${this.peer} failed: the connection is closed`, [this.peer]);
+        setTimeout(() => this.failWrites(e), 1_000).unref();
         return;
       }
       if (n > 0) this.#atBoundary = false;

@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LibraryNotFoundError, locateLibrary, NCCL, probeGpus } from "@lightseq/cuda";
 import type { CaseResult } from "./conformance.ts";
-import { NCCL_MIN_VERSION, nccl, ncclVersion } from "./nccl.ts";
+import { NCCL_MIN_VERSION, nccl, ncclVersion } from "./nccl-ffi.ts";
 import { runJob } from "./testing.ts";
 
 const gpus = probeGpus().count;

@@ -1,8 +1,6 @@
 // The NCCL backend: the Communicator of communicator.ts on CUDA tensors, through bun:ffi.
 //
-// Library: found by locateLibrary(NCCL) (LIGHTSEQ_NCCL_SO, pip wheel folders, the toolkit,
-// ldconfig); the version is read through a one-symbol table first, because opening the full table
-// on an old library would fail on a missing symbol before we could say which version it is.
+// Library: nccl-ffi.ts (declarations, loading, errors).
 //
 // Init: ncclCommInitRankScalable(&comm, nranks, rank, 1, &id, NULL) with the 128-byte id made by
 // rank 0 (ncclGetUniqueId) and shared through the rendezvous store. bun:ffi cannot pass a struct by
@@ -21,11 +19,10 @@
 //
 // Copy-engine send/recv: after `enableCopyEngine()` (initCommunicator does it for
 // LIGHTSEQ_P2P=copy-engine), sends and receives between ranks of one host go through
-// copy-engine.ts (no SMs used) instead of ncclSend/ncclRecv; collectives stay on NCCL.
+// experimental/copy-engine.ts (no SMs used) instead of ncclSend/ncclRecv; collectives stay on NCCL.
 
-import { CString, dlopen } from "bun:ffi";
-import { Event, LibraryNotFoundError, locateLibrary, NCCL, type Stream, setDevice } from "@lightseq/cuda";
-import { currentStream, type Device, type DType, empty, type Tensor } from "@lightseq/tensor";
+import { Event, type Stream, setDevice } from "@lightseq/cuda";
+import { currentStream, type Device, empty, type Tensor } from "@lightseq/tensor";
 import {
   type AllReduceOptions,
   assertRank,
@@ -41,142 +38,9 @@ import {
   rejectHandled,
   type StreamOption,
 } from "./communicator.ts";
-import { type CopyEngineConfig, CopyEngineP2P, type P2PTransport } from "./copy-engine.ts";
-
-// ---------------------------------------------------------------------------------------------
-// Declarations (nccl.h). ncclComm_t, cudaStream_t and buffers are pointers; size_t counts are u64
-// passed as numbers (< 2^53).
-
-const versionSymbols = { ncclGetVersion: { args: ["ptr"], returns: "i32" } } as const;
-
-const ncclSymbols = {
-  ncclGetVersion: { args: ["ptr"], returns: "i32" },
-  ncclGetUniqueId: { args: ["ptr"], returns: "i32" },
-  ncclCommInitRankScalable: { args: ["ptr", "i32", "i32", "i32", "ptr", "ptr"], returns: "i32" },
-  ncclCommSplit: { args: ["ptr", "i32", "i32", "ptr", "ptr"], returns: "i32" },
-  ncclCommCount: { args: ["ptr", "ptr"], returns: "i32" },
-  ncclCommUserRank: { args: ["ptr", "ptr"], returns: "i32" },
-  ncclCommCuDevice: { args: ["ptr", "ptr"], returns: "i32" },
-  ncclGroupStart: { args: [], returns: "i32" },
-  ncclGroupEnd: { args: [], returns: "i32" },
-  // (buf, count, dtype, peer, comm, stream)
-  ncclSend: { args: ["ptr", "u64", "i32", "i32", "ptr", "ptr"], returns: "i32" },
-  ncclRecv: { args: ["ptr", "u64", "i32", "i32", "ptr", "ptr"], returns: "i32" },
-  // (send, recv, count, dtype, op, comm, stream)
-  ncclAllReduce: { args: ["ptr", "ptr", "u64", "i32", "i32", "ptr", "ptr"], returns: "i32" },
-  // (send, recv, sendcount, dtype, comm, stream)
-  ncclAllGather: { args: ["ptr", "ptr", "u64", "i32", "ptr", "ptr"], returns: "i32" },
-  // (send, recv, recvcount, dtype, op, comm, stream)
-  ncclReduceScatter: { args: ["ptr", "ptr", "u64", "i32", "i32", "ptr", "ptr"], returns: "i32" },
-  // (send, recv, count, dtype, root, comm, stream)
-  ncclBroadcast: { args: ["ptr", "ptr", "u64", "i32", "i32", "ptr", "ptr"], returns: "i32" },
-  ncclCommGetAsyncError: { args: ["ptr", "ptr"], returns: "i32" },
-  ncclCommFinalize: { args: ["ptr"], returns: "i32" },
-  ncclCommAbort: { args: ["ptr"], returns: "i32" },
-  ncclCommDestroy: { args: ["ptr"], returns: "i32" },
-  ncclGetErrorString: { args: ["i32"], returns: "ptr" },
-  ncclGetLastError: { args: ["ptr"], returns: "ptr" },
-} as const;
-
-// Our side of the table: pointers and handles are plain numbers (as in @lightseq/cuda's ffi.ts),
-// out-parameters are typed arrays passed fresh on every call.
-type Arg = number | NodeJS.TypedArray | null;
-type NcclFns<T> = {
-  [K in keyof T]: T[K] extends { args: infer A extends readonly unknown[]; returns: infer R }
-    ? (...a: { [I in keyof A]: Arg }) => R extends "ptr" ? number | null : number
-    : never;
-};
-type Nccl = NcclFns<typeof ncclSymbols>;
-
-export const NCCL_MIN_VERSION = 22300;
-
-/** ncclResult_t names (nccl.h). */
-const RESULT_NAMES = [
-  "ncclSuccess",
-  "ncclUnhandledCudaError",
-  "ncclSystemError",
-  "ncclInternalError",
-  "ncclInvalidArgument",
-  "ncclInvalidUsage",
-  "ncclRemoteError",
-  "ncclInProgress",
-  "ncclTimeout",
-];
-const IN_PROGRESS = 7;
-const SPLIT_NOCOLOR = -1;
-
-export const NCCL_DTYPE: Record<DType, number> = { f32: 7, bf16: 9, i32: 2 };
-export const NCCL_OP: Record<ReduceOp, number> = { sum: 0, max: 2, avg: 4 };
-
-export class NcclError extends Error {
-  override name = "NcclError";
-  constructor(
-    readonly call: string,
-    readonly code: number,
-    readonly libraryMessage: string,
-    readonly lastError: string,
-    readonly context?: string,
-  ) {
-    super(
-      `${call} failed: ${RESULT_NAMES[code] ?? "ncclResult"} (${code}): ${libraryMessage}${lastError ? `; last error: ${lastError}` : ""}${context ? ` [${context}]` : ""}`,
-    );
-  }
-}
-
-let lib: { fns: Nccl; path: string; version: number } | null = null;
-
-function cstr(p: number | null): string {
-  return p ? new CString(p as never).toString() : "";
-}
-
-/** Loads libnccl once and checks its version; throws LibraryNotFoundError or a version error. */
-export function nccl(): Nccl {
-  if (lib) return lib.fns;
-  const found = locateLibrary(NCCL);
-  if (found.path === null) {
-    throw new LibraryNotFoundError(
-      NCCL.name,
-      found.tried,
-      "Install it with `pip install nvidia-nccl-cu13`, or set LIGHTSEQ_NCCL_SO to the library file.",
-    );
-  }
-  const out = new Int32Array(new ArrayBuffer(4));
-  const probe = dlopen(found.path, versionSymbols).symbols as unknown as NcclFns<typeof versionSymbols>;
-  const code = probe.ncclGetVersion(out);
-  if (code !== 0) throw new NcclError("ncclGetVersion", code, "", "", found.path);
-  const version = out[0] as number;
-  if (version < NCCL_MIN_VERSION) {
-    throw new Error(
-      `NCCL ${fmtVersion(version)} at ${found.path} is too old: need >= ${fmtVersion(NCCL_MIN_VERSION)} (ncclCommInitRankScalable). Set LIGHTSEQ_NCCL_SO to a newer libnccl.so.2.`,
-    );
-  }
-  lib = { fns: dlopen(found.path, ncclSymbols).symbols as unknown as Nccl, path: found.path, version };
-  return lib.fns;
-}
-
-export function ncclVersion(): { version: number; text: string; path: string } {
-  nccl();
-  const l = lib as NonNullable<typeof lib>;
-  return { version: l.version, text: fmtVersion(l.version), path: l.path };
-}
-
-function fmtVersion(v: number): string {
-  return `${Math.floor(v / 10000)}.${Math.floor((v % 10000) / 100)}.${v % 100}`;
-}
-
-/** Throws an NcclError with NCCL's message and its last-error text for `comm`. */
-export function ncclCheck(code: number, call: string, comm: number | null, context?: string): void {
-  if (code === 0) return;
-  const f = nccl();
-  throw new NcclError(call, code, cstr(f.ncclGetErrorString(code)), cstr(f.ncclGetLastError(comm)), context);
-}
-
-/** A fresh unique id (rank 0 makes it; it also hosts NCCL's bootstrap root, so it must live until init ends). */
-export function ncclUniqueId(): Uint8Array {
-  const id = new Uint8Array(new ArrayBuffer(128));
-  ncclCheck(nccl().ncclGetUniqueId(id), "ncclGetUniqueId", null);
-  return id;
-}
+import type { CopyEngineConfig, P2PTransport } from "./env.ts";
+import { CopyEngineP2P } from "./experimental/copy-engine.ts";
+import { cstr, IN_PROGRESS, NCCL_DTYPE, NCCL_OP, NcclError, nccl, ncclCheck, SPLIT_NOCOLOR } from "./nccl-ffi.ts";
 
 // ---------------------------------------------------------------------------------------------
 
@@ -273,7 +137,7 @@ export class NcclCommunicator implements Communicator {
   }
 
   /**
-   * Collective: sets up the copy-engine transport (copy-engine.ts) for sends and receives between
+   * Collective: sets up the copy-engine transport (experimental/copy-engine.ts) for sends and receives between
    * ranks of this host. Every rank must call it, with the same config, before its next operation.
    */
   async enableCopyEngine(config?: CopyEngineConfig): Promise<void> {

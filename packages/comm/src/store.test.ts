@@ -4,8 +4,9 @@
 
 import { afterAll, expect, test } from "bun:test";
 import { join } from "node:path";
+import { jobIdFromEnv } from "./env.ts";
 import { RawStoreConn, storeFrame } from "./fixtures/raw-wire.ts";
-import { FrameReader, jobIdFromEnv, MAX_FRAME_BYTES, StoreClient, StoreError, StoreServer } from "./store.ts";
+import { FrameReader, MAX_FRAME_BYTES, StoreClient, StoreError, StoreServer } from "./store.ts";
 import { FIXTURES, freePort } from "./testing.ts";
 
 const server = StoreServer.listen({ host: "127.0.0.1", port: 0 });

@@ -32,35 +32,11 @@ const MAX_VALUE_BYTES = MAX_FRAME_BYTES - 64;
 const MAX_UNSENT_BYTES = 16 * MAX_FRAME_BYTES;
 /** setTimeout's limit (~24.8 days): a longer wait would fire at once. */
 const MAX_TIMEOUT_MS = 2 ** 31 - 1;
-const MAX_JOB_ID_CHARS = 256;
+/** The longest job id a store accepts (env.ts jobIdFromEnv refuses longer ones up front). */
+export const MAX_JOB_ID_CHARS = 256;
 
-/** The job id of a process that finds none of the variables of jobIdFromEnv. */
+/** The job id of a process that finds none of the variables of jobIdFromEnv (env.ts). */
 export const DEFAULT_JOB_ID = "default";
-
-/**
- * The job id a store and its clients must share: LIGHTSEQ_JOB_ID (our launcher sets it for its
- * ranks), else torchrun's TORCHELASTIC_RUN_ID (its --rdzv-id), else SLURM's SLURM_JOB_ID (with
- * .SLURM_STEP_ID when set: two steps of one allocation are two jobs), else "default".
- */
-export function jobIdFromEnv(env: Record<string, string | undefined> = process.env): string {
-  const set = (name: string) => {
-    const v = env[name]?.trim();
-    return v === undefined || v === "" ? undefined : v;
-  };
-  const slurmJob = set("SLURM_JOB_ID");
-  const slurmStep = set("SLURM_STEP_ID");
-  const candidates: [string, string | undefined][] = [
-    ["LIGHTSEQ_JOB_ID", set("LIGHTSEQ_JOB_ID")],
-    ["TORCHELASTIC_RUN_ID", set("TORCHELASTIC_RUN_ID")],
-    ["SLURM_JOB_ID", slurmJob !== undefined && slurmStep !== undefined ? `${slurmJob}.${slurmStep}` : slurmJob],
-  ];
-  for (const [name, v] of candidates) {
-    if (v === undefined) continue;
-    if (v.length > MAX_JOB_ID_CHARS) throw new RangeError(`${name}: a job id is at most ${MAX_JOB_ID_CHARS} characters, got ${v.length}`);
-    return v;
-  }
-  return DEFAULT_JOB_ID;
-}
 
 const packr = new Packr({ useRecords: false });
 

@@ -3,10 +3,14 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  CUBLASLT,
   CUDART,
+  CUDNN,
   deviceInfo,
   Event,
+  kernelsPath,
   LibraryNotFoundError,
+  LibraryOverrideError,
   locateLibrary,
   NCCL,
   probeGpus,
@@ -41,15 +45,25 @@ describe("library locator", () => {
     expect(err.message).toMatch(/x not found\. Looked in:\n {2}\$LIGHTSEQ_NOPE_SO/);
   });
 
-  test("a bad override is reported, not silently skipped", () => {
-    const prev = process.env.LIGHTSEQ_CUDART_SO;
-    process.env.LIGHTSEQ_CUDART_SO = "/nonexistent/libcudart.so.13";
+  test("an override naming no file is an error naming it, never a fallback to another copy", () => {
+    for (const spec of [CUDART, CUBLASLT, NCCL, CUDNN]) {
+      const prev = process.env[spec.envVar];
+      process.env[spec.envVar] = "/nonexistent/path";
+      try {
+        expect(() => locateLibrary(spec)).toThrow(new LibraryOverrideError(spec.envVar, "/nonexistent/path", spec.name));
+        expect(() => locateLibrary(spec)).toThrow(new RegExp(`^${spec.envVar}=/nonexistent/path: no such file`));
+      } finally {
+        if (prev === undefined) delete process.env[spec.envVar];
+        else process.env[spec.envVar] = prev;
+      }
+    }
+    const prev = process.env.LIGHTSEQ_KERNELS_SO;
+    process.env.LIGHTSEQ_KERNELS_SO = "/nonexistent/liblightseq.so";
     try {
-      const r = locateLibrary(CUDART);
-      expect(r.tried[0]).toBe("$LIGHTSEQ_CUDART_SO=/nonexistent/libcudart.so.13");
+      expect(() => kernelsPath()).toThrow(/^LIGHTSEQ_KERNELS_SO=\/nonexistent\/liblightseq\.so: no such file/);
     } finally {
-      if (prev === undefined) delete process.env.LIGHTSEQ_CUDART_SO;
-      else process.env.LIGHTSEQ_CUDART_SO = prev;
+      if (prev === undefined) delete process.env.LIGHTSEQ_KERNELS_SO;
+      else process.env.LIGHTSEQ_KERNELS_SO = prev;
     }
   });
 });

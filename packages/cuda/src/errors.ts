@@ -1,6 +1,14 @@
 // Typed errors for everything that crosses the FFI boundary. Each names the call, the code, the
 // library's own message and whatever context (shapes, sizes) the caller gave.
 
+/**
+ * A mistake the user made, not a bug: a bad argument or environment value, a missing GPU or library.
+ * Command-line tools (cli.ts) print its message alone and exit non-zero; anything else keeps its stack.
+ */
+export class UserError extends Error {
+  override name = "UserError";
+}
+
 export class CudaError extends Error {
   override name = "CudaError";
   constructor(
@@ -31,7 +39,7 @@ export class CublasError extends Error {
   }
 }
 
-export class LibraryNotFoundError extends Error {
+export class LibraryNotFoundError extends UserError {
   override name = "LibraryNotFoundError";
   constructor(
     readonly library: string,
@@ -42,7 +50,22 @@ export class LibraryNotFoundError extends Error {
   }
 }
 
+/**
+ * A LIGHTSEQ_*_SO override that names no file: the user's mistake, reported as such (never a silent
+ * fallback to whatever library the search would find instead).
+ */
+export class LibraryOverrideError extends UserError {
+  override name = "LibraryOverrideError";
+  constructor(
+    readonly envVar: string,
+    readonly path: string,
+    library: string,
+  ) {
+    super(`${envVar}=${path}: no such file (it names the ${library} to load: fix the path, or unset it to search the usual places)`);
+  }
+}
+
 /** No usable GPU: no driver, no device, or the runtime could not be loaded. */
-export class NoGpuError extends Error {
+export class NoGpuError extends UserError {
   override name = "NoGpuError";
 }

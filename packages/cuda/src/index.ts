@@ -1,3 +1,4 @@
+export * from "./cli.ts";
 export * from "./cublaslt.ts";
 export * from "./errors.ts";
 export * from "./ffi.ts";

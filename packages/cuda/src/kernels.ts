@@ -4,7 +4,7 @@
 
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import { LibraryNotFoundError } from "./errors.ts";
+import { LibraryNotFoundError, LibraryOverrideError } from "./errors.ts";
 import { type Bound, bind } from "./ffi.ts";
 import { check, cudart } from "./runtime.ts";
 
@@ -34,6 +34,17 @@ const kernelSymbols = {
   ls_sumsq_f32: { args: ["ptr", "i64", "ptr", "ptr", "ptr"], returns: "i32" },
   ls_sumsq_bf16: { args: ["ptr", "i64", "ptr", "ptr", "ptr"], returns: "i32" },
   ls_sumsq_partials: { args: [], returns: "i64" },
+  // p2p.cu: the experimental copy-engine transport (@lightseq/comm experimental/copy-engine.ts).
+  ls_p2p_init: { args: [], returns: "i32" },
+  ls_ipc_get_handle: { args: ["ptr", "ptr"], returns: "i32" },
+  ls_ipc_open_handle: { args: ["ptr", "ptr"], returns: "i32" },
+  ls_ipc_close_handle: { args: ["ptr"], returns: "i32" },
+  ls_stream_wait_u32: { args: ["ptr", "u32", "ptr"], returns: "i32" },
+  ls_stream_write_u32: { args: ["ptr", "u32", "ptr"], returns: "i32" },
+  // (src, bytes, remote_slots, slot_bytes, nslots, first_chunk, local_freed, remote_full, stream)
+  ls_p2p_send: { args: ["ptr", "i64", "ptr", "i64", "i32", "u64", "ptr", "ptr", "ptr"], returns: "i32" },
+  // (dst, bytes, local_slots, slot_bytes, nslots, first_chunk, local_full, remote_freed, stream)
+  ls_p2p_recv: { args: ["ptr", "i64", "ptr", "i64", "i32", "u64", "ptr", "ptr", "ptr"], returns: "i32" },
 } as const;
 
 export type Kernels = Bound<typeof kernelSymbols>;
@@ -47,18 +58,18 @@ export const KERNELS_BUILD_HINT =
   "Build it with `bunx lightseq-build-kernels` (needs nvcc; in the lightseq-ts repository `bun run build:kernels` does the same), or set LIGHTSEQ_KERNELS_SO to a built liblightseq.so.";
 
 /**
- * Path of liblightseq.so: $LIGHTSEQ_KERNELS_SO (a path that does not exist is not skipped: nothing
- * else is tried), else build/liblightseq.so of the @lightseq/kernels package, where its build command
+ * Path of liblightseq.so: $LIGHTSEQ_KERNELS_SO (which must exist: LibraryOverrideError
+ * otherwise; nothing else is tried), else build/liblightseq.so of the @lightseq/kernels package, where its build command
  * writes it (kernels/ in this repository, node_modules/@lightseq/kernels in a project that installed
  * the packages), or, where that package does not resolve (a checkout whose node_modules predates
  * it), this repository's kernels/build. `path` is "" when the file does not exist.
  */
 export function kernelsPath(): { path: string; tried: string[] } {
   const env = process.env.LIGHTSEQ_KERNELS_SO;
-  if (env)
-    return existsSync(env)
-      ? { path: env, tried: [`$LIGHTSEQ_KERNELS_SO=${env}`] }
-      : { path: "", tried: [`$LIGHTSEQ_KERNELS_SO=${env} (no such file)`] };
+  if (env) {
+    if (!existsSync(env)) throw new LibraryOverrideError("LIGHTSEQ_KERNELS_SO", env, "lightseq kernels (liblightseq.so)");
+    return { path: env, tried: [`$LIGHTSEQ_KERNELS_SO=${env}`] };
+  }
   const tried = ["$LIGHTSEQ_KERNELS_SO (unset)"];
   let candidate: string;
   try {

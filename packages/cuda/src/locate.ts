@@ -1,11 +1,13 @@
 // Finds NVIDIA's shared libraries at run time, in this order (the cuda-pathfinder order, with an
-// override first): an environment variable naming the file, pip wheel folders (nvidia/*/lib under
+// override first): an environment variable naming the file (which must exist: a LibraryOverrideError
+// otherwise, never a search for another copy), pip wheel folders (nvidia/*/lib under
 // every site-packages we can find), $CUDA_HOME / $CUDA_PATH / /usr/local/cuda, `ldconfig -p`, and
 // last the bare soname for the system loader. bun's dlopen is RTLD_LOCAL, so dependencies are
 // preloaded by absolute path by the caller, in order.
 
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
+import { LibraryOverrideError } from "./errors.ts";
 
 export interface LibrarySpec {
   /** Human name, e.g. "CUDA runtime (libcudart)". */
@@ -97,12 +99,13 @@ function ldconfig(): Map<string, string> {
   return ldconfigCache;
 }
 
+/** Where `spec`'s library is; throws LibraryOverrideError when its variable names a missing file. */
 export function locateLibrary(spec: LibrarySpec): Located | { path: null; tried: string[] } {
   const tried: string[] = [];
   const override = process.env[spec.envVar];
   if (override) {
-    tried.push(`$${spec.envVar}=${override}`);
-    if (existsSync(override)) return { path: override, tried };
+    if (!existsSync(override)) throw new LibraryOverrideError(spec.envVar, override, spec.name);
+    return { path: override, tried: [`$${spec.envVar}=${override}`] };
   } else {
     tried.push(`$${spec.envVar} (unset)`);
   }

@@ -4,7 +4,7 @@
 // a cached ptr() of a small typed array goes stale after JIT tier-up).
 
 import { CString, toArrayBuffer } from "bun:ffi";
-import { CudaError, CudaOutOfMemoryError, LibraryNotFoundError, NoGpuError } from "./errors.ts";
+import { CudaError, CudaOutOfMemoryError, LibraryNotFoundError, LibraryOverrideError, NoGpuError } from "./errors.ts";
 import { type Bound, bind } from "./ffi.ts";
 import { CUDART, locateLibrary } from "./locate.ts";
 
@@ -157,6 +157,8 @@ export function probeGpus(): { count: number; reason: string } {
       gpuProbe = { count, reason: count === 0 ? "cudaGetDeviceCount found no device" : "ok" };
     }
   } catch (e) {
+    // A LIGHTSEQ_CUDART_SO naming no file is the user's mistake, not "no GPU".
+    if (e instanceof LibraryOverrideError) throw e;
     gpuProbe = { count: 0, reason: (e as Error).message };
   }
   return gpuProbe;

@@ -130,6 +130,19 @@ describe("reductions and casts", () => {
     expect(vals(T.cast(T.fromArray([7, -8], [2], { dtype: "i32" }), "bf16"))).toEqual([7, -8]);
     expect(vals(T.cast(T.cast(a, "bf16"), "f32")).slice(0, 2)).toEqual([1.5, -2.75]);
   });
+
+  test("cast f32 -> bf16 rounds to nearest, ties to even (not truncation)", () => {
+    const ulp = 2 ** -7; // bf16's spacing in [1, 2)
+    const a = T.fromArray([1 + 0.75 * ulp, -(1 + 0.75 * ulp), 1 + 0.25 * ulp, 1 + 0.5 * ulp, 1 + 1.5 * ulp, 3 + 3 * 2 ** -7], [6]);
+    expect(vals(T.cast(a, "bf16"))).toEqual([
+      1 + ulp, // above the halfway point: up (truncation would give 1)
+      -(1 + ulp),
+      1, // below it: down
+      1, // halfway between 1 (even) and 1 + ulp (odd): to even
+      1 + 2 * ulp, // halfway between 1 + ulp (odd) and 1 + 2 ulp (even): to even, up
+      3 + 4 * 2 ** -7, // halfway in [2, 4) (spacing 2^-6) between odd 3 + 2^-6 and even 3 + 2^-5: up
+    ]);
+  });
 });
 
 describe("matmul", () => {

@@ -1,14 +1,22 @@
+// EXPERIMENTAL, opt-in (LIGHTSEQ_P2P=copy-engine), not the default. Measured on 2x H200
+// (BENCHMARKS.md, issue 3; packages/comm/README.md): it keeps its promise of using no SMs (a GEMM beside
+// a 256 MiB exchange runs 1.43 ms vs 1.41 ms alone), but the exchange itself stalls while a full-GPU
+// kernel runs (1.11 ms alone, 2.16 ms beside the GEMM: 1.54x together, NCCL 1.08x), and its two-way
+// bandwidth is 71-89% of NCCL's (the receiver's staging copy). Under DistAttn it is within 0.5% of NCCL.
+// Until the stall is understood, NCCL's send/recv stay the default.
+//
 // The copy-engine transport for send/recv between GPUs of one node: the data moves by the GPUs'
 // copy engines (cudaMemcpyAsync into IPC-mapped memory of the peer), ordered by stream memory
 // operations (cuStreamWaitValue32 / cuStreamWriteValue32), so no SM runs communication. NCCL's
 // send/recv kernels hold SMs for the whole transfer; beside a GEMM or an attention block that costs
 // the compute 5-10% (BENCHMARKS.md). The protocol (slots, counters, who writes what where) is
-// described in kernels/src/p2p.cu, which issues it.
+// described in kernels/src/p2p.cu, which issues it; its entry points are declared with the rest of
+// liblightseq.so in @lightseq/cuda kernels.ts.
 //
-// Used by NcclCommunicator when its p2p transport is "copy-engine" (LIGHTSEQ_P2P=copy-engine): sends
-// and receives between ranks of the same host go through here, everything else (collectives, peers
-// on other hosts, a rank's messages to itself) through NCCL. Setup is collective (one NCCL
-// all-gather of IPC handles) and blocks until every rank has mapped its peers' blocks.
+// Used by NcclCommunicator when its p2p transport is "copy-engine" (LIGHTSEQ_P2P=copy-engine, read in
+// env.ts): sends and receives between ranks of the same host go through here, everything else
+// (collectives, peers on other hosts, a rank's messages to itself) through NCCL. Setup is collective
+// (one NCCL all-gather of IPC handles) and blocks until every rank has mapped its peers' blocks.
 //
 // Costs: a block of (size - 1) * slots * chunk bytes per rank (default 4 x 16 MiB per peer), and
 // one extra local copy per message on the receiver (slot -> destination). Ordering: every message
@@ -19,91 +27,22 @@
 // abort() releases this rank's blocked waits (release()), so its streams drain and the process can
 // exit.
 
-import { dlopen } from "bun:ffi";
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
-import { check, cudart, Event, errorName, errorString, kernelsPath, memsetAsync, Stream, setDevice } from "@lightseq/cuda";
+import { check, cudart, Event, errorName, errorString, type Kernels, kernels, memsetAsync, Stream, setDevice } from "@lightseq/cuda";
 import { empty, fromArray, type Tensor, to } from "@lightseq/tensor";
-import { CommError } from "./communicator.ts";
-
-export type P2PTransport = "nccl" | "copy-engine";
-export const P2P_TRANSPORTS: readonly P2PTransport[] = ["nccl", "copy-engine"];
-
-export interface CopyEngineConfig {
-  /** Bytes per chunk (and per slot). */
-  chunkBytes: number;
-  /** Slots per ordered pair of ranks: chunks in flight before the sender waits for the receiver. */
-  slots: number;
-}
+import { CommError } from "../communicator.ts";
+import { type CopyEngineConfig, DEFAULT_COPY_ENGINE_CONFIG } from "../env.ts";
 
 const MiB = 2 ** 20;
-export const DEFAULT_COPY_ENGINE_CONFIG: CopyEngineConfig = { chunkBytes: 16 * MiB, slots: 4 };
 
-/** The transport from LIGHTSEQ_P2P (default "nccl"); anything else is an error naming the choices. */
-export function p2pTransportFromEnv(env: Record<string, string | undefined> = process.env): P2PTransport {
-  const v = env.LIGHTSEQ_P2P;
-  if (v === undefined || v === "") return "nccl";
-  if ((P2P_TRANSPORTS as readonly string[]).includes(v)) return v as P2PTransport;
-  throw new RangeError(`LIGHTSEQ_P2P: expected one of ${P2P_TRANSPORTS.join(", ")}, got ${JSON.stringify(v)}`);
-}
-
-/** Chunk size and slot count from LIGHTSEQ_P2P_CHUNK_MIB and LIGHTSEQ_P2P_SLOTS (defaults 16 and 4). */
-export function copyEngineConfigFromEnv(env: Record<string, string | undefined> = process.env): CopyEngineConfig {
-  const read = (name: string, fallback: number, max: number): number => {
-    const raw = env[name];
-    if (raw === undefined || raw === "") return fallback;
-    const v = Number(raw);
-    if (!Number.isFinite(v) || v <= 0 || v > max)
-      throw new RangeError(`${name}: expected a number in (0, ${max}], got ${JSON.stringify(raw)}`);
-    return v;
-  };
-  const chunkMiB = read("LIGHTSEQ_P2P_CHUNK_MIB", DEFAULT_COPY_ENGINE_CONFIG.chunkBytes / MiB, 1024);
-  const slots = read("LIGHTSEQ_P2P_SLOTS", DEFAULT_COPY_ENGINE_CONFIG.slots, 64);
-  if (!Number.isInteger(slots)) throw new RangeError(`LIGHTSEQ_P2P_SLOTS: expected an integer, got ${slots}`);
-  // Whole 4 KiB pages keep every slot aligned for the copy engines.
-  const chunkBytes = Math.max(4096, Math.round((chunkMiB * MiB) / 4096) * 4096);
-  return { chunkBytes, slots };
-}
-
-// ---------------------------------------------------------------------------------------------
-// liblightseq.so's p2p.cu
-
-const p2pSymbols = {
-  ls_p2p_init: { args: [], returns: "i32" },
-  ls_ipc_get_handle: { args: ["ptr", "ptr"], returns: "i32" },
-  ls_ipc_open_handle: { args: ["ptr", "ptr"], returns: "i32" },
-  ls_ipc_close_handle: { args: ["ptr"], returns: "i32" },
-  ls_stream_wait_u32: { args: ["ptr", "u32", "ptr"], returns: "i32" },
-  ls_stream_write_u32: { args: ["ptr", "u32", "ptr"], returns: "i32" },
-  // (src, bytes, remote_slots, slot_bytes, nslots, first_chunk, local_freed, remote_full, stream)
-  ls_p2p_send: { args: ["ptr", "i64", "ptr", "i64", "i32", "u64", "ptr", "ptr", "ptr"], returns: "i32" },
-  // (dst, bytes, local_slots, slot_bytes, nslots, first_chunk, local_full, remote_freed, stream)
-  ls_p2p_recv: { args: ["ptr", "i64", "ptr", "i64", "i32", "u64", "ptr", "ptr", "ptr"], returns: "i32" },
-} as const;
-
-type Arg = number | bigint | NodeJS.TypedArray | null;
-type P2PFns = { [K in keyof typeof p2pSymbols]: (...a: Arg[]) => number };
-
-let fns: P2PFns | null = null;
-
-function p2p(): P2PFns {
-  if (fns) return fns;
-  cudart(); // the runtime first, by absolute path (see @lightseq/cuda kernels.ts)
-  const { path, tried } = kernelsPath();
-  if (!path)
-    throw new CommError(
-      "copy-engine",
-      `needs liblightseq.so, not found (looked in: ${tried.join("; ")}); build it with \`bun run build:kernels\`, or set LIGHTSEQ_P2P=nccl`,
-    );
+/** liblightseq.so (with p2p.cu), loaded once; a missing library names the way out. */
+function p2p(): Kernels {
   try {
-    fns = dlopen(path, p2pSymbols).symbols as unknown as P2PFns;
+    return kernels();
   } catch (e) {
-    throw new CommError(
-      "copy-engine",
-      `${path} lacks the p2p functions (${(e as Error).message}); rebuild it with \`bun run build:kernels\``,
-    );
+    throw new CommError("copy-engine", `needs liblightseq.so (or set LIGHTSEQ_P2P=nccl): ${(e as Error).message}`);
   }
-  return fns;
 }
 
 function fail(call: string, code: number, context: string): never {
