@@ -18,9 +18,10 @@ import * as T from "@lightseq/tensor";
 import { compareClose } from "@lightseq/tensor/testing";
 import type { AttentionBackend } from "../src/block.ts";
 import { attentionCost } from "../src/block.ts";
-import { cudaAttentionKernels, cudaBackend } from "../src/cuda.ts";
-import { cudnnBackend } from "../src/cudnn.ts";
+import { createCudaBackend, cudaAttentionKernels } from "../src/cuda.ts";
+import { cudnnBackend } from "../src/cudnn/index.ts";
 import { type DistMode, distAttnBackward, distAttnForward } from "../src/distattn.ts";
+import { attentionEnv } from "../src/env.ts";
 import { gatherRows, localRanges, placeSequence } from "../src/placement.ts";
 import { checkSchedule, makeSchedule, SCHEDULES, type Schedule, type ScheduleName } from "../src/schedule.ts";
 
@@ -35,6 +36,8 @@ function envChoice<C extends string>(name: string, choices: readonly C[], fallba
 }
 /** Block kernels: "cuda" (ours) or "cudnn". */
 const BACKEND = envChoice("BENCH_BACKEND", ["cuda", "cudnn"], "cuda");
+/** Which of our kernel sets the cuda backend runs (LIGHTSEQ_ATTN_KERNEL: auto | mma | wgmma). */
+const { kernels: KERNELS } = attentionEnv();
 /** "run" (default), "only" (equality check, no timing) or "skip". */
 const EQUALITY = envChoice("BENCH_EQUALITY", ["run", "only", "skip"], "run");
 /** Priority of DistAttn's comm stream (PyTorch gives NCCL "high"; the default is what BENCHMARKS.md measured). */
@@ -67,9 +70,9 @@ const dev = "cuda:0";
 const stream = T.currentStream(0);
 const H = 32;
 const REPS = Number(process.env.BENCH_REPS ?? 3);
-const backend: AttentionBackend = BACKEND === "cudnn" ? cudnnBackend : cudaBackend;
+const backend: AttentionBackend = BACKEND === "cudnn" ? cudnnBackend : createCudaBackend({ kernels: KERNELS });
 /** Which of our kernels run (wgmma on H100/H200 unless LIGHTSEQ_ATTN_KERNEL says otherwise), recorded per row. */
-const ATTN_KERNELS = BACKEND === "cuda" ? cudaAttentionKernels(0) : undefined;
+const ATTN_KERNELS = BACKEND === "cuda" ? cudaAttentionKernels(0, KERNELS) : undefined;
 const D = 128;
 const say = (m: string) => {
   if (comm.rank === 0) console.log(m);

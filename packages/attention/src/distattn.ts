@@ -18,8 +18,8 @@
 import type { Communicator } from "@lightseq/comm";
 import { Event, Stream } from "@lightseq/cuda";
 import { axpy, cast, currentStream, empty, fill, type Tensor, TensorError } from "@lightseq/tensor";
-import type { AttentionBackend } from "./block.ts";
-import { type AttentionPartial, emptyPartial, mergeInto } from "./merge.ts";
+import type { AttentionBackend, AttentionPartial } from "./block.ts";
+import { emptyPartial, mergeInto } from "./merge.ts";
 import { type Placement, placeSequence } from "./placement.ts";
 import type { Schedule, Step, Transfer } from "./schedule.ts";
 

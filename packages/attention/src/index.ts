@@ -1,6 +1,6 @@
 export * from "./block.ts";
 export * from "./cuda.ts";
-export * from "./cudnn.ts";
+export * from "./cudnn/index.ts";
 export * from "./distattn.ts";
 export * from "./layout.ts";
 export * from "./merge.ts";

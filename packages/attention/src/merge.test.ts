@@ -1,7 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { fromArray, randn, type Tensor, toFloat32Array } from "@lightseq/tensor";
 import { expectClose } from "@lightseq/tensor/testing";
-import { type AttentionPartial, emptyPartial, merge, mergeInto } from "./merge.ts";
+import type { AttentionPartial } from "./block.ts";
+import { emptyPartial, merge, mergeInto } from "./merge.ts";
 
 const NEG_INF = Number.NEGATIVE_INFINITY;
 
