@@ -3,7 +3,8 @@
 // inputs are random (never zeros). Writes JSON to argv[2] (if given) and prints a table.
 //   bun bench/foundation.ts [out.json]
 
-import { deviceInfo, kernels, median, medianEventMs } from "@lightseq/cuda";
+import { deviceInfo, kernels } from "@lightseq/cuda";
+import { median, medianEventMs } from "@lightseq/cuda/bench/timing";
 import * as T from "@lightseq/tensor";
 
 const dev = "cuda:0";

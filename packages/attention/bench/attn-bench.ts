@@ -7,7 +7,8 @@
 //   bun packages/attention/bench/attn-bench.ts [out.json] [--T 8192,32768,65536] [--reps 5] [--backends cuda,cudnn]
 // Compare with packages/attention/bench/torch_sdpa_bench.py (PyTorch SDPA, cuDNN and flash) on the same card.
 
-import { deviceInfo, medianEventMs, type Stream } from "@lightseq/cuda";
+import { deviceInfo, type Stream } from "@lightseq/cuda";
+import { medianEventMs } from "@lightseq/cuda/bench/timing";
 import { currentStream, empty, fill, randn, type Tensor } from "@lightseq/tensor";
 import { attentionCost } from "../src/block.ts";
 import { backwardAccumulate, backwardWorkspaceBytes, cudaAttentionKernels, forwardInto } from "../src/cuda.ts";

@@ -15,7 +15,8 @@
 //   bun packages/attention/bench/cudnn-check.ts <cudnn-abi.txt> [--T 8192,32768,65536] [--reps 5] [--hkv 32]
 //       [--no-cuda] [--no-timing]
 
-import { deviceInfo, medianEventMs, type Stream } from "@lightseq/cuda";
+import { deviceInfo, type Stream } from "@lightseq/cuda";
+import { medianEventMs } from "@lightseq/cuda/bench/timing";
 import { currentStream, empty, fill, randn, type Tensor, toFloat32Array } from "@lightseq/tensor";
 import { attentionCost } from "../src/block.ts";
 import { backwardAccumulate, createCudaBackend, forwardInto } from "../src/cuda.ts";

@@ -13,7 +13,8 @@
 
 import { renameSync } from "node:fs";
 import { type Communicator, initCommunicator, launch } from "@lightseq/comm";
-import { Event, median, probeGpus } from "@lightseq/cuda";
+import { Event, probeGpus } from "@lightseq/cuda";
+import { median } from "@lightseq/cuda/bench/timing";
 import * as T from "@lightseq/tensor";
 import { compareClose } from "@lightseq/tensor/testing";
 import type { AttentionBackend } from "../src/block.ts";
@@ -24,9 +25,18 @@ import { type DistMode, distAttnBackward, distAttnForward } from "../src/distatt
 import { attentionEnv } from "../src/env.ts";
 import { gatherRows, localRanges, placeSequence } from "../src/placement.ts";
 import { checkSchedule, makeSchedule, SCHEDULES, type Schedule, type ScheduleName } from "../src/schedule.ts";
+import { noCommCommunicator } from "./nocomm.ts";
 
 const [outPath = "", tsArg = "65536,131072,262144", hkvArg = "32,8", schedArg = SCHEDULES.join(","), modeArg = "overlap,sync,nocomm"] =
   process.argv.slice(2);
+
+/** The modes a row times: DistAttn's own (overlap, sync) and "nocomm" (nocomm.ts: no communication). */
+const MODES = ["overlap", "sync", "nocomm"] as const;
+type BenchMode = (typeof MODES)[number];
+const modes = modeArg.split(",").map((m) => {
+  if (!MODES.includes(m as BenchMode)) throw new Error(`modes: expected a comma list of ${MODES.join(", ")}, got "${m}"`);
+  return m as BenchMode;
+});
 
 /** Checked before any rank starts, so a typo stops the launcher rather than every rank. */
 function envChoice<C extends string>(name: string, choices: readonly C[], fallback: C): C {
@@ -65,6 +75,7 @@ if (process.env.RANK === undefined) {
 }
 
 const comm: Communicator = await initCommunicator({ backend: "nccl" });
+const noComm = noCommCommunicator(comm);
 const P = comm.size;
 const dev = "cuda:0";
 const stream = T.currentStream(0);
@@ -193,9 +204,10 @@ for (const Hkv of EQUALITY === "only" ? [] : hkvArg.split(",").map(Number)) {
         ncclEnv: NCCL_ENV,
         ...(PHASE === "both" ? {} : { phase: PHASE }),
       };
-      for (const mode of modeArg.split(",") as DistMode[]) {
+      for (const mode of modes) {
         if (mode !== "overlap" && !ALL_MODES_HKV.includes(Hkv)) continue;
-        const opts = { schedule: s, N, comm, backend, mode, commPriority: COMM_PRIORITY };
+        const run: { comm: Communicator; mode: DistMode } = mode === "nocomm" ? { comm: noComm, mode: "overlap" } : { comm, mode };
+        const opts = { schedule: s, N, backend, commPriority: COMM_PRIORITY, ...run };
         let traffic = { fwd: 0, bwd: 0 };
         // BENCH_PHASE=bwd: one forward, outside the timing, feeds every timed backward.
         const f0 = PHASE === "bwd" ? await distAttnForward(q, k, v, opts) : null;

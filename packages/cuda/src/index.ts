@@ -4,4 +4,3 @@ export * from "./ffi.ts";
 export * from "./kernels.ts";
 export * from "./locate.ts";
 export * from "./runtime.ts";
-export * from "./timing.ts";
