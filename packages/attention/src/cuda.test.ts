@@ -201,6 +201,26 @@ describe.skipIf(noGpu)("cuda lower-level calls (DistAttn)", () => {
     expectRel(acc.lse, accCpu.lse, "merged lse vs cpu merge", 1e-6);
   });
 
+  test("mergeIntoCuda keeps the max shift: a partial merged with its twin at |lse| up to 800 keeps o, gains ln 2", () => {
+    using pool = new TensorPool();
+    const [T, H, D] = [3, 2, 64];
+    const lseValues = [800, -800, 100, -100, 88.5, 0.5]; // exp overflows f32 past 88: only the shifted form survives
+    const part = {
+      o: pool.add(randn([T, H, D], { seed: seed++, device: dev })),
+      lse: pool.add(fromArray(lseValues, [H, T], { device: dev })),
+    };
+    const acc = pool.addAll(emptyPartial(T, H, D, { device: dev }));
+    mergeIntoCuda(acc, part);
+    mergeIntoCuda(acc, part);
+    expectRel(acc.o, part.o, "o", 1e-6);
+    expectRel(
+      acc.lse,
+      lseValues.map((l) => l + Math.LN2),
+      "lse",
+      1e-6,
+    );
+  });
+
   test("128K tokens, causal: finite everywhere; sampled rows equal the reference", () => {
     using pool = new TensorPool();
     const [T, Hq, Hkv, D] = [131072, 2, 1, 128];

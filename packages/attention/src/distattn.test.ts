@@ -8,7 +8,7 @@ import { empty } from "@lightseq/tensor";
 import { distAttnForward } from "./distattn.ts";
 import type { DistCase } from "./fixtures/distattn-worker.ts";
 import { referenceBackend } from "./reference.ts";
-import { makeSchedule, SCHEDULES } from "./schedule.ts";
+import { checkSchedule, makeSchedule, SCHEDULES, type Schedule } from "./schedule.ts";
 
 const worker = join(import.meta.dir, "fixtures", "distattn-worker.ts");
 
@@ -30,6 +30,43 @@ async function runRanks(P: number, cases: DistCase[]): Promise<{ exitCode: numbe
   return { exitCode: r.exitCode, lines, log };
 }
 
+/**
+ * P = 2 with a helper block (no built-in schedule has one at P = 2): rank 1's diagonal block, and rank
+ * 0 computing rank 1's off-diagonal block (q of chunk 1 x its own kv of chunk 0) as lightseq's helpers
+ * do, sending the partial output and, backward, the dQ piece back. Written out as data, so a dQ piece
+ * folded in twice (or lost) fails at P = 2, not only from P = 3 on.
+ */
+function helperScheduleP2(): Schedule {
+  const blocks = [
+    [
+      { rank: 0, q: 0, kv: 0, causal: true },
+      { rank: 1, q: 1, kv: 1, causal: true },
+    ],
+    [{ rank: 0, q: 1, kv: 0, causal: false }],
+    [],
+  ];
+  const steps = (lend: "q" | "qbwd", back: "out" | "dq") => [
+    { blocks: blocks[0] as Schedule["forward"][number]["blocks"], transfers: [{ from: 1, to: 0, payload: lend, chunk: 1 }] },
+    { blocks: blocks[1] as Schedule["forward"][number]["blocks"], transfers: [] },
+    { blocks: [], transfers: [{ from: 0, to: 1, payload: back, chunk: 1 }] },
+  ];
+  return {
+    name: "lightseq",
+    P: 2,
+    chunks: 2,
+    owner: [0, 1],
+    chunksOf: [[0], [1]],
+    forward: steps("q", "out"),
+    backward: steps("qbwd", "dq"),
+  };
+}
+
+test("the P = 2 helper schedule is a valid schedule (every causal pair once, results returned)", () => {
+  const r = checkSchedule(helperScheduleP2());
+  expect(r.errors).toEqual([]);
+  expect(r.sent[0]?.dq).toBe(1);
+});
+
 describe("DistAttn equals single-rank attention (CPU backend, real processes)", () => {
   for (const P of [1, 2, 3, 4, 8]) {
     test(`P = ${P}`, async () => {
@@ -41,6 +78,11 @@ describe("DistAttn equals single-rank attention (CPU backend, real processes)", 
         cases.push({ schedule, N: 4 * P + 3, Hq: 4, Hkv: 1, D: 4 });
       }
       if (P === 4) cases.push({ schedule: "lightseq", N: 37, Hq: 2, Hkv: 1, D: 8, mode: "sync" });
+      if (P === 2)
+        cases.push(
+          { schedule: helperScheduleP2(), N: 13, Hq: 2, Hkv: 2, D: 8 },
+          { schedule: helperScheduleP2(), N: 9, Hq: 4, Hkv: 1, D: 4 },
+        );
       const r = await runRanks(P, cases);
       if (r.exitCode !== 0) console.error(r.log.join("\n"));
       expect(r.exitCode).toBe(0);
