@@ -16,14 +16,27 @@ import type { ReceiveBuffers } from "../src/distattn.ts";
 
 const same = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 
-/** `inner` with its point-to-point traffic replaced by nothing (see the top of this file). */
-export function noCommCommunicator(inner: Communicator): Communicator & ReceiveBuffers {
+/** Where no real communicator exists (one rank of P on one GPU, a test): only the rank's place in the job. */
+export interface RankOfJob {
+  rank: number;
+  size: number;
+}
+
+/**
+ * `inner` with its point-to-point traffic replaced by nothing (see the top of this file). Given only a
+ * rank and a size, collectives (and backend, device) refuse with a message, since no peer exists.
+ */
+export function noCommCommunicator(inner: Communicator | RankOfJob): Communicator & ReceiveBuffers {
+  const real = (what: string): Communicator => {
+    if ("allReduce" in inner) return inner;
+    throw new Error(`no-communication stand-in for rank ${inner.rank} of ${inner.size}: ${what} needs a real communicator`);
+  };
   return {
     get backend() {
-      return inner.backend;
+      return real("backend").backend;
     },
     get device() {
-      return inner.device;
+      return real("device").device;
     },
     rank: inner.rank,
     size: inner.size,
@@ -40,14 +53,15 @@ export function noCommCommunicator(inner: Communicator): Communicator & ReceiveB
           return t.narrow(0, shape[0] as number);
       return undefined; // no own tensor of this kind is large enough: DistAttn takes fresh memory
     },
-    allReduce: (t: Tensor, op: ReduceOp, o?: AllReduceOptions) => inner.allReduce(t, op, o),
-    allGather: (input: Tensor, output: Tensor, o?: StreamOption) => inner.allGather(input, output, o),
-    reduceScatter: (input: Tensor, output: Tensor, op: ReduceOp, o?: StreamOption) => inner.reduceScatter(input, output, op, o),
-    broadcast: (t: Tensor, root: number, o?: StreamOption) => inner.broadcast(t, root, o),
-    barrier: () => inner.barrier(),
-    wait: (timeoutMs?: number) => inner.wait(timeoutMs),
-    split: (color: number, key: number) => inner.split(color, key),
-    abort: (reason?: string) => inner.abort(reason),
-    destroy: () => inner.destroy(),
+    allReduce: (t: Tensor, op: ReduceOp, o?: AllReduceOptions) => real("allReduce").allReduce(t, op, o),
+    allGather: (input: Tensor, output: Tensor, o?: StreamOption) => real("allGather").allGather(input, output, o),
+    reduceScatter: (input: Tensor, output: Tensor, op: ReduceOp, o?: StreamOption) =>
+      real("reduceScatter").reduceScatter(input, output, op, o),
+    broadcast: (t: Tensor, root: number, o?: StreamOption) => real("broadcast").broadcast(t, root, o),
+    barrier: () => real("barrier").barrier(),
+    wait: (timeoutMs?: number) => ("wait" in inner ? inner.wait(timeoutMs) : Promise.resolve()),
+    split: (color: number, key: number) => real("split").split(color, key),
+    abort: (reason?: string) => ("abort" in inner ? inner.abort(reason) : undefined),
+    destroy: () => ("destroy" in inner ? inner.destroy() : Promise.resolve()),
   };
 }
