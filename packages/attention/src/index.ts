@@ -2,6 +2,7 @@ export * from "./block.ts";
 export * from "./cuda.ts";
 export * from "./cudnn/index.ts";
 export * from "./distattn.ts";
+export * from "./env.ts";
 export * from "./layout.ts";
 export * from "./merge.ts";
 export * from "./placement.ts";

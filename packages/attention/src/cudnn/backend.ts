@@ -22,7 +22,7 @@
 //   capability >= 8.0, cuDNN 9.x built for the same CUDA major version as the runtime.
 // Workspace and scratch are allocated from the stream-ordered pool per call and freed on the same stream.
 
-import { type Bound, bind, check as checkCuda, cudart, cudartPath, MemcpyKind, memsetAsync, probeGpus, type Stream } from "@lightseq/cuda";
+import { memcpy2dAsync, memsetAsync, probeGpus, type Stream } from "@lightseq/cuda";
 import { axpy, cast, deviceName, empty, fill, type Tensor } from "@lightseq/tensor";
 import {
   type AttentionBackend,
@@ -95,29 +95,6 @@ function checkOut(who: string, t: Tensor, name: string, dtypes: readonly string[
 
 const dims = (c: CheckedCall) => `Tq=${c.Tq} Tk=${c.Tk} Hq=${c.Hq} Hkv=${c.Hkv} D=${c.D} causal=${c.causal} scale=${c.scale}`;
 
-// ---- lse column copies (the causal Tq > Tk case) -----------------------------------------------------------
-
-let memcpy2d: Bound<{ cudaMemcpy2DAsync: { args: ["ptr", "u64", "ptr", "u64", "u64", "u64", "i32", "ptr"]; returns: "i32" } }> | null =
-  null;
-
-/** rows x (width bytes) from src (pitch srcPitch) to dst (pitch dstPitch), ordered on `stream`. */
-function copy2d(dst: number, dstPitch: number, src: number, srcPitch: number, width: number, rows: number, stream: Stream): void {
-  if (width === 0 || rows === 0) return;
-  if (memcpy2d === null) {
-    cudart();
-    const path = cudartPath();
-    if (path === null) throw new Error("cudnn: the CUDA runtime is not loaded");
-    memcpy2d = bind(path, {
-      cudaMemcpy2DAsync: { args: ["ptr", "u64", "ptr", "u64", "u64", "u64", "i32", "ptr"], returns: "i32" },
-    } as const);
-  }
-  checkCuda(
-    memcpy2d.cudaMemcpy2DAsync(dst, dstPitch, src, srcPitch, width, rows, MemcpyKind.deviceToDevice, stream.handle),
-    "cudaMemcpy2DAsync",
-    `${rows} rows of ${width} bytes`,
-  );
-}
-
 // ---- forward -----------------------------------------------------------------------------------------------
 
 function runForward(who: string, c: CheckedCall, device: number, s: Stream, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor): void {
@@ -157,7 +134,7 @@ function runForward(who: string, c: CheckedCall, device: number, s: Stream, q: T
       throw e;
     }
     if (oBf16 !== oRows) keep(cast(oBf16, "f32", { out: oRows, stream: s }));
-    if (lseRows !== lse) copy2d(lse.ptr() + skip * 4, c.Tq * 4, lseRows.ptr(), rows * 4, rows * 4, c.Hq, s);
+    if (lseRows !== lse) memcpy2dAsync(lse.ptr() + skip * 4, c.Tq * 4, lseRows.ptr(), rows * 4, rows * 4, c.Hq, s);
   } finally {
     for (const t of temps) t.dispose(); // stream-ordered frees, after the work that uses them
   }
@@ -205,7 +182,7 @@ function runBackward(
     if (skip > 0) {
       fill(keep(g.dq.narrow(0, skip)), 0, s);
       lseRows = keep(empty([c.Hq, rows], { dtype: "f32", device: t.q.device, stream: s }));
-      copy2d(lseRows.ptr(), rows * 4, t.lse.ptr() + skip * 4, c.Tq * 4, rows * 4, c.Hq, s);
+      memcpy2dAsync(lseRows.ptr(), rows * 4, t.lse.ptr() + skip * 4, c.Tq * 4, rows * 4, c.Hq, s);
     }
     const plan = getPlan(device, "backward", { Tq: rows, Tk: c.Tk, Hq: c.Hq, Hkv: c.Hkv, D: c.D, causal: c.causal });
     // One scratch allocation: [plan workspace | Delta f32 Hq*rows | dQacc f32 Hq*rows*D], 256-byte aligned parts.
