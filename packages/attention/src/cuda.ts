@@ -63,7 +63,7 @@ export function checkKernelChoice(who: string, kernels: unknown): KernelChoice {
 /** Why a kernel set cannot run, for a code from ls_attn_kernel or a launch (attention.cuh); else undefined. */
 function kernelsRefused(code: number, kernels: KernelChoice, device: number): string | undefined {
   if (code === ATTN_ERR.kernelsUnavailable)
-    return `kernels "${kernels}": the wgmma kernels need a compute capability 9.0 GPU (H100, H200), and cuda:${device} is not one; choose "mma" or "auto"`;
+    return `kernels "${kernels}": the wgmma kernels need a compute capability 9.0 GPU (H100, H200), and cuda:${device} is not one; choose "mma" or "auto" (the cuda backend's kernels option, or LIGHTSEQ_ATTN_KERNEL where the environment sets it)`;
   if (code === ATTN_ERR.kernelsUnknown) return `kernels ${JSON.stringify(kernels)}: the kernels library knows no such kernel set`;
   return undefined;
 }
