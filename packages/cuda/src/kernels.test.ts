@@ -5,7 +5,7 @@
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { KERNELS_ABI_VERSION, kernelSymbols } from "./kernels.ts";
+import { ATTN_ERR, ATTN_KERNELS, KERNELS_ABI_VERSION, kernelSymbols } from "./kernels.ts";
 
 const src = join(import.meta.dir, "../../../kernels/src");
 
@@ -36,4 +36,18 @@ test("every symbol of the kernels table is declared in the C headers with the sa
 test("the table's ABI version is the one the library's ls_abi_version returns", () => {
   const misc = readFileSync(join(src, "misc.cu"), "utf8");
   expect(misc).toContain(`LS_API int ls_abi_version(void) { return ${KERNELS_ABI_VERSION}; }`);
+});
+
+test("the attention kernel sets and refusal codes are the header's values", () => {
+  const header = readFileSync(join(src, "attention.cuh"), "utf8");
+  const value = (name: string) => Number(new RegExp(`#define ${name} (\\d+)`).exec(header)?.[1]);
+  expect(ATTN_KERNELS).toEqual({
+    auto: value("LS_ATTN_KERNELS_AUTO"),
+    mma: value("LS_ATTN_KERNELS_MMA"),
+    wgmma: value("LS_ATTN_KERNELS_WGMMA"),
+  });
+  expect(ATTN_ERR).toEqual({
+    kernelsUnknown: value("LS_ATTN_ERR_KERNELS_UNKNOWN"),
+    kernelsUnavailable: value("LS_ATTN_ERR_KERNELS_UNAVAILABLE"),
+  });
 });
