@@ -3,7 +3,8 @@
 // inputs are random (never zeros). Writes JSON to argv[2] (if given) and prints a table.
 //   bun bench/foundation.ts [out.json]
 
-import { cliErrors, deviceInfo, kernels, median, medianEventMs, requireDevice } from "@lightseq/cuda";
+import { cliErrors, deviceInfo, kernels, requireDevice } from "@lightseq/cuda";
+import { median, medianEventMs } from "@lightseq/cuda/bench/timing";
 import * as T from "@lightseq/tensor";
 import { type FoundationFile, type FoundationRow, versioned } from "./schema.ts";
 

@@ -1,9 +1,10 @@
 // Block attention: flash-attention forward and backward on tensor cores, and the merge of partials.
 // The C ABI (declared in attention.cuh):
 //
-//   ls_attn_fwd_bf16(q, k, v, o, lse, Tq, Tk, Hq, Hkv, D, scale, causal, s)
+//   ls_attn_fwd_bf16(q, k, v, o, lse, Tq, Tk, Hq, Hkv, D, scale, causal, kernels, s)
 //   ls_attn_fwd_bf16_f32out(q, k, v, o_f32, lse, ...)           same kernel, o written in f32
-//   ls_attn_bwd_bf16(q, k, v, o, lse, dout, dq, dk, dv, workspace, Tq, Tk, Hq, Hkv, D, scale, causal, s)
+//   ls_attn_bwd_bf16(q, k, v, o, lse, dout, dq, dk, dv, workspace, Tq, Tk, Hq, Hkv, D, scale, causal, kernels, s)
+//   ls_attn_kernel(device, kernels)                             which kernel set `kernels` runs there
 //   ls_attn_bwd_workspace_bytes(Tq, Hq, D)
 //   ls_attn_merge_f32(acc_o, acc_lse, o_part_f32, lse_part, Tq, Hq, D, s)
 //   ls_attn_merge_bf16(acc_o, acc_lse, o_part_bf16, lse_part, Tq, Hq, D, s)
@@ -35,12 +36,13 @@
 // backward 2.5x that. Tiles: forward 128 query rows x 32 keys (D = 128) or 64 keys (D = 64), 4 warps of
 // 32 rows; backward 128 keys x 64 queries, 8 warps of 16 keys: the mma.sync kernels (sm_80 and later).
 // On sm_90 (H100, H200) the wgmma kernels of attention_sm90.cu run instead: forward 128 query rows x
-// 128 keys, backward 128 keys x 64 queries, 2 warpgroups of 64 rows each. LIGHTSEQ_ATTN_KERNEL=mma
-// picks the mma.sync kernels on sm_90 too (for comparison); ls_attn_kernel() says which ones run.
-#include <cmath>
-#include <cstdlib>
+// 128 keys, backward 128 keys x 64 queries, 2 warpgroups of 64 rows each. The `kernels` argument
+// (attention.cuh: auto, mma, wgmma) picks the set; mma runs the mma.sync kernels on sm_90 too (for
+// comparison); wgmma on another device, or an unknown value, returns an LS_ATTN_ERR_* code without
+// launching. ls_attn_kernel(device, kernels) says which set a call would run. Nothing here reads the
+// environment: the caller decides.
 #include <atomic>
-#include <cstring>
+#include <cmath>
 #include <type_traits>
 
 #include "attention.cuh"
@@ -65,9 +67,19 @@ bool valid_dims(int Tq, int Tk, int Hq, int Hkv, int D, float scale) {
          scale > 0.f;
 }
 
+// The kernel set `kernels` runs on the current device (1 wgmma, 0 mma.sync), or minus an error code.
+int kernels_here(int kernels) {
+  int dev = 0;
+  const cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return -static_cast<int>(e);
+  return ls_attn_kernel(dev, kernels);
+}
+
 template <typename OutT>
 int attn_fwd(const uint16_t* q, const uint16_t* k, const uint16_t* v, OutT* o, float* lse, int Tq, int Tk, int Hq, int Hkv, int D,
-             float scale, int causal, cudaStream_t s) {
+             float scale, int causal, int kernels, cudaStream_t s) {
+  const int impl = kernels_here(kernels);
+  if (impl < 0) return -impl;  // an unknown or unavailable kernel set: refused whatever the shape
   if (!valid_dims(Tq, Tk, Hq, Hkv, D, scale)) return cudaErrorInvalidValue;
   if (Tq == 0) return cudaSuccess;
   if (!aligned(q, 16) || !aligned(o, 16) || !aligned(lse, 4) || (Tk > 0 && (!aligned(k, 16) || !aligned(v, 16)))) {
@@ -87,8 +99,6 @@ int attn_fwd(const uint16_t* q, const uint16_t* k, const uint16_t* v, OutT* o, f
   p.causal = causal != 0;
   p.offset = Tk - Tq;
   p.scale_log2 = scale * kLog2e;
-  const int impl = ls_attn_kernel();
-  if (impl < 0) return cudaErrorInvalidValue;  // LIGHTSEQ_ATTN_KERNEL names no kernel this device runs
   cudaError_t e;
   if (impl == 1) {
     if constexpr (std::is_same_v<OutT, float>) e = sm90::launch_fwd_f32(p, D, s);
@@ -110,13 +120,13 @@ int attn_merge(float* acc_o, float* acc_lse, const PartT* o_part, const float* l
 }  // namespace
 
 LS_API int ls_attn_fwd_bf16(const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, float* lse, int Tq, int Tk, int Hq, int Hkv,
-                            int D, float scale, int causal, cudaStream_t s) {
-  return attn_fwd<uint16_t>(q, k, v, o, lse, Tq, Tk, Hq, Hkv, D, scale, causal, s);
+                            int D, float scale, int causal, int kernels, cudaStream_t s) {
+  return attn_fwd<uint16_t>(q, k, v, o, lse, Tq, Tk, Hq, Hkv, D, scale, causal, kernels, s);
 }
 
 LS_API int ls_attn_fwd_bf16_f32out(const uint16_t* q, const uint16_t* k, const uint16_t* v, float* o, float* lse, int Tq, int Tk, int Hq,
-                                   int Hkv, int D, float scale, int causal, cudaStream_t s) {
-  return attn_fwd<float>(q, k, v, o, lse, Tq, Tk, Hq, Hkv, D, scale, causal, s);
+                                   int Hkv, int D, float scale, int causal, int kernels, cudaStream_t s) {
+  return attn_fwd<float>(q, k, v, o, lse, Tq, Tk, Hq, Hkv, D, scale, causal, kernels, s);
 }
 
 LS_API int64_t ls_attn_bwd_workspace_bytes(int Tq, int Hq, int D) {
@@ -127,7 +137,9 @@ LS_API int64_t ls_attn_bwd_workspace_bytes(int Tq, int Hq, int D) {
 
 LS_API int ls_attn_bwd_bf16(const uint16_t* q, const uint16_t* k, const uint16_t* v, const uint16_t* o, const float* lse,
                             const uint16_t* dout, float* dq, float* dk, float* dv, void* workspace, int Tq, int Tk, int Hq, int Hkv,
-                            int D, float scale, int causal, cudaStream_t s) {
+                            int D, float scale, int causal, int kernels, cudaStream_t s) {
+  const int impl = kernels_here(kernels);
+  if (impl < 0) return -impl;
   if (!valid_dims(Tq, Tk, Hq, Hkv, D, scale)) return cudaErrorInvalidValue;
   if (Tq == 0 || Tk == 0) return cudaSuccess;  // no pair of this block: nothing to add
   for (const void* ptr : {static_cast<const void*>(q), static_cast<const void*>(k), static_cast<const void*>(v),
@@ -156,8 +168,6 @@ LS_API int ls_attn_bwd_bf16(const uint16_t* q, const uint16_t* k, const uint16_t
   p.offset = Tk - Tq;
   p.scale = scale;
   p.scale_log2 = scale * kLog2e;
-  const int impl = ls_attn_kernel();
-  if (impl < 0) return cudaErrorInvalidValue;  // LIGHTSEQ_ATTN_KERNEL names no kernel this device runs
   cudaError_t e = impl == 1                     ? sm90::launch_bwd(p, D, s)
                   : D == 128 ? launch_bwd<128, kBwdBM, kBwdWarps>(p, s)
                              : launch_bwd<64, kBwdBM, kBwdWarps>(p, s);
@@ -166,19 +176,19 @@ LS_API int ls_attn_bwd_bf16(const uint16_t* q, const uint16_t* k, const uint16_t
 
 namespace {
 
-// Whether `dev` has compute capability 9.0: 1 yes, 0 no, -1 unknown (query failed). Asked once per
-// device (every launch calls ls_attn_kernel); the answer cannot change while the process runs.
+// Whether `dev` has compute capability 9.0: 1 yes, 0 no, or minus the cudaError_t of a failed query.
+// Asked once per device (every launch resolves its kernel set); the answer cannot change while the
+// process runs.
 int is_sm90(int dev) {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> known[kMaxDevices] = {};  // 0 not asked yet, 1 no, 2 yes
-  if (dev < 0 || dev >= kMaxDevices) return -1;
+  if (dev < 0 || dev >= kMaxDevices) return -static_cast<int>(cudaErrorInvalidDevice);
   const int k = known[dev].load(std::memory_order_relaxed);
   if (k != 0) return k - 1;
   int major = 0, minor = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
-    return -1;
-  }
+  cudaError_t e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (e != cudaSuccess) return -static_cast<int>(e);
   const int yes = major == 9 && minor == 0 ? 1 : 0;
   known[dev].store(yes + 1, std::memory_order_relaxed);
   return yes;
@@ -186,17 +196,15 @@ int is_sm90(int dev) {
 
 }  // namespace
 
-LS_API int ls_attn_kernel(void) {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return -1;
-  const int sm90 = is_sm90(dev);
-  if (sm90 < 0) return -1;
-  const bool hopper = sm90 == 1;
-  const char* want = std::getenv("LIGHTSEQ_ATTN_KERNEL");
-  if (want == nullptr || *want == '\0' || std::strcmp(want, "auto") == 0) return hopper ? 1 : 0;
-  if (std::strcmp(want, "mma") == 0) return 0;
-  if (std::strcmp(want, "wgmma") == 0) return hopper ? 1 : -1;
-  return -1;
+LS_API int ls_attn_kernel(int device, int kernels) {
+  if (kernels != LS_ATTN_KERNELS_AUTO && kernels != LS_ATTN_KERNELS_MMA && kernels != LS_ATTN_KERNELS_WGMMA) {
+    return -LS_ATTN_ERR_KERNELS_UNKNOWN;
+  }
+  const int sm90 = is_sm90(device);
+  if (sm90 < 0) return sm90;
+  if (kernels == LS_ATTN_KERNELS_MMA) return 0;
+  if (kernels == LS_ATTN_KERNELS_WGMMA && sm90 == 0) return -LS_ATTN_ERR_KERNELS_UNAVAILABLE;
+  return sm90;  // auto, or wgmma where it runs
 }
 
 LS_API int ls_attn_merge_f32(float* acc_o, float* acc_lse, const float* o_part, const float* lse_part, int Tq, int Hq, int D, cudaStream_t s) {

@@ -1,7 +1,10 @@
 // Device code of block attention (flash attention, FlashAttention-2 structure, our own implementation):
 // tensor-core tiles through mma.sync m16n8k16 bf16 -> f32, operands staged in shared memory by cp.async
-// and read into fragments with ldmatrix. Included by attention.cu (the shipped ABI) and by the lab
-// harness kernels/dev/attention/check.cu, which instantiates other tile shapes for comparison.
+// and read into fragments with ldmatrix. Included by attention.cu (the shipped ABI), by the lab
+// harness kernels/dev/attention/check.cu, which instantiates other tile shapes for comparison, and by
+// attention_sm90.cu: the per-tile pieces both kernel sets run (the tile a CTA owns and its loads, masks,
+// the online softmax, the epilogues; "written once" sections below) are templated on the loader and on
+// accessors of the accumulators, so the wgmma kernels use them as they are.
 //
 // Layouts (attention.cu, top): q [Tq, Hq, D], k/v [Tk, Hkv, D], o [Tq, Hq, D], lse/Delta [Hq, Tq].
 //
@@ -193,6 +196,133 @@ __device__ __forceinline__ void store_pair<float>(float* p, float a, float b) {
   *reinterpret_cast<float2*>(p) = make_float2(a, b);
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Forward pieces written once for both kernel sets (attn_fwd_kernel below and attn_fwd_sm90_kernel in
+// attention_sm90.cu): the tile a CTA owns and its loads (templated on the kernel's shared-memory layout,
+// the Loader), the mask, the online-softmax update and the epilogue of one query row. A thread holds two
+// columns (2t, 2t + 1) of every n8 tile of its rows of S and O, in rows g and g + 8 of each 16-row group
+// (the same in the mma.sync C fragment and the wgmma accumulator); the accessors s(nt, c) and o(dt, c),
+// c in {0, 1}, hide how each kernel stores them.
+
+// Loader for the XOR-swizzled tiles of this file: Loader::tile<ROWS, COLS, NTHREADS>(dst, src, ...).
+struct SwizzledTiles {
+  template <int ROWS, int COLS, int NTHREADS>
+  static __device__ __forceinline__ void tile(uint32_t dst, const uint16_t* src, int64_t stride, int row0, int nrows, int tid) {
+    load_tile<ROWS, COLS, NTHREADS>(dst, src, stride, row0, nrows, tid);
+  }
+};
+
+// The (query tile of BM rows, head) of this CTA, handed out from the last query tile (longest under the
+// causal mask) to the first, heads fastest, for load balance; and the key tiles [0, n_blocks) of BN keys
+// some row of it can see.
+template <int D, int BM, int BN>
+struct FwdTile {
+  int h, m0, kvh, n_blocks;
+  int64_t q_stride, kv_stride;
+  const uint16_t* qg;
+  const uint16_t* kg;
+  const uint16_t* vg;
+
+  __device__ __forceinline__ explicit FwdTile(const FwdParams& p) {
+    h = static_cast<int>(blockIdx.x % p.Hq);
+    m0 = (p.m_blocks - 1 - static_cast<int>(blockIdx.x / p.Hq)) * BM;
+    kvh = h / p.group;
+    const int n_end = p.causal ? min(p.Tk, m0 + BM + p.offset) : p.Tk;  // keys [0, n_end) can be visible
+    n_blocks = n_end > 0 ? (n_end + BN - 1) / BN : 0;
+    q_stride = static_cast<int64_t>(p.Hq) * D;
+    kv_stride = static_cast<int64_t>(p.Hkv) * D;
+    qg = p.q + static_cast<int64_t>(h) * D;
+    kg = p.k + static_cast<int64_t>(kvh) * D;
+    vg = p.v + static_cast<int64_t>(kvh) * D;
+  }
+
+  // Q and the last key tile (visited first, so that the masked tiles come first), as one commit group.
+  template <typename Loader, int NTHREADS>
+  __device__ __forceinline__ void load_first(const FwdParams& p, uint32_t sQ, uint32_t sK, uint32_t sV, int tid) const {
+    if (n_blocks > 0) {
+      Loader::template tile<BM, D, NTHREADS>(sQ, qg, q_stride, m0, p.Tq, tid);
+      const int n_last = (n_blocks - 1) * BN;
+      Loader::template tile<BN, D, NTHREADS>(sK, kg, kv_stride, n_last, p.Tk, tid);
+      Loader::template tile<BN, D, NTHREADS>(sV, vg, kv_stride, n_last, p.Tk, tid);
+      cp_async_commit();
+    }
+  }
+
+  // In iteration `it` (key tile at n0): the next, earlier key tile into the other of the two buffers of
+  // `tile_bytes` at sK and sV, when there is one (no commit).
+  template <typename Loader, int NTHREADS>
+  __device__ __forceinline__ void prefetch(const FwdParams& p, int it, int n0, uint32_t sK, uint32_t sV, uint32_t tile_bytes, int tid) const {
+    if (it + 1 < n_blocks) {
+      const uint32_t nbuf = ((it + 1) & 1) * tile_bytes;
+      Loader::template tile<BN, D, NTHREADS>(sK + nbuf, kg, kv_stride, n0 - BN, p.Tk, tid);
+      Loader::template tile<BN, D, NTHREADS>(sV + nbuf, vg, kv_stride, n0 - BN, p.Tk, tid);
+    }
+  }
+
+  // Whether the key tile at n0 holds a key past Tk or, causal, one after some row's diagonal (uniform per tile).
+  __device__ __forceinline__ static bool needs_mask(const FwdParams& p, int n0, int m0) {
+    return n0 + BN > p.Tk || (p.causal && n0 + BN - 1 > m0 + p.offset);
+  }
+};
+
+// Row `row` sees keys [0, end); in the key tile at n0 its columns >= end - n0 get -inf.
+template <int NT, typename S>
+__device__ __forceinline__ void mask_row(S s, const FwdParams& p, int row, int n0, int t) {
+  const int end = (p.causal ? min(p.Tk, row + p.offset + 1) : p.Tk) - n0;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    if (nt * 8 + 2 * t >= end) s(nt, 0) = -INFINITY;
+    if (nt * 8 + 2 * t + 1 >= end) s(nt, 1) = -INFINITY;
+  }
+}
+
+// Online softmax of one row over a key tile, in registers; the 4 threads of a quad share the row. The max
+// is of the raw scores, the exponent exp2 with scale*log2e folded into one FFMA. P is packed to bf16 at
+// once (pk(nt) = keys 2t, 2t + 1 of n-tile nt: half the registers); O and the running sum are rescaled
+// by alpha = exp(old max - new max).
+template <int NT, int DT, typename S, typename PK, typename O>
+__device__ __forceinline__ void online_softmax_row(S s, PK pk, O o, float& row_max, float& row_sum, float scale_log2) {
+  float mx = row_max;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s(nt, 0), s(nt, 1)));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+  // A row with nothing visible yet keeps max -inf; shifting by 0 then gives p = 2^-inf = 0.
+  const float shift = mx == -INFINITY ? 0.f : mx * scale_log2;
+  const float alpha = row_max == -INFINITY ? 0.f : ex2((row_max - mx) * scale_log2);
+  row_max = mx;
+  float sum = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const float p0 = ex2(fmaf(s(nt, 0), scale_log2, -shift));
+    const float p1 = ex2(fmaf(s(nt, 1), scale_log2, -shift));
+    pk(nt) = pack_bf16(p0, p1);
+    sum += p0 + p1;
+  }
+  row_sum = row_sum * alpha + sum;
+#pragma unroll
+  for (int dt = 0; dt < DT; ++dt) {
+    o(dt, 0) *= alpha;
+    o(dt, 1) *= alpha;
+  }
+}
+
+// Epilogue of one row: o = acc / l (0 where l = 0), lse = max*scale + ln(l) (-inf where l = 0); l is
+// the quad's sum of the row's shares.
+template <int D, typename OutT, typename O>
+__device__ __forceinline__ void store_row(const FwdParams& p, int h, int row, int t, O o, float row_max, float row_sum) {
+  float l = row_sum;
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  if (row < p.Tq) {
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    OutT* orow = static_cast<OutT*>(p.o) + (static_cast<int64_t>(row) * p.Hq + h) * D + 2 * t;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) store_pair<OutT>(orow + dt * 8, o(dt, 0) * inv, o(dt, 1) * inv);
+    if (t == 0) p.lse[static_cast<int64_t>(h) * p.Tq + row] = l > 0.f ? (row_max * p.scale_log2 + __log2f(l)) * kLn2 : -INFINITY;
+  }
+}
+
 template <int D, int BM, int BN, int NWARPS, typename OutT>
 __global__ void __launch_bounds__(NWARPS * 32) attn_fwd_kernel(const FwdParams p) {
   using Shape = FwdShape<D, BM, BN, NWARPS>;
@@ -215,26 +345,13 @@ __global__ void __launch_bounds__(NWARPS * 32) attn_fwd_kernel(const FwdParams p
   const int g = lane >> 2;
   const int t = lane & 3;
 
-  const int h = static_cast<int>(blockIdx.x % p.Hq);
-  const int mb = p.m_blocks - 1 - static_cast<int>(blockIdx.x / p.Hq);
-  const int m0 = mb * BM;
-  const int kvh = h / p.group;
-  const int row_base = m0 + warp * MT * 16;  // first query row of this warp
+  const FwdTile<D, BM, BN> tile(p);
+  const int row_base = tile.m0 + warp * MT * 16;  // first query row of this warp
 
   // Per-lane ldmatrix offsets (swz_step): Q as A, K as B (n = key), V as B (k = key, transposed).
   const uint32_t q_off = swz<D>(warp * MT * 16 + (lane & 15), lane >> 4);
   const uint32_t k_off = swz<D>((lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
   const uint32_t v_off = swz<D>((lane & 7) + (((lane >> 3) & 1) << 3), lane >> 4);
-
-  // Keys [0, n_end) can be visible to some row of this tile.
-  const int n_end = p.causal ? min(p.Tk, m0 + BM + p.offset) : p.Tk;
-  const int n_blocks = n_end > 0 ? (n_end + BN - 1) / BN : 0;
-
-  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D;
-  const int64_t kv_stride = static_cast<int64_t>(p.Hkv) * D;
-  const uint16_t* qg = p.q + static_cast<int64_t>(h) * D;
-  const uint16_t* kg = p.k + static_cast<int64_t>(kvh) * D;
-  const uint16_t* vg = p.v + static_cast<int64_t>(kvh) * D;
 
   float acc[MT][DT][4];
   float row_max[MT][2];  // running max of the raw scores (-inf: nothing seen yet)
@@ -247,22 +364,12 @@ __global__ void __launch_bounds__(NWARPS * 32) attn_fwd_kernel(const FwdParams p
     row_sum[mt][0] = row_sum[mt][1] = 0.f;
   }
 
-  if (n_blocks > 0) {
-    load_tile<BM, D, kThreads>(sQ, qg, q_stride, m0, p.Tq, tid);
-    const int n_last = (n_blocks - 1) * BN;
-    load_tile<BN, D, kThreads>(sK, kg, kv_stride, n_last, p.Tk, tid);
-    load_tile<BN, D, kThreads>(sV, vg, kv_stride, n_last, p.Tk, tid);
-    cp_async_commit();
-  }
+  tile.template load_first<SwizzledTiles, kThreads>(p, sQ, sK, sV, tid);
 
-  for (int it = 0; it < n_blocks; ++it) {
-    const int n0 = (n_blocks - 1 - it) * BN;
+  for (int it = 0; it < tile.n_blocks; ++it) {
+    const int n0 = (tile.n_blocks - 1 - it) * BN;
     const uint32_t buf = (it & 1) * kTileBytes;
-    if (it + 1 < n_blocks) {  // prefetch the next (earlier) key tile into the other buffer
-      const uint32_t nbuf = ((it + 1) & 1) * kTileBytes;
-      load_tile<BN, D, kThreads>(sK + nbuf, kg, kv_stride, n0 - BN, p.Tk, tid);
-      load_tile<BN, D, kThreads>(sV + nbuf, vg, kv_stride, n0 - BN, p.Tk, tid);
-    }
+    tile.template prefetch<SwizzledTiles, kThreads>(p, it, n0, sK, sV, kTileBytes, tid);
     cp_async_commit();
     cp_async_wait<1>();  // everything but the prefetch just issued has landed
     __syncthreads();
@@ -290,54 +397,28 @@ __global__ void __launch_bounds__(NWARPS * 32) attn_fwd_kernel(const FwdParams p
       }
     }
 
-    // Mask keys past Tk and, under the causal mask, keys after row + offset. Uniform per tile.
-    const bool need_mask = n0 + BN > p.Tk || (p.causal && n0 + BN - 1 > m0 + p.offset);
+    // Mask keys past Tk and, under the causal mask, keys after row + offset: rows g and g + 8 of each
+    // m-tile (hr = 0, 1), held in elements 2 hr, 2 hr + 1 of each C fragment.
+    const bool need_mask = n0 + BN > p.Tk || (p.causal && n0 + BN - 1 > tile.m0 + p.offset);
     if (need_mask) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
-          // Row `row` sees keys [0, end); relative to this tile, columns >= end - n0 are masked.
-          const int row = row_base + mt * 16 + g + hr * 8;
-          const int end = (p.causal ? min(p.Tk, row + p.offset + 1) : p.Tk) - n0;
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            if (nt * 8 + 2 * t >= end) s[mt][nt][2 * hr] = -INFINITY;
-            if (nt * 8 + 2 * t + 1 >= end) s[mt][nt][2 * hr + 1] = -INFINITY;
-          }
+          mask_row<NT>([&](int nt, int c) -> float& { return s[mt][nt][2 * hr + c]; }, p, row_base + mt * 16 + g + hr * 8, n0, t);
         }
     }
 
-    // Online softmax: rows g and g + 8 of each m-tile; the 4 threads of a quad share a row. P is packed
-    // to bf16 at once (pk[mt][nt][hr] = row g + 8 hr, keys 2t, 2t + 1 of n-tile nt): half the registers.
+    // Online softmax: pk[mt][nt][hr] = row g + 8 hr of m-tile mt, keys 2t, 2t + 1 of n-tile nt (bf16).
     uint32_t pk[MT][NT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
-        float mx = row_max[mt][hr];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        // A row with nothing visible yet keeps max -inf; shifting by 0 then gives p = 2^-inf = 0.
-        const float shift = mx == -INFINITY ? 0.f : mx * p.scale_log2;
-        const float alpha = row_max[mt][hr] == -INFINITY ? 0.f : ex2((row_max[mt][hr] - mx) * p.scale_log2);
-        row_max[mt][hr] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          const float p0 = ex2(fmaf(s[mt][nt][2 * hr], p.scale_log2, -shift));
-          const float p1 = ex2(fmaf(s[mt][nt][2 * hr + 1], p.scale_log2, -shift));
-          pk[mt][nt][hr] = pack_bf16(p0, p1);
-          sum += p0 + p1;
-        }
-        row_sum[mt][hr] = row_sum[mt][hr] * alpha + sum;
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-          acc[mt][dt][2 * hr] *= alpha;
-          acc[mt][dt][2 * hr + 1] *= alpha;
-        }
+        online_softmax_row<NT, DT>([&](int nt, int c) -> float& { return s[mt][nt][2 * hr + c]; },
+                                   [&](int nt) -> uint32_t& { return pk[mt][nt][hr]; },
+                                   [&](int dt, int c) -> float& { return acc[mt][dt][2 * hr + c]; }, row_max[mt][hr], row_sum[mt][hr],
+                                   p.scale_log2);
       }
     }
 
@@ -366,25 +447,13 @@ __global__ void __launch_bounds__(NWARPS * 32) attn_fwd_kernel(const FwdParams p
     __syncthreads();  // every warp is done with this buffer before the next iteration refills it
   }
 
-  // Epilogue: o = acc / l (0 where l = 0), lse = max*scale + ln(l) (-inf where l = 0).
-  OutT* out = static_cast<OutT*>(p.o);
+  // Epilogue: o and lse of rows g and g + 8 of each m-tile.
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      float l = row_sum[mt][hr];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const int row = row_base + mt * 16 + g + hr * 8;
-      if (row < p.Tq) {
-        const float inv = l > 0.f ? 1.f / l : 0.f;
-        OutT* orow = out + (static_cast<int64_t>(row) * p.Hq + h) * D + 2 * t;
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) store_pair<OutT>(orow + dt * 8, acc[mt][dt][2 * hr] * inv, acc[mt][dt][2 * hr + 1] * inv);
-        if (t == 0) {
-          p.lse[static_cast<int64_t>(h) * p.Tq + row] = l > 0.f ? (row_max[mt][hr] * p.scale_log2 + __log2f(l)) * kLn2 : -INFINITY;
-        }
-      }
+      store_row<D, OutT>(p, tile.h, row_base + mt * 16 + g + hr * 8, t, [&](int dt, int c) -> float& { return acc[mt][dt][2 * hr + c]; },
+                         row_max[mt][hr], row_sum[mt][hr]);
     }
   }
 }
@@ -477,7 +546,120 @@ struct BwdShape {
   static_assert(2 * BM <= kThreads, "one thread per lse and per Delta element");
 };
 
-// kDq: 0 = the shipped kernel; 1 and 2 are lab measurements only (check.cu): 1 stores dQ with plain
+// ---------------------------------------------------------------------------------------------------
+// Backward pieces written once for both kernel sets (attn_bwd_kernel below, attn_bwd_sm90_kernel in
+// attention_sm90.cu): the tile a CTA owns and its query-tile loads (templated on the Loader), P^T, its
+// mask, dS^T, and the final dK, dV update. A thread holds two keys (rows key_lo, key_lo + 8) of S^T and
+// two query columns (8 nt + 2t, +1) of each n8 tile: st(nt, e) with e = 2 hr + c (hr: key row, c:
+// column), as in the mma.sync C fragment and the wgmma accumulator.
+
+// The (key tile of BN keys at n0, kv head) of this CTA and the query tiles it visits: every query head of
+// its GQA group and, per head, the tiles that can see a key of it (causal: query i sees key n0 iff
+// i >= n0 - offset), iteration it = (head in group) * nmb + tile.
+template <int D, int BM, int BN>
+struct BwdTile {
+  int kvh, n0, mb_min, nmb, iters;
+
+  __device__ __forceinline__ explicit BwdTile(const BwdParams& p) {
+    kvh = static_cast<int>(blockIdx.x % p.Hkv);
+    n0 = static_cast<int>(blockIdx.x / p.Hkv) * BN;
+    mb_min = p.causal ? max(0, n0 - p.offset) / BM : 0;
+    nmb = max(0, p.m_blocks - mb_min);
+    iters = nmb * p.group;
+  }
+  // Row strides (elements) of q/dO and k/v: computed where used, after a CTA with no work has returned.
+  static __device__ __forceinline__ int64_t q_stride(const BwdParams& p) { return static_cast<int64_t>(p.Hq) * D; }
+  static __device__ __forceinline__ int64_t kv_stride(const BwdParams& p) { return static_cast<int64_t>(p.Hkv) * D; }
+  __device__ __forceinline__ int head(const BwdParams& p, int it) const { return kvh * p.group + it / nmb; }
+  __device__ __forceinline__ int m0(int it) const { return (mb_min + it % nmb) * BM; }
+
+  // Queues the Q, dO, lse and Delta of iteration `it` into buffer `buf` (no commit); Shape names the
+  // kernel's shared-memory offsets from s0 (kQBytes, kOffLse, kOffDelta).
+  template <typename Loader, typename Shape, int NTHREADS>
+  __device__ __forceinline__ void load_query_tile(const BwdParams& p, int it, int buf, uint32_t s0, uint32_t sQ, uint32_t sdO, int tid) const {
+    const int h = head(p, it);
+    const int m = m0(it);
+    Loader::template tile<BM, D, NTHREADS>(sQ + buf * Shape::kQBytes, p.q + static_cast<int64_t>(h) * D, q_stride(p), m, p.Tq, tid);
+    Loader::template tile<BM, D, NTHREADS>(sdO + buf * Shape::kQBytes, p.dout + static_cast<int64_t>(h) * D, q_stride(p), m, p.Tq, tid);
+    if (tid < 2 * BM) {
+      const int i = tid % BM;
+      const bool valid = m + i < p.Tq;
+      const float* src = (tid < BM ? p.lse : p.delta) + static_cast<int64_t>(h) * p.Tq + (valid ? m + i : 0);
+      const int off = (tid < BM ? Shape::kOffLse : Shape::kOffDelta) + (buf * BM + i) * 4;
+      cp_async_4(s0 + off, src, valid);
+    }
+  }
+};
+
+// P^T = exp(S^T scale - lse) in place; lse = -inf (a row that sees no key anywhere) must give P = 0, not +inf.
+template <int NTQ, typename ST>
+__device__ __forceinline__ void probs_T(ST st, const float* lse_b, float scale_log2, int t) {
+#pragma unroll
+  for (int nt = 0; nt < NTQ; ++nt) {
+    const int c = nt * 8 + 2 * t;  // query within the tile (and c + 1)
+    const float2 L = *reinterpret_cast<const float2*>(lse_b + c);
+    const float l0 = L.x == -INFINITY ? INFINITY : L.x * kLog2e;
+    const float l1 = L.y == -INFINITY ? INFINITY : L.y * kLog2e;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) st(nt, e) = ex2(fmaf(st(nt, e), scale_log2, -((e & 1) ? l1 : l0)));
+  }
+}
+
+// P^T = 0 where masked: key row hr (key_lo + 8 hr) sees the tile's queries [begin, end): causal from
+// key - offset on, none past Tq, and none at all for a key past Tk.
+template <int NTQ, int BM, typename ST>
+__device__ __forceinline__ void mask_keys_T(ST st, const BwdParams& p, int key_lo, int m0, int t) {
+  const int end = p.Tq - m0;
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int key = key_lo + hr * 8;
+    const int begin = key >= p.Tk ? BM : (p.causal ? key - p.offset - m0 : 0);
+#pragma unroll
+    for (int nt = 0; nt < NTQ; ++nt) {
+      const int c = nt * 8 + 2 * t;
+      if (c < begin || c >= end) st(nt, 2 * hr) = 0.f;
+      if (c + 1 < begin || c + 1 >= end) st(nt, 2 * hr + 1) = 0.f;
+    }
+  }
+}
+
+// dS^T = P^T (dP^T - Delta), in place of dP^T.
+template <int NTQ, typename ST, typename DPT>
+__device__ __forceinline__ void dS_T(ST st, DPT dpt, const float* delta_b, int t) {
+#pragma unroll
+  for (int nt = 0; nt < NTQ; ++nt) {
+    const float2 dl = *reinterpret_cast<const float2*>(delta_b + nt * 8 + 2 * t);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dpt(nt, e) = st(nt, e) * (dpt(nt, e) - ((e & 1) ? dl.y : dl.x));
+  }
+}
+
+// dk += scale dK, dv += dV for this thread's keys (the CTA is the only writer of these rows, so a plain
+// read-add-write): dk(dt, e), dv(dt, e) as st(nt, e), over the D / 8 n8 tiles of d.
+template <int D, typename DK, typename DV>
+__device__ __forceinline__ void add_dk_dv(const BwdParams& p, int kvh, int key_lo, int t, DK dk, DV dv) {
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int key = key_lo + hr * 8;
+    if (key < p.Tk) {
+      const int64_t base = (static_cast<int64_t>(key) * p.Hkv + kvh) * D + 2 * t;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        float2* pk = reinterpret_cast<float2*>(p.dk + base + dt * 8);
+        float2* pv = reinterpret_cast<float2*>(p.dv + base + dt * 8);
+        float2 xk = *pk;
+        float2 xv = *pv;
+        xk.x += dk(dt, 2 * hr) * p.scale;
+        xk.y += dk(dt, 2 * hr + 1) * p.scale;
+        xv.x += dv(dt, 2 * hr);
+        xv.y += dv(dt, 2 * hr + 1);
+        *pk = xk;
+        *pv = xv;
+      }
+    }
+  }
+}
+
 // (racing) stores instead of reductions, 2 skips the dQ step. Both give wrong dq.
 template <int D, int BM, int NWARPS, int kDq = 0>
 __global__ void __launch_bounds__(NWARPS * 32, 1) attn_bwd_kernel(const BwdParams p) {
@@ -508,36 +690,14 @@ __global__ void __launch_bounds__(NWARPS * 32, 1) attn_bwd_kernel(const BwdParam
   const int g = lane >> 2;
   const int t = lane & 3;
 
-  const int kvh = static_cast<int>(blockIdx.x % p.Hkv);
-  const int n0 = static_cast<int>(blockIdx.x / p.Hkv) * BN;
+  const BwdTile<D, BM, BN> tile(p);
+  const int kvh = tile.kvh;
+  const int n0 = tile.n0;
+  if (tile.iters == 0) return;  // no query sees these keys: nothing to add
 
-  // Query tiles that can see a key of this tile: causal, query i sees key n0 iff i >= n0 - offset.
-  const int mb_min = p.causal ? max(0, n0 - p.offset) / BM : 0;
-  const int nmb = max(0, p.m_blocks - mb_min);
-  const int iters = nmb * p.group;
-  if (iters == 0) return;  // no query sees these keys: nothing to add
-
-  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D;
-  const int64_t kv_stride = static_cast<int64_t>(p.Hkv) * D;
-
-  // Queues the Q, dO, lse and Delta of iteration `it` into buffer `buf` (no commit).
-  auto load_query_tile = [&](int it, int buf) {
-    const int h = kvh * p.group + it / nmb;
-    const int m0 = (mb_min + it % nmb) * BM;
-    load_tile<BM, D, kThreads>(sQ + buf * Shape::kQBytes, p.q + static_cast<int64_t>(h) * D, q_stride, m0, p.Tq, tid);
-    load_tile<BM, D, kThreads>(sdO + buf * Shape::kQBytes, p.dout + static_cast<int64_t>(h) * D, q_stride, m0, p.Tq, tid);
-    if (tid < 2 * BM) {
-      const int i = tid % BM;
-      const bool valid = m0 + i < p.Tq;
-      const float* src = (tid < BM ? p.lse : p.delta) + static_cast<int64_t>(h) * p.Tq + (valid ? m0 + i : 0);
-      const int off = (tid < BM ? Shape::kOffLse : Shape::kOffDelta) + (buf * BM + i) * 4;
-      cp_async_4(s0 + off, src, valid);
-    }
-  };
-
-  load_tile<BN, D, kThreads>(sK, p.k + static_cast<int64_t>(kvh) * D, kv_stride, n0, p.Tk, tid);
-  load_tile<BN, D, kThreads>(sV, p.v + static_cast<int64_t>(kvh) * D, kv_stride, n0, p.Tk, tid);
-  load_query_tile(0, 0);
+  load_tile<BN, D, kThreads>(sK, p.k + static_cast<int64_t>(kvh) * D, tile.kv_stride(p), n0, p.Tk, tid);
+  load_tile<BN, D, kThreads>(sV, p.v + static_cast<int64_t>(kvh) * D, tile.kv_stride(p), n0, p.Tk, tid);
+  tile.template load_query_tile<SwizzledTiles, Shape, kThreads>(p, 0, 0, s0, sQ, sdO, tid);
   cp_async_commit();
 
   float dk_acc[DT][4];
@@ -560,11 +720,11 @@ __global__ void __launch_bounds__(NWARPS * 32, 1) attn_bwd_kernel(const BwdParam
   const uint32_t ds_a_off = swz_step(swz<BM>((lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1), wq);  // dS as A, .trans
   const uint32_t ds_st_off = swz<BM>(warp * 16 + g, 0) + 4 * t;  // this thread's dS^T stores (chunk 0)
 
-  for (int it = 0; it < iters; ++it) {
+  for (int it = 0; it < tile.iters; ++it) {
     const int buf = it & 1;
-    const int h = kvh * p.group + it / nmb;
-    const int m0 = (mb_min + it % nmb) * BM;
-    if (it + 1 < iters) load_query_tile(it + 1, buf ^ 1);
+    const int h = tile.head(p, it);
+    const int m0 = tile.m0(it);
+    if (it + 1 < tile.iters) tile.template load_query_tile<SwizzledTiles, Shape, kThreads>(p, it + 1, buf ^ 1, s0, sQ, sdO, tid);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();  // this tile's buffers are complete; the previous dQ step is done with sdS
@@ -591,32 +751,11 @@ __global__ void __launch_bounds__(NWARPS * 32, 1) attn_bwd_kernel(const BwdParam
       }
     }
 
-    // P^T = exp(S^T scale - lse). lse = -inf (a row that sees no key anywhere) must give P = 0, not +inf.
-#pragma unroll
-    for (int nt = 0; nt < NTQ; ++nt) {
-      const int c = nt * 8 + 2 * t;  // query within the tile (and c + 1)
-      const float2 L = *reinterpret_cast<const float2*>(lse_b + c);
-      const float l0 = L.x == -INFINITY ? INFINITY : L.x * kLog2e;
-      const float l1 = L.y == -INFINITY ? INFINITY : L.y * kLog2e;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) st[nt][e] = ex2(fmaf(st[nt][e], p.scale_log2, -((e & 1) ? l1 : l0)));
-    }
+    // P^T = exp(S^T scale - lse), 0 where masked (shared pieces above; st[nt][e] is st(nt, e)).
+    const auto st_at = [&](int nt, int e) -> float& { return st[nt][e]; };
+    probs_T<NTQ>(st_at, lse_b, p.scale_log2, t);
     const bool need_mask = m0 + BM > p.Tq || n0 + BN > p.Tk || (p.causal && n0 + BN - 1 > m0 + p.offset);
-    if (need_mask) {
-      // Key row hr sees the tile's queries [begin, end): causal from key - offset on, none past Tk.
-      const int end = p.Tq - m0;
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const int key = key_lo + hr * 8;
-        const int begin = key >= p.Tk ? BM : (p.causal ? key - p.offset - m0 : 0);
-#pragma unroll
-        for (int nt = 0; nt < NTQ; ++nt) {
-          const int c = nt * 8 + 2 * t;
-          if (c < begin || c >= end) st[nt][2 * hr] = 0.f;
-          if (c + 1 < begin || c + 1 >= end) st[nt][2 * hr + 1] = 0.f;
-        }
-      }
-    }
+    if (need_mask) mask_keys_T<NTQ, BM>(st_at, p, key_lo, m0, t);
 
     // dP^T = V dO^T.
     float dpt[NTQ][4];
@@ -636,12 +775,7 @@ __global__ void __launch_bounds__(NWARPS * 32, 1) attn_bwd_kernel(const BwdParam
     }
 
     // dS^T = P^T (dP^T - Delta), in place of dP^T.
-#pragma unroll
-    for (int nt = 0; nt < NTQ; ++nt) {
-      const float2 dl = *reinterpret_cast<const float2*>(delta_b + nt * 8 + 2 * t);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dpt[nt][e] = st[nt][e] * (dpt[nt][e] - ((e & 1) ? dl.y : dl.x));
-    }
+    dS_T<NTQ>(st_at, [&](int nt, int e) -> float& { return dpt[nt][e]; }, delta_b, t);
 
     // dV += P^T dO and dK += dS^T Q (k = query; B through ldmatrix.trans of the [query][d] tiles).
 #pragma unroll
@@ -710,27 +844,8 @@ __global__ void __launch_bounds__(NWARPS * 32, 1) attn_bwd_kernel(const BwdParam
     }
   }
 
-  // dk += scale dK, dv += dV for this warp's keys (this CTA is the only writer of these rows).
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    const int key = key_lo + hr * 8;
-    if (key < p.Tk) {
-      const int64_t base = (static_cast<int64_t>(key) * p.Hkv + kvh) * D + 2 * t;
-#pragma unroll
-      for (int dt = 0; dt < DT; ++dt) {
-        float2* pk = reinterpret_cast<float2*>(p.dk + base + dt * 8);
-        float2* pv = reinterpret_cast<float2*>(p.dv + base + dt * 8);
-        float2 xk = *pk;
-        float2 xv = *pv;
-        xk.x += dk_acc[dt][2 * hr] * p.scale;
-        xk.y += dk_acc[dt][2 * hr + 1] * p.scale;
-        xv.x += dv_acc[dt][2 * hr];
-        xv.y += dv_acc[dt][2 * hr + 1];
-        *pk = xk;
-        *pv = xv;
-      }
-    }
-  }
+  // dk += scale dK, dv += dV for this warp's keys.
+  add_dk_dv<D>(p, kvh, key_lo, t, [&](int dt, int e) -> float& { return dk_acc[dt][e]; }, [&](int dt, int e) -> float& { return dv_acc[dt][e]; });
 }
 
 // ---------------------------------------------------------------------------------------------------

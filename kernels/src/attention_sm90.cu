@@ -1,7 +1,9 @@
 // build: sm_90a
 // Block attention for Hopper (sm_90a): forward and backward with the same contract and results as
 // attn_fwd_kernel and attn_bwd_kernel in attention_kernels.cuh, with warpgroup MMAs (wgmma) instead
-// of mma.sync. The backward first, then the forward (further down). Measured cause of the change
+// of mma.sync. What is not about the MMAs is not here but in attention_kernels.cuh, shared with those
+// kernels: the tile a CTA owns (FwdTile, BwdTile, loading through Sw128Tiles), the masks, the online
+// softmax, P^T and dS^T, and the epilogues. The backward first, then the forward (further down). Measured cause of the change
 // (kernels/dev/attention/NOTES.md): the mma.sync backward is shared-memory bound (ldmatrix feeds every
 // B fragment to only two MMAs when a warp owns 16 keys); wgmma reads its shared operands once per
 // warpgroup (64 rows) and takes P^T and dS^T straight from registers.
@@ -131,6 +133,14 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t dst, const uint16_t* sr
   }
 }
 
+// Loader of the shared pieces (attention_kernels.cuh: FwdTile, BwdTile) for this file's tiles.
+struct Sw128Tiles {
+  template <int ROWS, int D, int NTHREADS>
+  static __device__ __forceinline__ void tile(uint32_t dst, const uint16_t* src, int64_t stride, int row0, int nrows, int tid) {
+    load_tile_sw128<ROWS, D, NTHREADS>(dst, src, stride, row0, nrows, tid);
+  }
+};
+
 template <int D>
 __global__ void __launch_bounds__(256, 1) attn_bwd_sm90_kernel(const BwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -163,33 +173,14 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_sm90_kernel(const BwdParams p
   const int g = lane >> 2;
   const int t = lane & 3;
 
-  const int kvh = static_cast<int>(blockIdx.x % p.Hkv);
-  const int n0 = static_cast<int>(blockIdx.x / p.Hkv) * BN;
-  const int mb_min = p.causal ? max(0, n0 - p.offset) / BM : 0;
-  const int nmb = max(0, p.m_blocks - mb_min);
-  const int iters = nmb * p.group;
-  if (iters == 0) return;
+  const BwdTile<D, BM, BN> tile(p);  // attention_kernels.cuh, shared with the mma.sync kernel
+  const int kvh = tile.kvh;
+  const int n0 = tile.n0;
+  if (tile.iters == 0) return;
 
-  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D;
-  const int64_t kv_stride = static_cast<int64_t>(p.Hkv) * D;
-
-  auto load_query_tile = [&](int it, int buf) {
-    const int h = kvh * p.group + it / nmb;
-    const int m0 = (mb_min + it % nmb) * BM;
-    load_tile_sw128<BM, D, kThreads>(sQ + buf * Shape::kQBytes, p.q + static_cast<int64_t>(h) * D, q_stride, m0, p.Tq, tid);
-    load_tile_sw128<BM, D, kThreads>(sdO + buf * Shape::kQBytes, p.dout + static_cast<int64_t>(h) * D, q_stride, m0, p.Tq, tid);
-    if (tid < 2 * BM) {
-      const int i = tid % BM;
-      const bool valid = m0 + i < p.Tq;
-      const float* src = (tid < BM ? p.lse : p.delta) + static_cast<int64_t>(h) * p.Tq + (valid ? m0 + i : 0);
-      const int off = (tid < BM ? Shape::kOffLse : Shape::kOffDelta) + (buf * BM + i) * 4;
-      cp_async_4(s0 + off, src, valid);
-    }
-  };
-
-  load_tile_sw128<BN, D, kThreads>(sK, p.k + static_cast<int64_t>(kvh) * D, kv_stride, n0, p.Tk, tid);
-  load_tile_sw128<BN, D, kThreads>(sV, p.v + static_cast<int64_t>(kvh) * D, kv_stride, n0, p.Tk, tid);
-  load_query_tile(0, 0);
+  load_tile_sw128<BN, D, kThreads>(sK, p.k + static_cast<int64_t>(kvh) * D, tile.kv_stride(p), n0, p.Tk, tid);
+  load_tile_sw128<BN, D, kThreads>(sV, p.v + static_cast<int64_t>(kvh) * D, tile.kv_stride(p), n0, p.Tk, tid);
+  tile.template load_query_tile<Sw128Tiles, Shape, kThreads>(p, 0, 0, s0, sQ, sdO, tid);
   cp_async_commit();
 
   float dk_acc[NACC];
@@ -202,11 +193,11 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_sm90_kernel(const BwdParams p
   // dS^T stores: rows 64 wg + 16 wl + g (+ 8) have (row & 7) = g.
   const uint32_t ds_row = static_cast<uint32_t>((warp * 16 + g) * 128);
 
-  for (int it = 0; it < iters; ++it) {
+  for (int it = 0; it < tile.iters; ++it) {
     const int buf = it & 1;
-    const int h = kvh * p.group + it / nmb;
-    const int m0 = (mb_min + it % nmb) * BM;
-    if (it + 1 < iters) load_query_tile(it + 1, buf ^ 1);
+    const int h = tile.head(p, it);
+    const int m0 = tile.m0(it);
+    if (it + 1 < tile.iters) tile.template load_query_tile<Sw128Tiles, Shape, kThreads>(p, it + 1, buf ^ 1, s0, sQ, sdO, tid);
     cp_async_commit();
     cp_async_wait<1>();
     fence_proxy_async();
@@ -231,38 +222,13 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_sm90_kernel(const BwdParams p
     wg_commit();
     wg_wait<0>();
 
-    // P^T = exp(S^T scale - lse), 0 where masked; lse = -inf (a row with no key) gives P = 0.
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const int c = nt * 8 + 2 * t;
-      const float2 L = *reinterpret_cast<const float2*>(lse_b + c);
-      const float l0 = L.x == -INFINITY ? INFINITY : L.x * kLog2e;
-      const float l1 = L.y == -INFINITY ? INFINITY : L.y * kLog2e;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) st[4 * nt + e] = ex2(fmaf(st[4 * nt + e], p.scale_log2, -((e & 1) ? l1 : l0)));
-    }
+    // P^T = exp(S^T scale - lse), 0 where masked; dS^T = P^T (dP^T - Delta) (attention_kernels.cuh; the
+    // accumulators of n8 tile nt are elements 4 nt .. 4 nt + 3, BM / 8 = 8 tiles of queries).
+    const auto st_at = [&](int nt, int e) -> float& { return st[4 * nt + e]; };
+    probs_T<BM / 8>(st_at, lse_b, p.scale_log2, t);
     const bool need_mask = m0 + BM > p.Tq || n0 + BN > p.Tk || (p.causal && n0 + BN - 1 > m0 + p.offset);
-    if (need_mask) {
-      const int end = p.Tq - m0;
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const int key = key_lo + hr * 8;
-        const int begin = key >= p.Tk ? BM : (p.causal ? key - p.offset - m0 : 0);
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          const int c = nt * 8 + 2 * t;
-          if (c < begin || c >= end) st[4 * nt + 2 * hr] = 0.f;
-          if (c + 1 < begin || c + 1 >= end) st[4 * nt + 2 * hr + 1] = 0.f;
-        }
-      }
-    }
-    // dS^T = P^T (dP^T - Delta).
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const float2 dl = *reinterpret_cast<const float2*>(delta_b + nt * 8 + 2 * t);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dpt[4 * nt + e] = st[4 * nt + e] * (dpt[4 * nt + e] - ((e & 1) ? dl.y : dl.x));
-    }
+    if (need_mask) mask_keys_T<BM / 8, BM>(st_at, p, key_lo, m0, t);
+    dS_T<BM / 8>(st_at, [&](int nt, int e) -> float& { return dpt[4 * nt + e]; }, delta_b, t);
 
     // dV += P^T dO, dK += dS^T Q: A from registers (k-step kq = queries 16 kq ..), B = the [query][d]
     // tile as MN-major (k = query rows, n = d across D/64 column blocks kQBytes/(D/64) apart).
@@ -340,26 +306,8 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_sm90_kernel(const BwdParams p
   }
 
   // dk += scale dK, dv += dV for this thread's keys (this CTA is the only writer of these rows).
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    const int key = key_lo + hr * 8;
-    if (key < p.Tk) {
-      const int64_t base = (static_cast<int64_t>(key) * p.Hkv + kvh) * D + 2 * t;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        float2* pk = reinterpret_cast<float2*>(p.dk + base + j * 8);
-        float2* pv = reinterpret_cast<float2*>(p.dv + base + j * 8);
-        float2 xk = *pk;
-        float2 xv = *pv;
-        xk.x += dk_acc[4 * j + 2 * hr] * p.scale;
-        xk.y += dk_acc[4 * j + 2 * hr + 1] * p.scale;
-        xv.x += dv_acc[4 * j + 2 * hr];
-        xv.y += dv_acc[4 * j + 2 * hr + 1];
-        *pk = xk;
-        *pv = xv;
-      }
-    }
-  }
+  add_dk_dv<D>(p, kvh, key_lo, t, [&](int j, int e) -> float& { return dk_acc[4 * j + e]; },
+               [&](int j, int e) -> float& { return dv_acc[4 * j + e]; });
 #else
   __trap();  // built for another architecture: the host dispatches here only on sm_90 (see bwd_sm90_usable)
 #endif
@@ -413,20 +361,8 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_sm90_kernel(const FwdParams p
   const int g = lane >> 2;
   const int t = lane & 3;
 
-  const int h = static_cast<int>(blockIdx.x % p.Hq);
-  const int mb = p.m_blocks - 1 - static_cast<int>(blockIdx.x / p.Hq);
-  const int m0 = mb * BM;
-  const int kvh = h / p.group;
-  const int row_lo = m0 + warp * 16 + g;  // this thread's rows: row_lo and row_lo + 8 (64 wg + 16 wl + g)
-
-  const int n_end = p.causal ? min(p.Tk, m0 + BM + p.offset) : p.Tk;
-  const int n_blocks = n_end > 0 ? (n_end + BN - 1) / BN : 0;
-
-  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D;
-  const int64_t kv_stride = static_cast<int64_t>(p.Hkv) * D;
-  const uint16_t* qg = p.q + static_cast<int64_t>(h) * D;
-  const uint16_t* kg = p.k + static_cast<int64_t>(kvh) * D;
-  const uint16_t* vg = p.v + static_cast<int64_t>(kvh) * D;
+  const FwdTile<D, BM, BN> tile(p);
+  const int row_lo = tile.m0 + warp * 16 + g;  // this thread's rows: row_lo and row_lo + 8 (64 wg + 16 wl + g)
 
   float acc[NACC];
 #pragma unroll
@@ -434,23 +370,13 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_sm90_kernel(const FwdParams p
   float row_max[2] = {-INFINITY, -INFINITY};  // running max of the raw scores
   float row_sum[2] = {0.f, 0.f};              // this thread's share of the running sum
 
-  if (n_blocks > 0) {
-    load_tile_sw128<BM, D, kThreads>(sQ, qg, q_stride, m0, p.Tq, tid);
-    const int n_last = (n_blocks - 1) * BN;
-    load_tile_sw128<BN, D, kThreads>(sK, kg, kv_stride, n_last, p.Tk, tid);
-    load_tile_sw128<BN, D, kThreads>(sV, vg, kv_stride, n_last, p.Tk, tid);
-    cp_async_commit();
-  }
+  tile.template load_first<Sw128Tiles, kThreads>(p, sQ, sK, sV, tid);
   const uint32_t q_rows = static_cast<uint32_t>(wg * 64 * 128);
 
-  for (int it = 0; it < n_blocks; ++it) {
-    const int n0 = (n_blocks - 1 - it) * BN;
+  for (int it = 0; it < tile.n_blocks; ++it) {
+    const int n0 = (tile.n_blocks - 1 - it) * BN;
     const uint32_t buf = (it & 1) * Shape::kTileBytes;
-    if (it + 1 < n_blocks) {
-      const uint32_t nbuf = ((it + 1) & 1) * Shape::kTileBytes;
-      load_tile_sw128<BN, D, kThreads>(sK + nbuf, kg, kv_stride, n0 - BN, p.Tk, tid);
-      load_tile_sw128<BN, D, kThreads>(sV + nbuf, vg, kv_stride, n0 - BN, p.Tk, tid);
-    }
+    tile.template prefetch<Sw128Tiles, kThreads>(p, it, n0, sK, sV, Shape::kTileBytes, tid);
     cp_async_commit();
     cp_async_wait<1>();
     fence_proxy_async();
@@ -467,45 +393,19 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_sm90_kernel(const FwdParams p
     wg_commit();
     wg_wait<0>();
 
-    const bool need_mask = n0 + BN > p.Tk || (p.causal && n0 + BN - 1 > m0 + p.offset);
+    // Mask and online softmax (attention_kernels.cuh) of rows row_lo + 8 hr: elements 4 nt + 2 hr (+1).
+    const bool need_mask = n0 + BN > p.Tk || (p.causal && n0 + BN - 1 > tile.m0 + p.offset);
     if (need_mask) {
 #pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const int row = row_lo + hr * 8;
-        const int end = (p.causal ? min(p.Tk, row + p.offset + 1) : p.Tk) - n0;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          if (nt * 8 + 2 * t >= end) s[4 * nt + 2 * hr] = -INFINITY;
-          if (nt * 8 + 2 * t + 1 >= end) s[4 * nt + 2 * hr + 1] = -INFINITY;
-        }
-      }
+      for (int hr = 0; hr < 2; ++hr) mask_row<NT>([&](int nt, int c) -> float& { return s[4 * nt + 2 * hr + c]; }, p, row_lo + hr * 8, n0, t);
     }
 
     uint32_t pk[NT][2];
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      float mx = row_max[hr];
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hr], s[4 * nt + 2 * hr + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float shift = mx == -INFINITY ? 0.f : mx * p.scale_log2;
-      const float alpha = row_max[hr] == -INFINITY ? 0.f : ex2((row_max[hr] - mx) * p.scale_log2);
-      row_max[hr] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const float p0 = ex2(fmaf(s[4 * nt + 2 * hr], p.scale_log2, -shift));
-        const float p1 = ex2(fmaf(s[4 * nt + 2 * hr + 1], p.scale_log2, -shift));
-        pk[nt][hr] = pack_bf16(p0, p1);
-        sum += p0 + p1;
-      }
-      row_sum[hr] = row_sum[hr] * alpha + sum;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        acc[4 * j + 2 * hr] *= alpha;
-        acc[4 * j + 2 * hr + 1] *= alpha;
-      }
+      online_softmax_row<NT, D / 8>([&](int nt, int c) -> float& { return s[4 * nt + 2 * hr + c]; },
+                                    [&](int nt) -> uint32_t& { return pk[nt][hr]; },
+                                    [&](int j, int c) -> float& { return acc[4 * j + 2 * hr + c]; }, row_max[hr], row_sum[hr], p.scale_log2);
     }
 
     wg_fence();
@@ -521,20 +421,10 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_sm90_kernel(const FwdParams p
     __syncthreads();  // both warpgroups are done with this buffer before the next iteration refills it
   }
 
-  OutT* out = static_cast<OutT*>(p.o);
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
-    float l = row_sum[hr];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int row = row_lo + hr * 8;
-    if (row < p.Tq) {
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      OutT* orow = out + (static_cast<int64_t>(row) * p.Hq + h) * D + 2 * t;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) store_pair<OutT>(orow + j * 8, acc[4 * j + 2 * hr] * inv, acc[4 * j + 2 * hr + 1] * inv);
-      if (t == 0) p.lse[static_cast<int64_t>(h) * p.Tq + row] = l > 0.f ? (row_max[hr] * p.scale_log2 + __log2f(l)) * kLn2 : -INFINITY;
-    }
+    store_row<D, OutT>(p, tile.h, row_lo + hr * 8, t, [&](int j, int c) -> float& { return acc[4 * j + 2 * hr + c]; }, row_max[hr],
+                       row_sum[hr]);
   }
 #else
   __trap();  // built for another architecture: the host dispatches here only on sm_90

@@ -270,17 +270,20 @@ struct Summary {
   int cases = 0, failed = 0;
 };
 
-// The kernels that the ABI runs are chosen by LIGHTSEQ_ATTN_KERNEL (attention.cu); the harness validates
+// The kernel set every ABI call below runs (its `kernels` argument, attention.cuh); the harness validates
 // and times each set the device runs (wgmma and mma.sync on sm_90).
-void use_kernels(const char* which) { setenv("LIGHTSEQ_ATTN_KERNEL", which, 1); }
+int g_kernels = LS_ATTN_KERNELS_AUTO;
+void use_kernels(const char* which) {
+  g_kernels = std::strcmp(which, "wgmma") == 0 ? LS_ATTN_KERNELS_WGMMA
+              : std::strcmp(which, "mma") == 0 ? LS_ATTN_KERNELS_MMA
+                                                : LS_ATTN_KERNELS_AUTO;
+}
 const char* kernel_name() {
-  const int k = ls_attn_kernel();
+  const int k = ls_attn_kernel(0, g_kernels);
   return k == 1 ? "wgmma" : k == 0 ? "mma.sync" : "none";
 }
 std::vector<const char*> kernel_sets() {
-  use_kernels("wgmma");
-  const bool hopper = ls_attn_kernel() == 1;
-  use_kernels("auto");
+  const bool hopper = ls_attn_kernel(0, LS_ATTN_KERNELS_WGMMA) == 1;
   return hopper ? std::vector<const char*>{"wgmma", "mma"} : std::vector<const char*>{"mma"};
 }
 
@@ -306,8 +309,8 @@ bool run_case(const Case& c, Summary& sum) {
   poison(lse.p, nl * 4);
   const auto dq0 = dq.host(), dk0 = dk.host(), dv0 = dv.host();
 
-  CK(ls_attn_fwd_bf16(q.p, k.p, v.p, o.p, lse.p, c.Tq, c.Tk, c.Hq, c.Hkv, D, scale, c.causal, 0));
-  CK(ls_attn_bwd_bf16(q.p, k.p, v.p, o.p, lse.p, dout.p, dq.p, dk.p, dv.p, ws.p, c.Tq, c.Tk, c.Hq, c.Hkv, D, scale, c.causal, 0));
+  CK(ls_attn_fwd_bf16(q.p, k.p, v.p, o.p, lse.p, c.Tq, c.Tk, c.Hq, c.Hkv, D, scale, c.causal, g_kernels, 0));
+  CK(ls_attn_bwd_bf16(q.p, k.p, v.p, o.p, lse.p, dout.p, dq.p, dk.p, dv.p, ws.p, c.Tq, c.Tk, c.Hq, c.Hkv, D, scale, c.causal, g_kernels, 0));
   const int wpb = 8;  // reference: 8 warps per block
   if (nl) {
     ref_fwd<D><<<(nl + wpb - 1) / wpb, 32 * wpb>>>(q.p, k.p, v.p, ro.p, rlse.p, c.Tq, c.Tk, c.Hq, c.Hkv, scale, c.causal);
@@ -386,7 +389,7 @@ bool check_merge() {
   rand_bf16(q, 1.f);
   rand_bf16(k, 1.f);
   rand_bf16(v, 1.f);
-  CK(ls_attn_fwd_bf16_f32out(q.p, k.p, v.p, of.p, lf.p, Tq, Tk, Hq, Hkv, D, scale, 0, 0));
+  CK(ls_attn_fwd_bf16_f32out(q.p, k.p, v.p, of.p, lf.p, Tq, Tk, Hq, Hkv, D, scale, 0, g_kernels, 0));
   // accumulators start as (NaN garbage, -inf): an empty side must never be read into the sum
   poison(acc.p, nq * 4);
   poison(accb.p, nq * 4);
@@ -395,15 +398,15 @@ bool check_merge() {
   CK(cudaMemcpy(acclb.p, minf.data(), nl * 4, cudaMemcpyHostToDevice));
   const int64_t koff = static_cast<int64_t>(a) * Hkv * D;
   // part 1: keys [0, a); part 2: keys [a, Tk); part 3: no keys (lse = -inf, o = 0)
-  CK(ls_attn_fwd_bf16_f32out(q.p, k.p, v.p, p1.p, l1.p, Tq, a, Hq, Hkv, D, scale, 0, 0));
+  CK(ls_attn_fwd_bf16_f32out(q.p, k.p, v.p, p1.p, l1.p, Tq, a, Hq, Hkv, D, scale, 0, g_kernels, 0));
   CK(ls_attn_merge_f32(acc.p, accl.p, p1.p, l1.p, Tq, Hq, D, 0));
-  CK(ls_attn_fwd_bf16(q.p, k.p, v.p, ob.p, l1.p, Tq, a, Hq, Hkv, D, scale, 0, 0));
+  CK(ls_attn_fwd_bf16(q.p, k.p, v.p, ob.p, l1.p, Tq, a, Hq, Hkv, D, scale, 0, g_kernels, 0));
   CK(ls_attn_merge_bf16(accb.p, acclb.p, ob.p, l1.p, Tq, Hq, D, 0));
-  CK(ls_attn_fwd_bf16_f32out(q.p, k.p + koff, v.p + koff, p1.p, l2.p, Tq, Tk - a, Hq, Hkv, D, scale, 0, 0));
+  CK(ls_attn_fwd_bf16_f32out(q.p, k.p + koff, v.p + koff, p1.p, l2.p, Tq, Tk - a, Hq, Hkv, D, scale, 0, g_kernels, 0));
   CK(ls_attn_merge_f32(acc.p, accl.p, p1.p, l2.p, Tq, Hq, D, 0));
-  CK(ls_attn_fwd_bf16(q.p, k.p + koff, v.p + koff, ob.p, l2.p, Tq, Tk - a, Hq, Hkv, D, scale, 0, 0));
+  CK(ls_attn_fwd_bf16(q.p, k.p + koff, v.p + koff, ob.p, l2.p, Tq, Tk - a, Hq, Hkv, D, scale, 0, g_kernels, 0));
   CK(ls_attn_merge_bf16(accb.p, acclb.p, ob.p, l2.p, Tq, Hq, D, 0));
-  CK(ls_attn_fwd_bf16_f32out(q.p, k.p, v.p, p1.p, l2.p, Tq, 0, Hq, Hkv, D, scale, 0, 0));
+  CK(ls_attn_fwd_bf16_f32out(q.p, k.p, v.p, p1.p, l2.p, Tq, 0, Hq, Hkv, D, scale, 0, g_kernels, 0));
   CK(ls_attn_merge_f32(acc.p, accl.p, p1.p, l2.p, Tq, Hq, D, 0));
   CK(cudaDeviceSynchronize());
   const auto ref_o = of.host(), ref_l = lf.host();
@@ -438,13 +441,13 @@ bool check_determinism() {
   rand_bf16(k, 1.f);
   rand_bf16(v, 1.f);
   rand_bf16(dout, 1.f);
-  CK(ls_attn_fwd_bf16(q.p, k.p, v.p, o.p, lse.p, T, T, Hq, Hkv, D, scale, 1, 0));
+  CK(ls_attn_fwd_bf16(q.p, k.p, v.p, o.p, lse.p, T, T, Hq, Hkv, D, scale, 1, g_kernels, 0));
   std::vector<float> r[2][3];
   for (int run = 0; run < 2; ++run) {
     CK(cudaMemset(dq.p, 0, nq * 4));
     CK(cudaMemset(dk.p, 0, nk * 4));
     CK(cudaMemset(dv.p, 0, nk * 4));
-    CK(ls_attn_bwd_bf16(q.p, k.p, v.p, o.p, lse.p, dout.p, dq.p, dk.p, dv.p, ws.p, T, T, Hq, Hkv, D, scale, 1, 0));
+    CK(ls_attn_bwd_bf16(q.p, k.p, v.p, o.p, lse.p, dout.p, dq.p, dk.p, dv.p, ws.p, T, T, Hq, Hkv, D, scale, 1, g_kernels, 0));
     CK(cudaDeviceSynchronize());
     r[run][0] = dq.host();
     r[run][1] = dk.host();
@@ -509,9 +512,9 @@ void time_shipped() {
         const float scale = 1.f / std::sqrt(static_cast<float>(D));
         for (const char* which : kernel_sets()) {
           use_kernels(which);
-          const double tf = median_ms([&] { CK(ls_attn_fwd_bf16(q.p, k.p, v.p, o.p, lse.p, T, T, H, Hkv, D, scale, causal, 0)); });
+          const double tf = median_ms([&] { CK(ls_attn_fwd_bf16(q.p, k.p, v.p, o.p, lse.p, T, T, H, Hkv, D, scale, causal, g_kernels, 0)); });
           const double tb = median_ms([&] {
-            CK(ls_attn_bwd_bf16(q.p, k.p, v.p, o.p, lse.p, dout.p, dq.p, dk.p, dv.p, ws.p, T, T, H, Hkv, D, scale, causal, 0));
+            CK(ls_attn_bwd_bf16(q.p, k.p, v.p, o.p, lse.p, dout.p, dq.p, dk.p, dv.p, ws.p, T, T, H, Hkv, D, scale, causal, g_kernels, 0));
           });
           const double F = fwd_flops(T, H, D, causal);
           std::printf("%-6d %-4d %-6d %9.2f %9.2f %9.2f %8.1f %8.1f %8.1f  %s\n", T, Hkv, causal, tf, tb, tf + tb, F / tf * 1e-9,
@@ -544,7 +547,7 @@ void time_fwd_variant(const char* note) {
     rand_bf16(q, 1.f);
     rand_bf16(k, 1.f);
     rand_bf16(v, 1.f);
-    CK(ls_attn_fwd_bf16(q.p, k.p, v.p, o1.p, l1.p, Tq, Tk, H, Hkv, D, 1.f / std::sqrt(128.f), 1, 0));
+    CK(ls_attn_fwd_bf16(q.p, k.p, v.p, o1.p, l1.p, Tq, Tk, H, Hkv, D, 1.f / std::sqrt(128.f), 1, g_kernels, 0));
     run(q.p, k.p, v.p, o2.p, l2.p, Tq, Tk, H, Hkv, 1);
     CK(cudaDeviceSynchronize());
     const auto a = o1.host(), b = o2.host();
@@ -574,7 +577,7 @@ double time_bwd_mode(int T, int Hkv) {
   Buf<uint16_t> q(nq), k(nk), v(nk), o(nq), dout(nq);
   Buf<float> lse(static_cast<int64_t>(H) * T), dq(nq), dk(nk), dv(nk), delta(static_cast<int64_t>(H) * T);
   for (auto* b : {&q, &k, &v, &dout}) rand_bf16(*b, 1.f);
-  CK(ls_attn_fwd_bf16(q.p, k.p, v.p, o.p, lse.p, T, T, H, Hkv, D, 1.f / std::sqrt(128.f), 1, 0));
+  CK(ls_attn_fwd_bf16(q.p, k.p, v.p, o.p, lse.p, T, T, H, Hkv, D, 1.f / std::sqrt(128.f), 1, g_kernels, 0));
   BwdParams p{};
   p.q = q.p, p.k = k.p, p.v = v.p, p.o = o.p, p.dout = dout.p, p.lse = lse.p, p.delta = delta.p, p.dq = dq.p, p.dk = dk.p, p.dv = dv.p;
   p.Tq = T, p.Tk = T, p.Hq = H, p.Hkv = Hkv, p.group = H / Hkv, p.causal = 1, p.offset = 0;
@@ -619,11 +622,16 @@ int main(int argc, char** argv) {
   bool ok = true;
   if (do_validate) {
     // argument checks: unsupported input is refused without a launch
-    const bool refuses = ls_attn_fwd_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, 4, 4, 2, 2, 96, 0.1f, 0, 0) == cudaErrorInvalidValue &&
-                         ls_attn_fwd_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, 4, 4, 6, 4, 128, 0.1f, 0, 0) == cudaErrorInvalidValue &&
-                         ls_attn_fwd_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, 4, 4, 2, 2, 128, -1.f, 0, 0) == cudaErrorInvalidValue;
+    const bool refuses = ls_attn_fwd_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, 4, 4, 2, 2, 96, 0.1f, 0, g_kernels, 0) == cudaErrorInvalidValue &&
+                         ls_attn_fwd_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, 4, 4, 6, 4, 128, 0.1f, 0, g_kernels, 0) == cudaErrorInvalidValue &&
+                         ls_attn_fwd_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, 4, 4, 2, 2, 128, -1.f, 0, g_kernels, 0) == cudaErrorInvalidValue;
     std::printf("argument checks (D=96, Hq%%Hkv != 0, scale < 0 refused): %s\n", refuses ? "PASS" : "FAIL");
-    ok = refuses && ok;
+    // An unknown kernel set is refused whatever the shape (even one that launches nothing).
+    const bool unknown = ls_attn_fwd_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, 2, 2, 128, 0.1f, 0, 7, 0) ==
+                             LS_ATTN_ERR_KERNELS_UNKNOWN &&
+                         ls_attn_kernel(0, 7) == -LS_ATTN_ERR_KERNELS_UNKNOWN;
+    std::printf("argument checks (an unknown kernel set refused): %s\n", unknown ? "PASS" : "FAIL");
+    ok = refuses && unknown && ok;
     for (const char* which : kernel_sets()) {
       use_kernels(which);
       std::printf("\n== kernels: %s\n", kernel_name());

@@ -1,4 +1,4 @@
-// Block attention on one GPU: our CUDA kernels (cuda.ts) and the cuDNN backend (cudnn.ts) at the shapes
+// Block attention on one GPU: our CUDA kernels (cuda.ts) and the cuDNN backend (cudnn/) at the shapes
 // of Llama-2-7B-like layers.
 // H = 32 query heads (Hkv = 32 and 8), D = 128, causal, bf16, T = 8K, 32K, 64K: forward, backward and
 // forward+backward in one timed region. CUDA events after warm-up, median of --reps (default 5) runs.
@@ -7,12 +7,14 @@
 //   bun packages/attention/bench/attn-bench.ts [out.json] [--T 8192,32768,65536] [--reps 5] [--backends cuda,cudnn]
 // Compare with packages/attention/bench/torch_sdpa_bench.py (PyTorch SDPA, cuDNN and flash) on the same card.
 
-import { cliErrors, deviceInfo, medianEventMs, requireDevice, type Stream, UserError } from "@lightseq/cuda";
+import { cliErrors, deviceInfo, requireDevice, type Stream, UserError } from "@lightseq/cuda";
+import { medianEventMs } from "@lightseq/cuda/bench/timing";
 import { currentStream, empty, fill, randn, type Tensor } from "@lightseq/tensor";
 import { type AttnFile, type AttnRow, versioned } from "../../../bench/schema.ts";
 import { attentionCost } from "../src/block.ts";
 import { backwardAccumulate, backwardWorkspaceBytes, cudaAttentionKernels, forwardInto } from "../src/cuda.ts";
-import { cudnnAvailable, cudnnBackwardInto, cudnnForwardInto } from "../src/cudnn.ts";
+import { cudnnAvailable, cudnnBackwardInto, cudnnForwardInto } from "../src/cudnn/index.ts";
+import { attentionEnv } from "../src/env.ts";
 
 cliErrors("attn-bench");
 const args = process.argv.slice(2);
@@ -33,12 +35,14 @@ const H = 32;
 const D = 128;
 const dev = "cuda:0";
 const stream: Stream = currentStream(0);
+/** Which of our kernel sets runs: LIGHTSEQ_ATTN_KERNEL (auto | mma | wgmma; default auto), read once here. */
+const { kernels } = attentionEnv();
 
 /** Median milliseconds of fn over `reps` timed runs after `warmup` runs. */
 const timeMs = (fn: () => void, warmup = 2): number => medianEventMs(stream, fn, { warmup, reps });
 
 const info = deviceInfo(0);
-const kernelName = (b: string) => (b === "cuda" ? `lightseq cuda (${cudaAttentionKernels(0)})` : "cudnn (fused attention)");
+const kernelName = (b: string) => (b === "cuda" ? `lightseq cuda (${cudaAttentionKernels(0, kernels)})` : "cudnn (fused attention)");
 console.log(`device: ${info.name}, ${info.multiProcessors} SMs; H=${H} D=${D} causal bf16, median of ${reps}`);
 for (const b of backends) console.log(`  ${b}: ${kernelName(b)}`);
 console.log(
@@ -73,8 +77,8 @@ for (const backend of backends)
       let bwd: () => void;
       if (backend === "cuda") {
         const workspace = keep(empty([backwardWorkspaceBytes(T, H, D) / 4], { device: dev, stream }));
-        fwd = () => forwardInto(q, k, v, { o, lse }, opts);
-        bwd = () => backwardAccumulate(q, k, v, o, lse, dO, grads, { ...opts, workspace });
+        fwd = () => forwardInto(q, k, v, { o, lse }, { ...opts, kernels });
+        bwd = () => backwardAccumulate(q, k, v, o, lse, dO, grads, { ...opts, kernels, workspace });
       } else {
         fwd = () => cudnnForwardInto(q, k, v, { o, lse }, opts);
         bwd = () => cudnnBackwardInto(q, k, v, o, lse, dO, grads, opts);

@@ -1,8 +1,8 @@
 // The cuDNN attention backend on a GPU machine, in three steps; each prints what it found and the script
 // exits non-zero if any step failed (steps 2 and 3 go on past a failed case so one run says everything).
 //
-//   1. ABI: the constants cudnn.ts passes to cuDNN (CUDNN_ABI) against the real headers, as printed by
-//      bench/cudnn-abi.c (how to build it: the top of that file). Any difference stops the script here.
+//   1. ABI: the constants the cuDNN backend passes to cuDNN (CUDNN_ABI) against the real headers, as printed
+//      by src/cudnn/abi.c (how to build it: the top of that file). Any difference stops the script here.
 //   2. Correctness against the CUDA backend (cuda.ts) on fresh random bf16 inputs: o, lse, and dq, dk, dv
 //      with both backwards fed the same (CUDA) o and lse, so each step is compared on its own.
 //      Printed per tensor: max|got - ref| / max|ref| and ||got - ref|| / ||ref||. Pass: the norm ratio
@@ -15,11 +15,21 @@
 //   bun packages/attention/bench/cudnn-check.ts <cudnn-abi.txt> [--T 8192,32768,65536] [--reps 5] [--hkv 32]
 //       [--no-cuda] [--no-timing]
 
-import { deviceInfo, medianEventMs, type Stream } from "@lightseq/cuda";
+import { deviceInfo, type Stream } from "@lightseq/cuda";
+import { medianEventMs } from "@lightseq/cuda/bench/timing";
 import { currentStream, empty, fill, randn, type Tensor, toFloat32Array } from "@lightseq/tensor";
 import { attentionCost } from "../src/block.ts";
-import { backwardAccumulate, cudaBackend, forwardInto } from "../src/cuda.ts";
-import { CUDNN_ABI, cudnnAvailable, cudnnBackend, cudnnBackwardInto, cudnnForwardInto, cudnnPlans } from "../src/cudnn.ts";
+import { backwardAccumulate, createCudaBackend, forwardInto } from "../src/cuda.ts";
+import {
+  CUDNN_ABI,
+  checkCudnnAbi,
+  cudnnAvailable,
+  cudnnBackend,
+  cudnnBackwardInto,
+  cudnnForwardInto,
+  cudnnPlans,
+} from "../src/cudnn/index.ts";
+import { attentionEnv } from "../src/env.ts";
 
 const args = process.argv.slice(2);
 const flag = (name: string) => {
@@ -33,40 +43,27 @@ const reps = Number(flag("--reps") ?? 5);
 const timingHkv = Number(flag("--hkv") ?? 32);
 const withCuda = !args.includes("--no-cuda");
 const withTiming = !args.includes("--no-timing");
+/** Our kernels, the reference here: the set LIGHTSEQ_ATTN_KERNEL names (default auto). */
+const { kernels } = attentionEnv();
+const cudaBackend = createCudaBackend({ kernels });
 let failures = 0;
 
 // ---- 1. ABI ------------------------------------------------------------------------------------------------
 
 if (!abiPath) {
-  console.error("usage: bun packages/attention/bench/cudnn-check.ts <cudnn-abi.txt> [...]  (build the file with bench/cudnn-abi.c)");
+  console.error(
+    "usage: bun packages/attention/bench/cudnn-check.ts <cudnn-abi.txt> [...]  (build the file with packages/attention/src/cudnn/abi.c)",
+  );
   process.exit(2);
 }
 {
-  const text = await Bun.file(abiPath).text();
-  const header: Record<string, number> = {};
-  for (const raw of text.split("\n")) {
-    const line = raw.trim();
-    if (line.startsWith("#")) console.log(`headers: ${line.slice(1).trim()}`);
-    if (line === "" || line.startsWith("#")) continue;
-    const m = /^([A-Z0-9_]+)=(-?\d+)$/.exec(line);
-    if (!m) {
-      console.error(`ABI: cannot read line ${JSON.stringify(line)} of ${abiPath}`);
-      process.exit(1);
-    }
-    header[m[1] as string] = Number(m[2]);
-  }
-  const ours = CUDNN_ABI as Readonly<Record<string, number>>;
-  const diffs: string[] = [];
-  for (const [name, value] of Object.entries(ours)) {
-    if (!(name in header)) diffs.push(`  ${name}: cudnn.ts ${value}, not printed by cudnn-abi.c`);
-    else if (header[name] !== value) diffs.push(`  ${name}: cudnn.ts ${value}, headers ${header[name]}`);
-  }
-  for (const name of Object.keys(header)) if (!(name in ours)) diffs.push(`  ${name}: headers ${header[name]}, not in CUDNN_ABI`);
-  if (diffs.length > 0) {
-    console.error(`ABI: ${diffs.length} difference(s) between CUDNN_ABI (cudnn.ts) and the headers (${abiPath}):\n${diffs.join("\n")}`);
+  const abi = checkCudnnAbi(await Bun.file(abiPath).text(), abiPath);
+  for (const h of abi.headers) console.log(`headers: ${h}`);
+  if (abi.diffs.length > 0) {
+    console.error(`ABI: ${abi.diffs.length} difference(s) between CUDNN_ABI and the headers (${abiPath}):\n  ${abi.diffs.join("\n  ")}`);
     process.exit(1);
   }
-  console.log(`ABI: all ${Object.keys(ours).length} constants match the headers`);
+  console.log(`ABI: all ${Object.keys(CUDNN_ABI).length} constants match the headers`);
 }
 
 // ---- setup -------------------------------------------------------------------------------------------------
@@ -188,7 +185,7 @@ if (withTiming) {
       const p = { dtype: "bf16" as const, device: dev, stream };
       const o = keep(empty([T, H, D], p));
       const lse = keep(empty([H, T], { device: dev, stream }));
-      const opts = { causal: true, stream };
+      const opts = { causal: true, stream, kernels };
       const shape = { Tq: T, Tk: T, Hq: H, Hkv: timingHkv, D, causal: true };
       const F = attentionCost(shape, "forward").flops;
       const B = attentionCost(shape, "backward").flops;

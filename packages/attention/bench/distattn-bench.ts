@@ -13,21 +13,32 @@
 
 import { renameSync } from "node:fs";
 import { type Communicator, initCommunicator, launch } from "@lightseq/comm";
-import { cliErrors, Event, median, probeGpus, UserError } from "@lightseq/cuda";
+import { cliErrors, Event, probeGpus, UserError } from "@lightseq/cuda";
+import { median } from "@lightseq/cuda/bench/timing";
 import * as T from "@lightseq/tensor";
 import { compareClose } from "@lightseq/tensor/testing";
 import { versioned } from "../../../bench/schema.ts";
 import type { AttentionBackend } from "../src/block.ts";
 import { attentionCost } from "../src/block.ts";
-import { cudaAttentionKernels, cudaBackend } from "../src/cuda.ts";
-import { cudnnBackend } from "../src/cudnn.ts";
+import { createCudaBackend, cudaAttentionKernels } from "../src/cuda.ts";
+import { cudnnBackend } from "../src/cudnn/index.ts";
 import { type DistMode, distAttnBackward, distAttnForward } from "../src/distattn.ts";
+import { attentionEnv } from "../src/env.ts";
 import { gatherRows, localRanges, placeSequence } from "../src/placement.ts";
 import { checkSchedule, makeSchedule, SCHEDULES, type Schedule, type ScheduleName } from "../src/schedule.ts";
+import { noCommCommunicator } from "./nocomm.ts";
 
 cliErrors("distattn-bench");
 const [outPath = "", tsArg = "65536,131072,262144", hkvArg = "32,8", schedArg = SCHEDULES.join(","), modeArg = "overlap,sync,nocomm"] =
   process.argv.slice(2);
+
+/** The modes a row times: DistAttn's own (overlap, sync) and "nocomm" (nocomm.ts: no communication). */
+const MODES = ["overlap", "sync", "nocomm"] as const;
+type BenchMode = (typeof MODES)[number];
+const modes = modeArg.split(",").map((m) => {
+  if (!MODES.includes(m as BenchMode)) throw new Error(`modes: expected a comma list of ${MODES.join(", ")}, got "${m}"`);
+  return m as BenchMode;
+});
 
 /** Checked before any rank starts, so a typo stops the launcher rather than every rank. */
 function envChoice<C extends string>(name: string, choices: readonly C[], fallback: C): C {
@@ -37,6 +48,8 @@ function envChoice<C extends string>(name: string, choices: readonly C[], fallba
 }
 /** Block kernels: "cuda" (ours) or "cudnn". */
 const BACKEND = envChoice("BENCH_BACKEND", ["cuda", "cudnn"], "cuda");
+/** Which of our kernel sets the cuda backend runs (LIGHTSEQ_ATTN_KERNEL: auto | mma | wgmma). */
+const { kernels: KERNELS } = attentionEnv();
 /** "run" (default), "only" (equality check, no timing) or "skip". */
 const EQUALITY = envChoice("BENCH_EQUALITY", ["run", "only", "skip"], "run");
 /** Priority of DistAttn's comm stream (PyTorch gives NCCL "high"; the default is what BENCHMARKS.md measured). */
@@ -64,14 +77,15 @@ if (process.env.RANK === undefined) {
 }
 
 const comm: Communicator = await initCommunicator({ backend: "nccl" });
+const noComm = noCommCommunicator(comm);
 const P = comm.size;
 const dev = "cuda:0";
 const stream = T.currentStream(0);
 const H = 32;
 const REPS = Number(process.env.BENCH_REPS ?? 3);
-const backend: AttentionBackend = BACKEND === "cudnn" ? cudnnBackend : cudaBackend;
+const backend: AttentionBackend = BACKEND === "cudnn" ? cudnnBackend : createCudaBackend({ kernels: KERNELS });
 /** Which of our kernels run (wgmma on H100/H200 unless LIGHTSEQ_ATTN_KERNEL says otherwise), recorded per row. */
-const ATTN_KERNELS = BACKEND === "cuda" ? cudaAttentionKernels(0) : undefined;
+const ATTN_KERNELS = BACKEND === "cuda" ? cudaAttentionKernels(0, KERNELS) : undefined;
 const D = 128;
 const say = (m: string) => {
   if (comm.rank === 0) console.log(m);
@@ -192,9 +206,10 @@ for (const Hkv of EQUALITY === "only" ? [] : hkvArg.split(",").map(Number)) {
         ncclEnv: NCCL_ENV,
         ...(PHASE === "both" ? {} : { phase: PHASE }),
       };
-      for (const mode of modeArg.split(",") as DistMode[]) {
+      for (const mode of modes) {
         if (mode !== "overlap" && !ALL_MODES_HKV.includes(Hkv)) continue;
-        const opts = { schedule: s, N, comm, backend, mode, commPriority: COMM_PRIORITY };
+        const run: { comm: Communicator; mode: DistMode } = mode === "nocomm" ? { comm: noComm, mode: "overlap" } : { comm, mode };
+        const opts = { schedule: s, N, backend, commPriority: COMM_PRIORITY, ...run };
         let traffic = { fwd: 0, bwd: 0 };
         // BENCH_PHASE=bwd: one forward, outside the timing, feeds every timed backward.
         const f0 = PHASE === "bwd" ? await distAttnForward(q, k, v, opts) : null;

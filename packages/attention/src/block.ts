@@ -55,6 +55,14 @@ export interface AttentionGrads {
   dv: Tensor;
 }
 
+/** A normalised partial result (merge.ts): o over some keys and the log-sum-exp of those keys' scores. */
+export interface AttentionPartial {
+  /** [T, H, D] f32 or bf16 */
+  o: Tensor;
+  /** [H, T] f32 */
+  lse: Tensor;
+}
+
 export interface AttentionBackend {
   /** Shown in logs and error messages ("reference", "cuda", ...). */
   readonly name: string;

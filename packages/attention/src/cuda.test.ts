@@ -5,17 +5,23 @@
 // widens the same bits), the kernels round P and dS to bf16 before the P V, dS K and dS^T Q products
 // (2^-9 relative per element, averaging out over a row) and round o (and dq, dk, dv) to bf16 once:
 // a correct kernel lands near 1e-3; indexing or masking errors land far above 1e-2.
+//
+// The kernel set under test is LIGHTSEQ_ATTN_KERNEL's (read once, here: the test entry), so a run with
+// LIGHTSEQ_ATTN_KERNEL=mma tests the mma.sync kernels on sm_90 too.
 
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { skipWithoutGpu } from "@lightseq/cuda";
 import { empty, fill, fromArray, item, randn, sumOfSquares, type Tensor, to, toFloat32Array } from "@lightseq/tensor";
 import { compareClose } from "@lightseq/tensor/testing";
-import { backwardAccumulate, backwardWorkspaceBytes, cudaBackend, forwardInto, mergeIntoCuda } from "./cuda.ts";
+import { backwardAccumulate, backwardWorkspaceBytes, createCudaBackend, cudaAttentionKernels, forwardInto, mergeIntoCuda } from "./cuda.ts";
+import { attentionEnv } from "./env.ts";
 import { emptyPartial, mergeInto } from "./merge.ts";
 import { referenceBackend } from "./reference.ts";
 import { attentionBackendSuite, lseColumns, TensorPool } from "./testing.ts";
 
 const noGpu = skipWithoutGpu();
+const { kernels } = attentionEnv();
+const cudaBackend = createCudaBackend({ kernels });
 const dev = "cuda:0";
 const REL_TOL = 1e-2;
 setDefaultTimeout(120_000); // the CPU reference at a few hundred tokens takes seconds
@@ -134,7 +140,7 @@ describe.skipIf(noGpu)("cuda lower-level calls (DistAttn)", () => {
       o: pool.add(empty([Tq, Hq, D], { dtype: "f32", device: dev })),
       lse: pool.add(empty([Hq, Tq], { dtype: "f32", device: dev })),
     };
-    forwardInto(x.q, x.k, x.v, b, { causal: true });
+    forwardInto(x.q, x.k, x.v, b, { causal: true, kernels });
     expectRel(a.o, b.o, "o", 4e-3); // bf16 rounding of one side only
     expect(Array.from(toFloat32Array(a.lse))).toEqual(Array.from(toFloat32Array(b.lse)));
   });
@@ -151,14 +157,14 @@ describe.skipIf(noGpu)("cuda lower-level calls (DistAttn)", () => {
     };
     const before = { dq: toFloat32Array(base.dq), dk: toFloat32Array(base.dk), dv: toFloat32Array(base.dv) };
     const workspace = pool.add(empty([backwardWorkspaceBytes(Tq, Hq, D) / 4], { dtype: "f32", device: dev }));
-    backwardAccumulate(x.q, x.k, x.v, o, lse, x.dO, base, { causal: true, workspace });
+    backwardAccumulate(x.q, x.k, x.v, o, lse, x.dO, base, { causal: true, kernels, workspace });
     const fresh = {
       dq: pool.add(empty([Tq, Hq, D], { device: dev })),
       dk: pool.add(empty([Tk, Hkv, D], { device: dev })),
       dv: pool.add(empty([Tk, Hkv, D], { device: dev })),
     };
     for (const t of Object.values(fresh)) fill(t, 0);
-    backwardAccumulate(x.q, x.k, x.v, o, lse, x.dO, fresh, { causal: true });
+    backwardAccumulate(x.q, x.k, x.v, o, lse, x.dO, fresh, { causal: true, kernels });
     for (const name of ["dq", "dk", "dv"] as const) {
       const added = toFloat32Array(base[name]).map((e, i) => e - (before[name][i] as number));
       expectRel(added, toFloat32Array(fresh[name]), `${name} added`, 1e-4); // f32 sums in another order
@@ -184,7 +190,7 @@ describe.skipIf(noGpu)("cuda lower-level calls (DistAttn)", () => {
         o: pool.add(empty([Tq, Hq, D], { dtype, device: dev })),
         lse: pool.add(empty([Hq, Tq], { dtype: "f32", device: dev })),
       };
-      forwardInto(x.q, k, v, part, { causal: false });
+      forwardInto(x.q, k, v, part, { causal: false, kernels });
       mergeIntoCuda(acc, part);
       mergeInto(accCpu, { o: cpu(pool, part.o), lse: cpu(pool, part.lse) });
       start += len;
@@ -193,6 +199,26 @@ describe.skipIf(noGpu)("cuda lower-level calls (DistAttn)", () => {
     expectRel(acc.lse, full.lse, "merged lse vs full forward", 1e-5);
     expectRel(acc.o, accCpu.o, "merged o vs cpu merge", 1e-5);
     expectRel(acc.lse, accCpu.lse, "merged lse vs cpu merge", 1e-6);
+  });
+
+  test("mergeIntoCuda keeps the max shift: a partial merged with its twin at |lse| up to 800 keeps o, gains ln 2", () => {
+    using pool = new TensorPool();
+    const [T, H, D] = [3, 2, 64];
+    const lseValues = [800, -800, 100, -100, 88.5, 0.5]; // exp overflows f32 past 88: only the shifted form survives
+    const part = {
+      o: pool.add(randn([T, H, D], { seed: seed++, device: dev })),
+      lse: pool.add(fromArray(lseValues, [H, T], { device: dev })),
+    };
+    const acc = pool.addAll(emptyPartial(T, H, D, { device: dev }));
+    mergeIntoCuda(acc, part);
+    mergeIntoCuda(acc, part);
+    expectRel(acc.o, part.o, "o", 1e-6);
+    expectRel(
+      acc.lse,
+      lseValues.map((l) => l + Math.LN2),
+      "lse",
+      1e-6,
+    );
   });
 
   test("128K tokens, causal: finite everywhere; sampled rows equal the reference", () => {
@@ -206,7 +232,7 @@ describe.skipIf(noGpu)("cuda lower-level calls (DistAttn)", () => {
       dv: pool.add(empty([T, Hkv, D], { device: dev })),
     };
     for (const t of Object.values(g)) fill(t, 0);
-    backwardAccumulate(x.q, x.k, x.v, o, lse, x.dO, g, { causal: true });
+    backwardAccumulate(x.q, x.k, x.v, o, lse, x.dO, g, { causal: true, kernels });
     for (const [name, t] of Object.entries({ o, lse, ...g })) expect({ name, finite: finite(t) }).toEqual({ name, finite: true });
     // Row i sees keys 0..i: the reference of that one row against that key prefix (not causal).
     for (const i of [0, 4097, 65535, T - 1]) {
@@ -259,31 +285,42 @@ describe.skipIf(noGpu)("cuda refuses what it cannot do, before launching", () =>
   });
 });
 
-test.skipIf(!noGpu)("without a GPU the CUDA attention tests are skipped (the reference suite runs in reference.test.ts)", () => {
-  expect(noGpu).toBe(true);
+test("an unknown kernel set is refused on any device, before anything is loaded", () => {
+  expect(() => createCudaBackend({ kernels: "fast" as never })).toThrow(
+    'createCudaBackend: kernels: expected one of auto, mma, wgmma, got "fast"',
+  );
 });
 
 describe.skipIf(noGpu)("kernel choice", () => {
-  test("wgmma on compute capability 9.0, mma.sync elsewhere; LIGHTSEQ_ATTN_KERNEL overrides it or is refused by name", async () => {
+  test("auto: wgmma on compute capability 9.0, mma.sync elsewhere; mma everywhere; wgmma elsewhere refused by name", async () => {
     const { deviceInfo } = await import("@lightseq/cuda");
-    const { cudaAttentionKernels } = await import("./cuda.ts");
     const [major, minor] = deviceInfo(0).computeCapability;
     const hopper = major === 9 && minor === 0;
-    // This process's own setting (a run of the suite with LIGHTSEQ_ATTN_KERNEL=mma tests the mma.sync
-    // kernels on sm_90 too).
-    const mine = process.env.LIGHTSEQ_ATTN_KERNEL ?? "auto";
-    expect(cudaAttentionKernels(0)).toBe(hopper && mine !== "mma" ? "wgmma" : "mma.sync");
-    // The library reads the variable from the process environment (bun's process.env does not reach
-    // C's getenv), so each setting runs in a child process.
-    const probe = async (value: string) => {
-      const code = `import { cudaAttentionKernels } from ${JSON.stringify(`${import.meta.dir}/cuda.ts`)};
-        try { console.log(cudaAttentionKernels(0)); } catch (e) { console.log("error: " + e.message); }`;
-      const p = Bun.spawn([process.execPath, "-e", code], { env: { ...process.env, LIGHTSEQ_ATTN_KERNEL: value }, stdout: "pipe" });
-      return (await new Response(p.stdout).text()).trim();
-    };
-    expect(await probe("mma")).toBe("mma.sync");
-    if (hopper) expect(await probe("wgmma")).toBe("wgmma");
-    else expect(await probe("wgmma")).toContain("needs a compute capability 9.0 GPU");
-    expect(await probe("fast")).toContain('LIGHTSEQ_ATTN_KERNEL="fast": expected auto, mma or wgmma');
+    expect(cudaAttentionKernels(0)).toBe(hopper ? "wgmma" : "mma.sync");
+    expect(cudaAttentionKernels(0, "mma")).toBe("mma.sync");
+    expect(createCudaBackend({ kernels: "mma" }).kernels).toBe("mma");
+    if (hopper) expect(cudaAttentionKernels(0, "wgmma")).toBe("wgmma");
+    else {
+      const refused = 'kernels "wgmma": the wgmma kernels need a compute capability 9.0 GPU (H100, H200), and cuda:0 is not one';
+      expect(() => cudaAttentionKernels(0, "wgmma")).toThrow(refused);
+      // The same refusal from a launch (the library's code, explained from the call's own arguments).
+      using pool = new TensorPool();
+      const x = inputs(pool, 8, 8, 2, 2, 64);
+      expect(() => createCudaBackend({ kernels: "wgmma" }).forward(x.q, x.k, x.v, { causal: true })).toThrow(refused);
+    }
+  });
+
+  test("both kernel sets the device runs agree (forward and backward)", () => {
+    const sets = cudaAttentionKernels(0, "auto") === "wgmma" ? (["wgmma", "mma"] as const) : (["mma"] as const);
+    using pool = new TensorPool();
+    const x = inputs(pool, 200, 260, 4, 2, 128);
+    const runs = sets.map((kernels) => {
+      const b = createCudaBackend({ kernels });
+      const f = pool.addAll(b.forward(x.q, x.k, x.v, { causal: true }));
+      return { ...f, ...pool.addAll(b.backward(x.q, x.k, x.v, f.o, f.lse, x.dO, { causal: true })) };
+    });
+    const a = runs[0] as (typeof runs)[number];
+    const b = runs[runs.length - 1] as (typeof runs)[number];
+    for (const name of ["o", "lse", "dq", "dk", "dv"] as const) expectRel(b[name], a[name], `${name} (${sets.join(" vs ")})`);
   });
 });

@@ -2,25 +2,32 @@
 // of block.ts, plus the lower-level calls DistAttn uses. Layouts: layout.ts. What each kernel computes
 // and how it is built: the comments at the top of kernels/src/attention.cu and attention_kernels.cuh.
 //
-//   cudaBackend.forward(q, k, v)              bf16 q [Tq,Hq,D], k/v [Tk,Hkv,D] -> o bf16, lse [Hq,Tq] f32
-//   cudaBackend.backward(q, k, v, o, lse, dO) -> dq, dk, dv bf16 (summed in f32, rounded once)
+//   createCudaBackend({ kernels })            a backend running kernels "auto" | "mma" | "wgmma"
+//   cudaBackend                               the same with kernels "auto" (H100/H200: wgmma)
+//   backend.forward(q, k, v)                  bf16 q [Tq,Hq,D], k/v [Tk,Hkv,D] -> o bf16, lse [Hq,Tq] f32
+//   backend.backward(q, k, v, o, lse, dO)     -> dq, dk, dv bf16 (summed in f32, rounded once)
 //   forwardInto(q, k, v, { o, lse })          the same into preallocated o (bf16, or f32 for partials)
 //   backwardAccumulate(..., { dq, dk, dv })   f32 dq, dk, dv += this block's gradient (pieces add in fp32)
 //   mergeIntoCuda(acc, part)                  acc (f32) <- merge(acc, part), merge.ts semantics
+//   cudaAttentionKernels(device, kernels)     which kernel set a choice runs on a device
+//
+// The kernel set is an argument of every call (default "auto"), never read from the environment here
+// (env.ts reads LIGHTSEQ_ATTN_KERNEL at the edge). A set the device cannot run is refused by the library
+// without launching, and the code becomes an AttentionError saying which set, which device and what to do.
 //
 // Supported: bf16 q, k, v, o, dO on one CUDA device; D in FAST_HEAD_DIMS (64, 128); scale > 0; every
 // tensor starting on a 16-byte boundary (allocations are; so is a narrow() view of whole rows). Anything
 // else throws an AttentionError that says what and why before anything is launched: no silent fallback.
 // Nothing here synchronises the host; temporaries are allocated and freed on the stream of the call.
 
-import { dlopen } from "bun:ffi";
-import { checkLaunch, kernels, kernelsPath, type Stream, setDevice } from "@lightseq/cuda";
+import { ATTN_ERR, ATTN_KERNELS, checkLaunch, kernels as kernelsLib, type Stream } from "@lightseq/cuda";
 import { cast, deviceName, empty, fill, fmtShape, sameDevice, type Tensor } from "@lightseq/tensor";
 import {
   type AttentionBackend,
   type AttentionGrads,
   type AttentionOptions,
   type AttentionOutput,
+  type AttentionPartial,
   type BackwardOptions,
   type CheckedCall,
   checkBackwardArgs,
@@ -29,50 +36,46 @@ import {
 } from "./block.ts";
 import { checkGrads, checkOut, fail, streamFor } from "./gpu-args.ts";
 import { AttentionError, FAST_HEAD_DIMS } from "./layout.ts";
-import type { AttentionPartial } from "./merge.ts";
 
-const fwdArgs = ["ptr", "ptr", "ptr", "ptr", "ptr", "i32", "i32", "i32", "i32", "i32", "f32", "i32", "ptr"] as const;
-const mergeArgs = ["ptr", "ptr", "ptr", "ptr", "i32", "i32", "i32", "ptr"] as const;
-const attnSymbols = {
-  // (q, k, v, o, lse, Tq, Tk, Hq, Hkv, D, scale, causal, stream)
-  ls_attn_fwd_bf16: { args: fwdArgs, returns: "i32" },
-  ls_attn_fwd_bf16_f32out: { args: fwdArgs, returns: "i32" },
-  // (q, k, v, o, lse, dout, dq, dk, dv, workspace, Tq, Tk, Hq, Hkv, D, scale, causal, stream)
-  ls_attn_bwd_bf16: {
-    args: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "i32", "i32", "i32", "i32", "i32", "f32", "i32", "ptr"],
-    returns: "i32",
-  },
-  ls_attn_bwd_workspace_bytes: { args: ["i32", "i32", "i32"], returns: "i64" },
-  // () -> 1 wgmma, 0 mma.sync, -1 none (the current device; LIGHTSEQ_ATTN_KERNEL)
-  ls_attn_kernel: { args: [], returns: "i32" },
-  // (acc_o, acc_lse, o_part, lse_part, Tq, Hq, D, stream)
-  ls_attn_merge_f32: { args: mergeArgs, returns: "i32" },
-  ls_attn_merge_bf16: { args: mergeArgs, returns: "i32" },
-} as const;
+/**
+ * Which of our kernel sets a call runs: "auto" (wgmma on compute capability 9.0, H100/H200; mma.sync
+ * elsewhere), "wgmma" (compute capability 9.0 only) or "mma" (mma.sync, sm_80 and later; on sm_90 too,
+ * for comparison). An argument of every call here and an option of the backend (createCudaBackend).
+ */
+export type KernelChoice = "auto" | "mma" | "wgmma";
+export const KERNEL_CHOICES: readonly KernelChoice[] = ["auto", "mma", "wgmma"];
 
-// Device addresses and handles are plain numbers (as in @lightseq/cuda's ffi.ts, which the package does
-// not export); every call returns a cudaError_t, except the workspace size (i64 -> bigint).
-type Args<A extends readonly unknown[]> = { -readonly [I in keyof A]: number | null };
-type Table = typeof attnSymbols;
-type AttnFns = { [K in keyof Table]: (...a: Args<Table[K]["args"]>) => Table[K]["returns"] extends "i64" ? bigint : number };
+/** The kernel set that actually runs. */
+export type AttentionKernels = "wgmma" | "mma.sync";
 
-let lib: AttnFns | null = null;
-
-/** The attention entry points of liblightseq.so (the runtime and the library's ABI check come first). */
-function attn(): AttnFns {
-  if (lib) return lib;
-  kernels(); // loads libcudart, then the library, and checks its ABI version
-  const { path } = kernelsPath();
-  try {
-    lib = dlopen(path, attnSymbols).symbols as unknown as AttnFns;
-  } catch (e) {
-    throw new AttentionError(`cuda: ${path} has no attention kernels (${(e as Error).message}); rebuild it with \`bun run build:kernels\``);
-  }
-  return lib;
+export interface KernelOptions {
+  /** Default "auto". */
+  kernels?: KernelChoice;
 }
 
-/** A non-zero cudaError_t becomes a CudaError naming the call, the code, CUDA's message and the sizes. */
-function checkCode(who: string, code: number, call: string, c: CheckedCall): void {
+/** `kernels` checked (a JavaScript caller can pass anything); throws an AttentionError naming `who`. */
+export function checkKernelChoice(who: string, kernels: unknown): KernelChoice {
+  if (!KERNEL_CHOICES.includes(kernels as KernelChoice))
+    throw new AttentionError(`${who}: kernels: expected one of ${KERNEL_CHOICES.join(", ")}, got ${JSON.stringify(kernels)}`);
+  return kernels as KernelChoice;
+}
+
+/** Why a kernel set cannot run, for a code from ls_attn_kernel or a launch (attention.cuh); else undefined. */
+function kernelsRefused(code: number, kernels: KernelChoice, device: number): string | undefined {
+  if (code === ATTN_ERR.kernelsUnavailable)
+    return `kernels "${kernels}": the wgmma kernels need a compute capability 9.0 GPU (H100, H200), and cuda:${device} is not one; choose "mma" or "auto" (the cuda backend's kernels option, or LIGHTSEQ_ATTN_KERNEL where the environment sets it)`;
+  if (code === ATTN_ERR.kernelsUnknown) return `kernels ${JSON.stringify(kernels)}: the kernels library knows no such kernel set`;
+  return undefined;
+}
+
+/**
+ * A non-zero code becomes an error: a kernel set that cannot run is an AttentionError saying why (from
+ * the call's own arguments); any other cudaError_t a CudaError naming the call, the code, CUDA's message
+ * and the sizes.
+ */
+function checkCode(who: string, code: number, call: string, c: CheckedCall, kernels: KernelChoice, device: number): void {
+  const refused = kernelsRefused(code, kernels, device);
+  if (refused !== undefined) fail(who, refused);
   checkLaunch(code, call, `${who}: Tq=${c.Tq} Tk=${c.Tk} Hq=${c.Hq} Hkv=${c.Hkv} D=${c.D} causal=${c.causal} scale=${c.scale}`);
 }
 
@@ -107,29 +110,52 @@ function requireSupported(who: string, c: CheckedCall, tensors: Record<string, T
  * o, lse <- attention(q, k, v) into preallocated outputs: o [Tq, Hq, D] bf16 or f32 (f32 for DistAttn
  * partials that are merged in fp32), lse [Hq, Tq] f32. Enqueued on opts.stream (default: current).
  */
-export function forwardInto(q: Tensor, k: Tensor, v: Tensor, out: AttentionOutput, opts: AttentionOptions): void {
+export function forwardInto(q: Tensor, k: Tensor, v: Tensor, out: AttentionOutput, opts: AttentionOptions & KernelOptions): void {
   const who = "cuda.forwardInto";
+  const kernels = checkKernelChoice(who, opts.kernels ?? "auto");
   const c = checkForwardArgs(who, q, k, v, opts);
   const device = requireSupported(who, c, { q, k, v });
   checkOut(who, out.o, "out.o", ["bf16", "f32"], q.shape, device);
   checkOut(who, out.lse, "out.lse", ["f32"], [c.Hq, c.Tq], device, 4);
-  launchForward(who, c, q, k, v, out.o, out.lse, streamFor(device, opts.stream));
+  launchForward(who, c, { q, k, v, o: out.o, lse: out.lse }, streamFor(device, opts.stream), kernels, device);
 }
 
-function launchForward(who: string, c: CheckedCall, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, s: Stream): void {
-  const L = attn();
-  const fn = o.dtype === "f32" ? L.ls_attn_fwd_bf16_f32out : L.ls_attn_fwd_bf16;
-  const code = fn(q.ptr(), k.ptr(), v.ptr(), o.ptr(), lse.ptr(), c.Tq, c.Tk, c.Hq, c.Hkv, c.D, c.scale, c.causal ? 1 : 0, s.handle);
-  if (code !== 0 && o.device.kind === "cuda") cudaAttentionKernels(o.device.index); // names a bad LIGHTSEQ_ATTN_KERNEL
-  checkCode(who, code, o.dtype === "f32" ? "ls_attn_fwd_bf16_f32out" : "ls_attn_fwd_bf16", c);
+function launchForward(
+  who: string,
+  c: CheckedCall,
+  t: { q: Tensor; k: Tensor; v: Tensor; o: Tensor; lse: Tensor },
+  s: Stream,
+  kernels: KernelChoice,
+  device: number,
+): void {
+  const L = kernelsLib();
+  const f32 = t.o.dtype === "f32";
+  const fn = f32 ? L.ls_attn_fwd_bf16_f32out : L.ls_attn_fwd_bf16;
+  const code = fn(
+    t.q.ptr(),
+    t.k.ptr(),
+    t.v.ptr(),
+    t.o.ptr(),
+    t.lse.ptr(),
+    c.Tq,
+    c.Tk,
+    c.Hq,
+    c.Hkv,
+    c.D,
+    c.scale,
+    c.causal ? 1 : 0,
+    ATTN_KERNELS[kernels],
+    s.handle,
+  );
+  checkCode(who, code, f32 ? "ls_attn_fwd_bf16_f32out" : "ls_attn_fwd_bf16", c, kernels, device);
 }
 
 /** Bytes of scratch one backward call needs (Delta = rowsum(dO * o), f32 [Hq, Tq]). */
 export function backwardWorkspaceBytes(Tq: number, Hq: number, D: number): number {
-  return Number(attn().ls_attn_bwd_workspace_bytes(Tq, Hq, D));
+  return Number(kernelsLib().ls_attn_bwd_workspace_bytes(Tq, Hq, D));
 }
 
-export interface AccumulateOptions extends AttentionOptions {
+export interface AccumulateOptions extends AttentionOptions, KernelOptions {
   /** Scratch of at least backwardWorkspaceBytes(Tq, Hq, D) bytes on the device (default: allocated per call). */
   workspace?: Tensor;
 }
@@ -150,6 +176,7 @@ export function backwardAccumulate(
   opts: AccumulateOptions,
 ): void {
   const who = "cuda.backwardAccumulate";
+  const kernels = checkKernelChoice(who, opts.kernels ?? "auto");
   const c = checkBackwardArgs(who, q, k, v, o, lse, dO, opts);
   const device = requireSupported(who, c, { q, k, v, o, dO });
   if (lse.device.kind !== "cuda" || lse.device.index !== device)
@@ -167,7 +194,7 @@ export function backwardAccumulate(
   const own = ws === undefined ? empty([Math.max(bytes, 16) / 4], { dtype: "f32", device: q.device, stream: s }) : undefined;
   ws ??= own as Tensor;
   try {
-    const code = attn().ls_attn_bwd_bf16(
+    const code = kernelsLib().ls_attn_bwd_bf16(
       q.ptr(),
       k.ptr(),
       v.ptr(),
@@ -185,34 +212,30 @@ export function backwardAccumulate(
       c.D,
       c.scale,
       c.causal ? 1 : 0,
+      ATTN_KERNELS[kernels],
       s.handle,
     );
-    if (code !== 0) cudaAttentionKernels(device); // names a bad LIGHTSEQ_ATTN_KERNEL rather than a bare code
-    checkCode(who, code, "ls_attn_bwd_bf16", c);
+    checkCode(who, code, "ls_attn_bwd_bf16", c, kernels, device);
   } finally {
     own?.dispose(); // stream-ordered free: after the kernels that read it
   }
 }
 
-export type AttentionKernels = "wgmma" | "mma.sync";
-
 /**
- * The kernels (forward and backward) that run on `device`: "wgmma" (sm_90a, H100/H200) where the device
- * has compute capability 9.0, else "mma.sync". The environment variable LIGHTSEQ_ATTN_KERNEL (auto | mma
- * | wgmma), read by the kernels library at each call, overrides it for comparisons; a value the device
- * cannot run throws here, naming it.
+ * The kernel set (forward and backward) that `kernels` runs on CUDA device `device`: "wgmma" where the
+ * device has compute capability 9.0 and `kernels` is auto or wgmma, else "mma.sync". A choice the
+ * device cannot run (wgmma elsewhere) throws, naming it. Changes no state (not even the current device).
  */
-export function cudaAttentionKernels(device: number): AttentionKernels {
-  setDevice(device);
-  const k = attn().ls_attn_kernel();
-  if (k === 1) return "wgmma";
-  if (k === 0) return "mma.sync";
-  const want = process.env.LIGHTSEQ_ATTN_KERNEL;
-  throw new AttentionError(
-    want === "wgmma"
-      ? `LIGHTSEQ_ATTN_KERNEL=wgmma: the wgmma kernels need a compute capability 9.0 GPU (H100, H200), and cuda:${device} is not one; unset it or set mma`
-      : `LIGHTSEQ_ATTN_KERNEL=${JSON.stringify(want)}: expected auto, mma or wgmma (or unset)`,
-  );
+export function cudaAttentionKernels(device: number, kernels: KernelChoice = "auto"): AttentionKernels {
+  const who = "cudaAttentionKernels";
+  const choice = checkKernelChoice(who, kernels);
+  const r = kernelsLib().ls_attn_kernel(device, ATTN_KERNELS[choice]);
+  if (r === 1) return "wgmma";
+  if (r === 0) return "mma.sync";
+  const refused = kernelsRefused(-r, choice, device);
+  if (refused !== undefined) fail(who, refused);
+  checkLaunch(-r, "ls_attn_kernel", `${who}: cuda:${device}`); // a failed device query: CUDA's own error
+  return fail(who, `ls_attn_kernel returned ${r}`);
 }
 
 /**
@@ -239,57 +262,74 @@ export function mergeIntoCuda(acc: AttentionPartial, part: AttentionPartial, opt
     if (!sameDevice(t.device, acc.o.device)) fail(who, `${name}: expected device ${deviceName(acc.o.device)}, got ${deviceName(t.device)}`);
   }
   const s = streamFor(device, opts.stream);
-  const L = attn();
+  const L = kernelsLib();
   const fn = part.o.dtype === "f32" ? L.ls_attn_merge_f32 : L.ls_attn_merge_bf16;
   const code = fn(acc.o.ptr(), acc.lse.ptr(), part.o.ptr(), part.lse.ptr(), T, H, D, s.handle);
   checkLaunch(code, `ls_attn_merge_${part.o.dtype}`, `${who}: T=${T} H=${H} D=${D}`);
 }
 
-export const cudaBackend: AttentionBackend = {
-  name: "cuda",
+/** Our kernels behind the block contract, with the kernel set they run. */
+export interface CudaBackend extends AttentionBackend {
+  readonly kernels: KernelChoice;
+}
 
-  forward(q: Tensor, k: Tensor, v: Tensor, opts: ForwardOptions): AttentionOutput {
-    const who = "cuda.forward";
-    const c = checkForwardArgs(who, q, k, v, opts);
-    const device = requireSupported(who, c, { q, k, v });
-    const s = streamFor(device, opts.stream);
-    // outDtype "f32": the kernel writes the partial unrounded (DistAttn merges it in fp32).
-    const o = empty(q.shape, { dtype: c.outDtype, device: q.device, stream: s });
-    const lse = empty([c.Hq, c.Tq], { dtype: "f32", device: q.device, stream: s });
-    try {
-      launchForward(who, c, q, k, v, o, lse, s);
-    } catch (e) {
-      o.dispose();
-      lse.dispose();
-      throw e;
-    }
-    return { o, lse };
-  },
+/** A CUDA backend running `kernels` (default "auto"); an unknown choice throws here, on any device. */
+export function createCudaBackend(o: KernelOptions = {}): CudaBackend {
+  const kernels = checkKernelChoice("createCudaBackend", o.kernels ?? "auto");
+  return {
+    name: "cuda",
+    kernels,
 
-  backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, dO: Tensor, opts: BackwardOptions): AttentionGrads {
-    const who = "cuda.backward";
-    const c = checkBackwardArgs(who, q, k, v, o, lse, dO, opts);
-    const device = requireSupported(who, c, { q, k, v, o, dO });
-    const s = streamFor(device, opts.stream);
-    if (opts.accumulate !== undefined) {
-      // The kernels add into f32 gradients natively: no temporaries.
-      backwardAccumulate(q, k, v, o, lse, dO, opts.accumulate, { ...opts, stream: s });
-      return opts.accumulate;
-    }
-    // f32 accumulators, zeroed, then one rounding to bf16 (dq like q, dk/dv like k/v).
-    const acc: AttentionGrads = {
-      dq: empty(q.shape, { dtype: "f32", device: q.device, stream: s }),
-      dk: empty(k.shape, { dtype: "f32", device: q.device, stream: s }),
-      dv: empty(v.shape, { dtype: "f32", device: q.device, stream: s }),
-    };
-    try {
-      for (const t of [acc.dq, acc.dk, acc.dv]) fill(t, 0, s);
-      backwardAccumulate(q, k, v, o, lse, dO, acc, { ...opts, stream: s });
-      return { dq: cast(acc.dq, "bf16", { stream: s }), dk: cast(acc.dk, "bf16", { stream: s }), dv: cast(acc.dv, "bf16", { stream: s }) };
-    } finally {
-      acc.dq.dispose();
-      acc.dk.dispose();
-      acc.dv.dispose();
-    }
-  },
-};
+    forward(q: Tensor, k: Tensor, v: Tensor, opts: ForwardOptions): AttentionOutput {
+      const who = "cuda.forward";
+      const c = checkForwardArgs(who, q, k, v, opts);
+      const device = requireSupported(who, c, { q, k, v });
+      const s = streamFor(device, opts.stream);
+      // outDtype "f32": the kernel writes the partial unrounded (DistAttn merges it in fp32).
+      const o = empty(q.shape, { dtype: c.outDtype, device: q.device, stream: s });
+      const lse = empty([c.Hq, c.Tq], { dtype: "f32", device: q.device, stream: s });
+      try {
+        launchForward(who, c, { q, k, v, o, lse }, s, kernels, device);
+      } catch (e) {
+        o.dispose();
+        lse.dispose();
+        throw e;
+      }
+      return { o, lse };
+    },
+
+    backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, dO: Tensor, opts: BackwardOptions): AttentionGrads {
+      const who = "cuda.backward";
+      const c = checkBackwardArgs(who, q, k, v, o, lse, dO, opts);
+      const device = requireSupported(who, c, { q, k, v, o, dO });
+      const s = streamFor(device, opts.stream);
+      if (opts.accumulate !== undefined) {
+        // The kernels add into f32 gradients natively: no temporaries.
+        backwardAccumulate(q, k, v, o, lse, dO, opts.accumulate, { ...opts, stream: s, kernels });
+        return opts.accumulate;
+      }
+      // f32 accumulators, zeroed, then one rounding to bf16 (dq like q, dk/dv like k/v).
+      const acc: AttentionGrads = {
+        dq: empty(q.shape, { dtype: "f32", device: q.device, stream: s }),
+        dk: empty(k.shape, { dtype: "f32", device: q.device, stream: s }),
+        dv: empty(v.shape, { dtype: "f32", device: q.device, stream: s }),
+      };
+      try {
+        for (const t of [acc.dq, acc.dk, acc.dv]) fill(t, 0, s);
+        backwardAccumulate(q, k, v, o, lse, dO, acc, { ...opts, stream: s, kernels });
+        return {
+          dq: cast(acc.dq, "bf16", { stream: s }),
+          dk: cast(acc.dk, "bf16", { stream: s }),
+          dv: cast(acc.dv, "bf16", { stream: s }),
+        };
+      } finally {
+        acc.dq.dispose();
+        acc.dk.dispose();
+        acc.dv.dispose();
+      }
+    },
+  };
+}
+
+/** The default CUDA backend: kernels "auto" (what existing callers get). */
+export const cudaBackend: CudaBackend = createCudaBackend();

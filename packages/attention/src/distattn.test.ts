@@ -4,14 +4,11 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { type Communicator, launch } from "@lightseq/comm";
-import { empty, randn, type Tensor } from "@lightseq/tensor";
-import { compareClose } from "@lightseq/tensor/testing";
-import { distAttnBackward, distAttnForward } from "./distattn.ts";
+import { empty } from "@lightseq/tensor";
+import { distAttnForward } from "./distattn.ts";
 import type { DistCase } from "./fixtures/distattn-worker.ts";
-import { gatherRows, localRanges, placeSequence } from "./placement.ts";
 import { referenceBackend } from "./reference.ts";
-import { makeSchedule, SCHEDULES } from "./schedule.ts";
-import { lseColumns } from "./testing.ts";
+import { checkSchedule, makeSchedule, SCHEDULES, type Schedule } from "./schedule.ts";
 
 const worker = join(import.meta.dir, "fixtures", "distattn-worker.ts");
 
@@ -33,6 +30,43 @@ async function runRanks(P: number, cases: DistCase[]): Promise<{ exitCode: numbe
   return { exitCode: r.exitCode, lines, log };
 }
 
+/**
+ * P = 2 with a helper block (no built-in schedule has one at P = 2): rank 1's diagonal block, and rank
+ * 0 computing rank 1's off-diagonal block (q of chunk 1 x its own kv of chunk 0) as lightseq's helpers
+ * do, sending the partial output and, backward, the dQ piece back. Written out as data, so a dQ piece
+ * folded in twice (or lost) fails at P = 2, not only from P = 3 on.
+ */
+function helperScheduleP2(): Schedule {
+  const blocks = [
+    [
+      { rank: 0, q: 0, kv: 0, causal: true },
+      { rank: 1, q: 1, kv: 1, causal: true },
+    ],
+    [{ rank: 0, q: 1, kv: 0, causal: false }],
+    [],
+  ];
+  const steps = (lend: "q" | "qbwd", back: "out" | "dq") => [
+    { blocks: blocks[0] as Schedule["forward"][number]["blocks"], transfers: [{ from: 1, to: 0, payload: lend, chunk: 1 }] },
+    { blocks: blocks[1] as Schedule["forward"][number]["blocks"], transfers: [] },
+    { blocks: [], transfers: [{ from: 0, to: 1, payload: back, chunk: 1 }] },
+  ];
+  return {
+    name: "lightseq",
+    P: 2,
+    chunks: 2,
+    owner: [0, 1],
+    chunksOf: [[0], [1]],
+    forward: steps("q", "out"),
+    backward: steps("qbwd", "dq"),
+  };
+}
+
+test("the P = 2 helper schedule is a valid schedule (every causal pair once, results returned)", () => {
+  const r = checkSchedule(helperScheduleP2());
+  expect(r.errors).toEqual([]);
+  expect(r.sent[0]?.dq).toBe(1);
+});
+
 describe("DistAttn equals single-rank attention (CPU backend, real processes)", () => {
   for (const P of [1, 2, 3, 4, 8]) {
     test(`P = ${P}`, async () => {
@@ -44,6 +78,11 @@ describe("DistAttn equals single-rank attention (CPU backend, real processes)", 
         cases.push({ schedule, N: 4 * P + 3, Hq: 4, Hkv: 1, D: 4 });
       }
       if (P === 4) cases.push({ schedule: "lightseq", N: 37, Hq: 2, Hkv: 1, D: 8, mode: "sync" });
+      if (P === 2)
+        cases.push(
+          { schedule: helperScheduleP2(), N: 13, Hq: 2, Hkv: 2, D: 8 },
+          { schedule: helperScheduleP2(), N: 9, Hq: 4, Hkv: 1, D: 4 },
+        );
       const r = await runRanks(P, cases);
       if (r.exitCode !== 0) console.error(r.log.join("\n"));
       expect(r.exitCode).toBe(0);
@@ -72,53 +111,14 @@ describe("DistAttn equals single-rank attention (CPU backend, real processes)", 
   }, 60_000);
 });
 
-test("an unknown comm stream priority is refused, naming the option", async () => {
+test("an unknown comm stream priority or mode is refused, naming the option", async () => {
   const q = empty([4, 2, 8], { dtype: "f32" });
   // The option is checked before the communicator is used: a stand-in with size and rank suffices.
   const comm = { size: 1, rank: 0 } as unknown as Communicator;
   const o = { schedule: makeSchedule("ring", 1), N: 4, comm, backend: referenceBackend, commPriority: "urgent" as "high" };
   await expect(distAttnForward(q, q, q, o)).rejects.toThrow('commPriority must be "default" or "high", got "urgent"');
+  await expect(distAttnForward(q, q, q, { ...o, commPriority: "high", mode: "nocomm" as "sync" })).rejects.toThrow(
+    'mode must be "overlap" or "sync", got "nocomm" (no-communication runs: bench/nocomm.ts)',
+  );
   q.dispose();
-});
-
-test("nocomm computes on this rank's own rows in place of what would arrive (not on fresh memory)", async () => {
-  // Zigzag, P = 2, as rank 0 alone (nocomm never calls the communicator): rank 0 holds chunks 0 and 3
-  // and would receive K/V of chunks 1 and 2; its stand-ins are its first rows, chunk 0's. With a global
-  // sequence whose chunks 1 and 2 repeat chunk 0's K/V, the stand-ins are the true data, so rank 0's o,
-  // lse and dq must equal single-rank attention over that sequence (dk, dv lack the pieces nocomm never
-  // returns). On zero-filled buffers, o of chunk 3 would differ.
-  const N = 16;
-  const n = N / 4;
-  const s = makeSchedule("zigzag", 2);
-  const p = placeSequence(s, N);
-  const ranges = localRanges(s, p, 0);
-  expect(ranges).toEqual([
-    [0, n],
-    [3 * n, n],
-  ]);
-  const withRepeats = (t: Tensor) => {
-    const d = t.data() as Float32Array;
-    const row = t.numel / N;
-    for (const c of [1, 2]) d.copyWithin(c * n * row, 0, n * row);
-    return t;
-  };
-  const [Hq, Hkv, D] = [2, 1, 8];
-  const q = randn([N, Hq, D], { seed: 1 });
-  const k = withRepeats(randn([N, Hkv, D], { seed: 2 }));
-  const v = withRepeats(randn([N, Hkv, D], { seed: 3 }));
-  const dO = randn([N, Hq, D], { seed: 4 });
-  const ref = referenceBackend.forward(q, k, v, { causal: true });
-  const refG = referenceBackend.backward(q, k, v, ref.o, ref.lse, dO, { causal: true });
-  const comm = { size: 2, rank: 0 } as unknown as Communicator;
-  const o = { schedule: s, N, comm, backend: referenceBackend, mode: "nocomm" as const };
-  const [lq, lk, lv, ldO] = [q, k, v, dO].map((t) => gatherRows(t, ranges)) as [Tensor, Tensor, Tensor, Tensor];
-  const fwd = await distAttnForward(lq, lk, lv, o);
-  const bwd = await distAttnBackward(lq, lk, lv, fwd, ldO, o);
-  const close = (got: Tensor, want: Tensor, label: string) => {
-    const r = compareClose(got, want, { rtol: 1e-5, atol: 1e-5, label });
-    expect(r.ok, r.message).toBe(true);
-  };
-  close(fwd.o, gatherRows(ref.o, ranges), "o");
-  for (const [i, [st, l]] of ranges.entries()) close(fwd.lse[i] as Tensor, lseColumns(ref.lse, st, l), `lse[${i}]`);
-  close(bwd.dq, gatherRows(refG.dq, ranges), "dq");
 });

@@ -9,27 +9,38 @@
 // So the transfers of step t run beside the attention kernels of step t; buffers received at t-1
 // are read at t and released after, and nothing synchronises the host (the CPU backend has no
 // streams: its groups complete when awaited and compute runs in between).
-// Modes: "overlap" (above), "sync" (compute(t) also waits for commDone[t]: no overlap), "nocomm"
-// (no transfers at all; results are wrong: for measuring the compute alone, as the paper did). In
-// nocomm, rows of this rank's own inputs stand in for what would have arrived (standIn), so the
-// blocks compute on real data, not on fresh pool memory.
+// Modes: "overlap" (above) and "sync" (compute(t) also waits for commDone[t]: no overlap; correct
+// results, one stream wait per step; kept here because it is what isolates a suspected race between
+// the streams, and what the overlap is measured against). Receive buffers come from the pool, or from
+// the communicator when it offers them (ReceiveBuffers): the benchmarks' no-communication stand-in
+// (bench/nocomm.ts) hands back rows of this rank's own inputs that way, moving nothing.
 // Only K/V heads travel (GQA/MQA send Hkv heads); partial outputs and gradient pieces are f32.
 
 import type { Communicator } from "@lightseq/comm";
 import { Event, Stream } from "@lightseq/cuda";
 import { axpy, cast, currentStream, empty, fill, type Tensor, TensorError } from "@lightseq/tensor";
-import type { AttentionBackend } from "./block.ts";
-import { type AttentionPartial, emptyPartial, mergeInto } from "./merge.ts";
+import type { AttentionBackend, AttentionPartial } from "./block.ts";
+import { emptyPartial, mergeInto } from "./merge.ts";
 import { type Placement, placeSequence } from "./placement.ts";
 import type { Schedule, Step, Transfer } from "./schedule.ts";
 
-export type DistMode = "overlap" | "sync" | "nocomm";
+export type DistMode = "overlap" | "sync";
+
+/**
+ * What a communicator may add for DistAttn: the memory a receive lands in. DistAttn asks before it
+ * allocates a receive buffer for an input payload (K/V, Q and the backward's Q-side rows) and takes the
+ * pool's memory when the answer is undefined. No real backend offers it; bench/nocomm.ts does.
+ */
+export interface ReceiveBuffers {
+  /** A [shape] buffer for rows of the kind of `own` (this rank's local tensors of that payload), or undefined. */
+  receiveBuffer(shape: readonly number[], own: readonly Tensor[]): Tensor | undefined;
+}
 
 export interface DistAttnOptions {
   schedule: Schedule;
   /** Global sequence length (the placement follows from the schedule). */
   N: number;
-  comm: Communicator;
+  comm: Communicator & Partial<ReceiveBuffers>;
   backend: AttentionBackend;
   causal?: true;
   scale?: number;
@@ -74,8 +85,6 @@ interface Ctx {
   commStream?: Stream;
   traffic: Traffic;
   scale: number | undefined;
-  /** mode "nocomm": receive buffers are stand-ins (standIn), nothing travels. */
-  nocomm: boolean;
 }
 
 /** One comm stream per device and priority, created on first use and kept for the process. */
@@ -92,9 +101,13 @@ function context(o: DistAttnOptions, q: Tensor): Ctx {
   if (q.shape[0] !== p.localLen[rank]) {
     throw new TensorError(`distAttn: q: rank ${rank} holds ${p.localLen[rank]} of ${o.N} tokens under "${s.name}", got ${q.shape[0]} rows`);
   }
+  const mode = o.mode ?? "overlap";
+  if (mode !== "overlap" && mode !== "sync")
+    throw new TensorError(
+      `distAttn: mode must be "overlap" or "sync", got ${JSON.stringify(mode)} (no-communication runs: bench/nocomm.ts)`,
+    );
   const gpu = q.device.kind === "cuda";
-  const nocomm = (o.mode ?? "overlap") === "nocomm";
-  const ctx: Ctx = { o, s, p, rank, gpu, traffic: { sentBytes: 0, receivedBytes: 0 }, scale: o.scale, nocomm };
+  const ctx: Ctx = { o, s, p, rank, gpu, traffic: { sentBytes: 0, receivedBytes: 0 }, scale: o.scale };
   if (gpu) {
     const dev = (q.device as { index: number }).index;
     ctx.compute = o.stream ?? currentStream(dev);
@@ -115,16 +128,6 @@ function rows(ctx: Ctx, t: Tensor, chunk: number): Tensor {
   const owner = s.owner[chunk] as number;
   const idx = (s.chunksOf[owner] as number[]).indexOf(chunk);
   return t.narrow(p.localStart[owner]?.[idx] as number, p.len[chunk] as number);
-}
-
-/**
- * nocomm: what a receive buffer holds instead of the peer's data: the first n rows of this rank's own
- * tensor of the same kind (a view, no copy), or `fallback()` where the local tensor is shorter.
- * Fresh pool memory is often all zeros, and a GPU at its power limit runs tensor-core work on zeros
- * faster (less switching, higher clocks): blocks computed on it made nocomm up to ~4% too fast.
- */
-function standIn(src: Tensor, n: number, fallback: () => Tensor): Tensor {
-  return (src.shape[0] as number) >= n ? src.narrow(0, n) : fallback();
 }
 
 function localIndex(ctx: Ctx, chunk: number): number {
@@ -163,7 +166,7 @@ async function run(
       const got = new Map<Transfer, Tensor[]>();
       received.push(got);
       release.push([]);
-      if (mode !== "nocomm" && mine.length > 0) {
+      if (mine.length > 0) {
         const sends: [Transfer, Tensor[]][] = [];
         for (const x of mine) {
           if (x.to === rank) got.set(x, post(t, x, false));
@@ -195,14 +198,12 @@ async function run(
           }
         });
         for (const [, ts] of sends) (release[t] as Tensor[]).push(...ts);
-      } else if (mode === "nocomm") {
-        for (const x of mine) if (x.to === rank) got.set(x, post(t, x, false));
       }
       if (gpu) {
         const e = Event.create(dev as number);
         e.record(ctx.commStream as Stream);
         commDone.push(e);
-        if (t > 0 && mode !== "nocomm") ctx.compute?.wait(commDone[t - 1] as Event);
+        if (t > 0) ctx.compute?.wait(commDone[t - 1] as Event);
         if (mode === "sync") ctx.compute?.wait(e);
       }
       if (t > 0) fold(t - 1, received[t - 1] as Map<Transfer, Tensor[]>);
@@ -215,7 +216,7 @@ async function run(
     }
     const last = steps.length - 1;
     if (last >= 0) {
-      if (gpu && mode !== "nocomm") ctx.compute?.wait(commDone[last] as Event);
+      if (gpu) ctx.compute?.wait(commDone[last] as Event);
       fold(last, received[last] as Map<Transfer, Tensor[]>);
       for (const ts of (received[last] as Map<Transfer, Tensor[]>).values()) for (const b of ts) b.dispose();
       for (const b of release[last] as Tensor[]) b.dispose();
@@ -230,17 +231,16 @@ function alloc(ctx: Ctx, shape: number[], dtype: "f32" | "bf16"): Tensor {
   return empty(shape, { dtype, device: ctx.gpu ? `cuda:${ctx.compute?.device}` : "cpu", stream: ctx.compute });
 }
 
-/** A buffer of `shape` (first dim n) receiving rows like `src`'s: fresh, or in nocomm `src`'s stand-in rows. */
-function recvBuffer(ctx: Ctx, src: Tensor, shape: number[]): Tensor {
-  const fresh = () => alloc(ctx, shape, src.dtype as "f32" | "bf16");
-  return ctx.nocomm ? standIn(src, shape[0] as number, fresh) : fresh();
+/** A buffer of `shape` receiving rows of the kind of `own` (ReceiveBuffers): the communicator's, else the pool's. */
+function recvBuffer(ctx: Ctx, shape: number[], own: readonly Tensor[]): Tensor {
+  return ctx.o.comm.receiveBuffer?.(shape, own) ?? alloc(ctx, shape, (own[0] as Tensor).dtype as "f32" | "bf16");
 }
 
 /** The "kv" payload of `chunk`: this rank's K/V rows to send, or buffers to receive them in. */
 function kvPayload(ctx: Ctx, k: Tensor, v: Tensor, chunk: number, sender: boolean): Tensor[] {
   if (sender) return [rows(ctx, k, chunk), rows(ctx, v, chunk)];
   const shape = [ctx.p.len[chunk] as number, ...k.shape.slice(1)];
-  return [recvBuffer(ctx, k, shape), recvBuffer(ctx, v, shape)];
+  return [recvBuffer(ctx, shape, [k]), recvBuffer(ctx, shape, [v])];
 }
 
 /** Forward: this rank's rows of causal attention over the whole sequence. */
@@ -268,7 +268,7 @@ export async function distAttnForward(
       case "kv":
         return kvPayload(ctx, k, v, x.chunk, sender);
       case "q":
-        return sender ? [rows(ctx, q, x.chunk)] : [recvBuffer(ctx, q, [n, Hq, D])];
+        return sender ? [rows(ctx, q, x.chunk)] : [recvBuffer(ctx, [n, Hq, D], [q])];
       case "out": {
         if (!sender) return [alloc(ctx, [n, Hq, D], "f32"), alloc(ctx, [Hq, n], "f32")];
         const part = helped.get(`${t - 1}|${x.chunk}`) as AttentionPartial;
@@ -375,18 +375,18 @@ export async function distAttnBackward(
   };
   const post = (t: number, x: Transfer, sender: boolean): Tensor[] => {
     const n = p.len[x.chunk] as number;
-    // lse is [Hq, Tc]: a local chunk's of the same length stands in.
-    const lseBuf = () => {
-      const same = out.lse.find((l) => l.shape[1] === n);
-      return ctx.nocomm && same ? same.view() : alloc(ctx, [Hq, n], "f32");
-    };
     switch (x.payload) {
       case "kv":
         return kvPayload(ctx, k, v, x.chunk, sender);
       case "qbwd":
         return sender
           ? [rows(ctx, q, x.chunk), rows(ctx, out.o, x.chunk), lseOf(x.chunk).view(), rows(ctx, dO, x.chunk)]
-          : [recvBuffer(ctx, q, [n, Hq, D]), recvBuffer(ctx, out.o, [n, Hq, D]), lseBuf(), recvBuffer(ctx, dO, [n, Hq, D])];
+          : [
+              recvBuffer(ctx, [n, Hq, D], [q]),
+              recvBuffer(ctx, [n, Hq, D], [out.o]),
+              recvBuffer(ctx, [Hq, n], out.lse),
+              recvBuffer(ctx, [n, Hq, D], [dO]),
+            ];
       case "dq":
       case "dkv": {
         if (!sender)

@@ -1,4 +1,4 @@
-// Argument checks and stream choice shared by the GPU backends (cuda.ts, cudnn.ts): each refuses what it
+// Argument checks and stream choice shared by the GPU backends (cuda.ts, cudnn/): each refuses what it
 // cannot take with an AttentionError that names the caller, the argument and the reason.
 
 import { type Stream, setDevice } from "@lightseq/cuda";

@@ -1,7 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { fromArray, randn, type Tensor, toFloat32Array } from "@lightseq/tensor";
 import { expectClose } from "@lightseq/tensor/testing";
-import { type AttentionPartial, emptyPartial, merge, mergeInto } from "./merge.ts";
+import type { AttentionPartial } from "./block.ts";
+import { emptyPartial, merge, mergeInto } from "./merge.ts";
 
 const NEG_INF = Number.NEGATIVE_INFINITY;
 
@@ -123,6 +124,34 @@ describe("mergeInto", () => {
     want.fill(0, 6, 9); // lse[head 0, token 1] = -Inf: o[token 1, head 0] stays 0
     expect(Array.from(toFloat32Array(acc.o))).toEqual(Array.from(want));
     dispose(p, acc);
+  });
+});
+
+/**
+ * Merging a partial with an equal one over as many keys doubles its weight: o unchanged, lse + ln 2.
+ * With lse as large as +-800 (exp overflows f64 past 709, f32 past 88) only the max-shifted form gets
+ * it: log(exp(a) + exp(b)) computed directly gives Infinity or -Infinity, and the weights 0 or NaN.
+ */
+function expectDoubledWeight(merged: AttentionPartial, part: AttentionPartial, label: string): void {
+  const want = Array.from(toFloat32Array(part.lse), (l) => l + Math.LN2);
+  expectClose(merged.lse, want, { atol: 0, rtol: 1e-7, label: `${label} lse` });
+  expectClose(merged.o, part.o, { atol: 0, rtol: 1e-6, label: `${label} o` });
+}
+
+const HUGE_LSE = [800, -800, 100, -100, 88.5, 0.5];
+
+describe("merge keeps the max shift", () => {
+  test("doubling a partial with |lse| up to 800: o unchanged, lse + ln 2 (merge and mergeInto)", () => {
+    const [T, H, D] = [3, 2, 4];
+    const p = partial(T, H, D, HUGE_LSE, 21);
+    const twin = { o: p.o, lse: p.lse };
+    const m = merge(p, twin);
+    expectDoubledWeight(m, p, "merge");
+    const acc = emptyPartial(T, H, D);
+    mergeInto(acc, p);
+    mergeInto(acc, twin);
+    expectDoubledWeight(acc, p, "mergeInto");
+    dispose(m, acc, p);
   });
 });
 

@@ -23,16 +23,9 @@ import {
   toFloat32Array,
   zeros,
 } from "@lightseq/tensor";
+import type { AttentionPartial } from "./block.ts";
 import { mergeIntoCuda } from "./cuda.ts";
 import { AttentionError } from "./layout.ts";
-
-/** A normalised partial result: o over some keys and the log-sum-exp of those keys' scores. */
-export interface AttentionPartial {
-  /** [T, H, D] f32 or bf16 */
-  o: Tensor;
-  /** [H, T] f32 */
-  lse: Tensor;
-}
 
 export interface MergeOptions {
   /** CUDA: the stream to enqueue on. */

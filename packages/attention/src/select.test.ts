@@ -19,3 +19,20 @@ test.skipIf(!hasGpu())("on a GPU, auto picks cuDNN when present, else our kernel
   expect(s.reason).toContain(`attention backend: ${s.backend.name} (auto`);
   expect(() => selectAttentionBackend("reference", "cuda:0")).toThrow(/runs on the cpu only/);
 });
+
+test("a bad LIGHTSEQ_ATTN_KERNEL is an error on the cpu too (it was ignored there)", () => {
+  const prev = process.env.LIGHTSEQ_ATTN_KERNEL;
+  process.env.LIGHTSEQ_ATTN_KERNEL = "bogus";
+  try {
+    expect(() => selectAttentionBackend("auto", "cpu")).toThrow('LIGHTSEQ_ATTN_KERNEL="bogus": expected auto, mma or wgmma (or unset)');
+    expect(() => selectAttentionBackend("reference", "cpu")).toThrow('LIGHTSEQ_ATTN_KERNEL="bogus"');
+  } finally {
+    if (prev === undefined) delete process.env.LIGHTSEQ_ATTN_KERNEL;
+    else process.env.LIGHTSEQ_ATTN_KERNEL = prev;
+  }
+  // An explicit choice is checked the same way, and wins over the environment.
+  expect(() => selectAttentionBackend("auto", "cpu", { kernels: "fast" as never })).toThrow(
+    'selectAttentionBackend: kernels: expected one of auto, mma, wgmma, got "fast"',
+  );
+  expect(selectAttentionBackend("auto", "cpu", { kernels: "mma" }).backend.name).toBe("reference");
+});

@@ -2,13 +2,15 @@
 // attention when it is present (measured faster on H100: 566 vs 275 TFLOP/s fwd+bwd at 32K, see
 // BENCHMARKS.md), else our own CUDA kernels, and the reference on the CPU. The choice and the reason
 // are returned for the log. Once chosen, a backend refuses shapes it cannot run (with the reason);
-// nothing is routed elsewhere behind the caller's back.
+// nothing is routed elsewhere behind the caller's back. Which of our kernel sets the cuda backend runs
+// is `opts.kernels`, else LIGHTSEQ_ATTN_KERNEL (env.ts), checked here on every device.
 
 import { probeGpus } from "@lightseq/cuda";
 import { type DeviceLike, parseDevice } from "@lightseq/tensor";
 import type { AttentionBackend } from "./block.ts";
-import { cudaAttentionKernels, cudaBackend } from "./cuda.ts";
-import { cudnnAvailable, cudnnBackend } from "./cudnn.ts";
+import { checkKernelChoice, createCudaBackend, cudaAttentionKernels, type KernelOptions } from "./cuda.ts";
+import { cudnnAvailable, cudnnBackend } from "./cudnn/index.ts";
+import { attentionEnv } from "./env.ts";
 import { AttentionError } from "./layout.ts";
 import { referenceBackend } from "./reference.ts";
 
@@ -22,10 +24,11 @@ export interface Selected {
 }
 
 /** The backend for `choice` on `device`; throws an AttentionError saying why a named one cannot run. */
-export function selectAttentionBackend(choice: BackendChoice, device: DeviceLike): Selected {
+export function selectAttentionBackend(choice: BackendChoice, device: DeviceLike, opts: KernelOptions = {}): Selected {
   if (!BACKEND_CHOICES.includes(choice)) {
     throw new AttentionError(`attention backend: expected one of ${BACKEND_CHOICES.join(", ")}, got ${JSON.stringify(choice)}`);
   }
+  const kernels = opts.kernels === undefined ? attentionEnv().kernels : checkKernelChoice("selectAttentionBackend", opts.kernels);
   const d = parseDevice(device);
   if (d.kind === "cpu") {
     if (choice === "cuda" || choice === "cudnn") throw new AttentionError(`attention backend "${choice}" needs a cuda device, got cpu`);
@@ -40,9 +43,12 @@ export function selectAttentionBackend(choice: BackendChoice, device: DeviceLike
     if (!cudnn.ok) throw new AttentionError(`attention backend "cudnn" is not available: ${cudnn.reason}`);
     return { backend: cudnnBackend, reason: `attention backend: cudnn (${cudnn.reason})` };
   }
-  const ours = () => `our flash-attention kernels, ${cudaAttentionKernels(d.index)}`;
-  if (choice === "cuda") return { backend: cudaBackend, reason: `attention backend: cuda (${ours()}, as requested)` };
+  const ours = () => `our flash-attention kernels, ${cudaAttentionKernels(d.index, kernels)}`;
+  if (choice === "cuda") return { backend: createCudaBackend({ kernels }), reason: `attention backend: cuda (${ours()}, as requested)` };
   return cudnn.ok
     ? { backend: cudnnBackend, reason: `attention backend: cudnn (auto: present and faster; ${cudnn.reason})` }
-    : { backend: cudaBackend, reason: `attention backend: cuda (${ours()}; auto: cuDNN not available: ${cudnn.reason})` };
+    : {
+        backend: createCudaBackend({ kernels }),
+        reason: `attention backend: cuda (${ours()}; auto: cuDNN not available: ${cudnn.reason})`,
+      };
 }

@@ -8,9 +8,9 @@
 import { describe, expect, test } from "bun:test";
 import { type DeviceLike, fromArray, parseDevice, randn, type Tensor, to, toFloat32Array, zeros } from "@lightseq/tensor";
 import { type CloseOptions, expectClose } from "@lightseq/tensor/testing";
-import type { AttentionBackend, AttentionOptions, ForwardOptions } from "./block.ts";
+import type { AttentionBackend, AttentionOptions, AttentionPartial, ForwardOptions } from "./block.ts";
 import { kvHeadOf } from "./layout.ts";
-import { type AttentionPartial, emptyPartial, mergeInto } from "./merge.ts";
+import { emptyPartial, mergeInto } from "./merge.ts";
 import { referenceBackend } from "./reference.ts";
 
 /** Disposes every tensor added to it: `using pool = new TensorPool()`. */

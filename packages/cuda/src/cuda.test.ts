@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -31,6 +31,7 @@ describe("library locator", () => {
     } finally {
       if (prev === undefined) delete process.env.LIGHTSEQ_NCCL_SO;
       else process.env.LIGHTSEQ_NCCL_SO = prev;
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

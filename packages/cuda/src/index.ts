@@ -5,5 +5,4 @@ export * from "./ffi.ts";
 export * from "./kernels.ts";
 export * from "./locate.ts";
 export * from "./runtime.ts";
-export * from "./timing.ts";
 export * from "./version.ts";

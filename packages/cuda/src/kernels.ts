@@ -9,7 +9,10 @@ import { type Bound, bind } from "./ffi.ts";
 import { check, cudart } from "./runtime.ts";
 
 const u = ["ptr", "ptr", "ptr", "i64", "ptr"] as const; // (a, b, out, n, stream)
-const kernelSymbols = {
+const attnFwd = ["ptr", "ptr", "ptr", "ptr", "ptr", "i32", "i32", "i32", "i32", "i32", "f32", "i32", "i32", "ptr"] as const;
+const attnMerge = ["ptr", "ptr", "ptr", "ptr", "i32", "i32", "i32", "ptr"] as const;
+/** The one declaration table of liblightseq.so (kernels.test.ts checks it against the C headers). */
+export const kernelSymbols = {
   ls_abi_version: { args: [], returns: "i32" },
   ls_noop: { args: ["ptr"], returns: "i32" },
   ls_spin_ns: { args: ["u64", "ptr"], returns: "i32" },
@@ -45,11 +48,51 @@ const kernelSymbols = {
   ls_p2p_send: { args: ["ptr", "i64", "ptr", "i64", "i32", "u64", "ptr", "ptr", "ptr"], returns: "i32" },
   // (dst, bytes, local_slots, slot_bytes, nslots, first_chunk, local_full, remote_freed, stream)
   ls_p2p_recv: { args: ["ptr", "i64", "ptr", "i64", "i32", "u64", "ptr", "ptr", "ptr"], returns: "i32" },
+  // Block attention (kernels/src/attention.cuh; @lightseq/attention's cuda.ts wraps them).
+  // (q, k, v, o, lse, Tq, Tk, Hq, Hkv, D, scale, causal, kernels, stream); kernels: KERNELS_AUTO | _MMA | _WGMMA
+  ls_attn_fwd_bf16: { args: attnFwd, returns: "i32" },
+  ls_attn_fwd_bf16_f32out: { args: attnFwd, returns: "i32" },
+  // (q, k, v, o, lse, dout, dq, dk, dv, workspace, Tq, Tk, Hq, Hkv, D, scale, causal, kernels, stream)
+  ls_attn_bwd_bf16: {
+    args: [
+      "ptr",
+      "ptr",
+      "ptr",
+      "ptr",
+      "ptr",
+      "ptr",
+      "ptr",
+      "ptr",
+      "ptr",
+      "ptr",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "i32",
+      "i32",
+      "ptr",
+    ],
+    returns: "i32",
+  },
+  ls_attn_bwd_workspace_bytes: { args: ["i32", "i32", "i32"], returns: "i64" },
+  // (device, kernels) -> 1 wgmma, 0 mma.sync, or minus the code a launch would return (ATTN_ERR_*, cudaError_t)
+  ls_attn_kernel: { args: ["i32", "i32"], returns: "i32" },
+  // (acc_o, acc_lse, o_part, lse_part, Tq, Hq, D, stream)
+  ls_attn_merge_f32: { args: attnMerge, returns: "i32" },
+  ls_attn_merge_bf16: { args: attnMerge, returns: "i32" },
 } as const;
+
+/** The `kernels` argument of the attention calls (attention.cuh LS_ATTN_KERNELS_*). */
+export const ATTN_KERNELS = { auto: 0, mma: 1, wgmma: 2 } as const;
+/** What an attention call returns, without launching, when its `kernels` cannot run (attention.cuh LS_ATTN_ERR_*). */
+export const ATTN_ERR = { kernelsUnknown: 20001, kernelsUnavailable: 20002 } as const;
 
 export type Kernels = Bound<typeof kernelSymbols>;
 
-export const KERNELS_ABI_VERSION = 2;
+export const KERNELS_ABI_VERSION = 3;
 
 let lib: Kernels | null = null;
 

@@ -45,6 +45,8 @@ const cudartSymbols = {
   cudaMallocHost: { args: ["ptr", "u64"], returns: "i32" },
   cudaFreeHost: { args: ["ptr"], returns: "i32" },
   cudaMemcpyAsync: { args: ["ptr", "ptr", "u64", "i32", "ptr"], returns: "i32" },
+  // (dst, dpitch, src, spitch, width bytes, rows, kind, stream)
+  cudaMemcpy2DAsync: { args: ["ptr", "u64", "ptr", "u64", "u64", "u64", "i32", "ptr"], returns: "i32" },
   cudaMemsetAsync: { args: ["ptr", "i32", "u64", "ptr"], returns: "i32" },
 } as const;
 
@@ -537,6 +539,24 @@ export function memcpyAsync(
     cudart().cudaMemcpyAsync(dst as never, src as never, bytes, MemcpyKind.default, stream.handle),
     "cudaMemcpyAsync",
     context ?? fmtBytes(bytes),
+  );
+}
+
+/** Async copy of `rows` rows of `width` bytes, from src (row pitch srcPitch bytes) to dst (dstPitch), device to device. */
+export function memcpy2dAsync(
+  dst: number,
+  dstPitch: number,
+  src: number,
+  srcPitch: number,
+  width: number,
+  rows: number,
+  stream: Stream,
+): void {
+  if (width === 0 || rows === 0) return;
+  check(
+    cudart().cudaMemcpy2DAsync(dst, dstPitch, src, srcPitch, width, rows, MemcpyKind.deviceToDevice, stream.handle),
+    "cudaMemcpy2DAsync",
+    `${rows} rows of ${width} bytes`,
   );
 }
 

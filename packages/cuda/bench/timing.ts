@@ -1,6 +1,8 @@
-// Timing helpers shared by the benchmarks: CUDA events on a stream after warm-up, median of the runs.
+// Timing helpers shared by the benchmarks (bench/, packages/*/bench/): CUDA events on a stream after
+// warm-up, median of the runs. Benchmark code, not part of the library: import it as
+// "@lightseq/cuda/bench/timing".
 
-import { Event, type Stream } from "./runtime.ts";
+import { Event, type Stream } from "../src/runtime.ts";
 
 /** The middle element of `xs` after sorting (the upper of the two middle ones for an even count). */
 export function median(xs: readonly number[]): number {

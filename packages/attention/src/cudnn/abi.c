@@ -1,10 +1,10 @@
-// Prints every cuDNN constant that packages/attention/src/cudnn.ts passes to the library, as the real
-// headers define it, one NAME=value per line (and the header version as a # comment). The lead compiles
+// Prints every cuDNN constant the cuDNN backend passes to the library (CUDNN_ABI in abi.ts, beside this
+// file) as the real headers define it, one NAME=value per line (and the header version as a # comment). The lead compiles
 // it on the GPU machine and hands the output to bench/cudnn-check.ts, which compares it with CUDNN_ABI
-// in cudnn.ts before anything else runs. Constants only: nothing is linked, no GPU is needed.
+// (checkCudnnAbi in abi.ts) before anything else runs. Constants only: nothing is linked, no GPU is needed.
 //
 //   CUDNN_INC=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(nvidia.cudnn.__path__[0], "include"))')
-//   cc -I"$CUDNN_INC" -I/usr/local/cuda/include packages/attention/bench/cudnn-abi.c -o /tmp/cudnn-abi
+//   cc -I"$CUDNN_INC" -I/usr/local/cuda/include packages/attention/src/cudnn/abi.c -o /tmp/cudnn-abi
 //   /tmp/cudnn-abi > /tmp/cudnn-abi.txt
 //   bun packages/attention/bench/cudnn-check.ts /tmp/cudnn-abi.txt
 //
