@@ -1,0 +1,228 @@
+// One Llama decoder layer with explicit forward and backward (no autograd tape). x, y [T, C]:
+//
+//   A  attention in:   rstd1, xn = rmsnorm(x, attnNorm); qkv = xn @ wqkv^T; q, k, v = rope(qkv)
+//   B  attention core: o, lse = attention(q, k, v)                  (DistAttn: communication here)
+//   C  MLP in:         h = x + o @ wo^T; rstd2, hn = rmsnorm(h, mlpNorm); gu = hn @ wGateUp^T; a = swiglu(gu)
+//   D  out:            y = h + a @ wDown^T
+//
+// The saved tensors are named (checkpointing/src/policy.ts); the forward keeps those of the policy and
+// the backward recomputes a stage (A, B or C) whenever one of its tensors was not kept: `none`
+// recomputes nothing, `remat-aware` recomputes A and C (never attention), `full` A, B and C.
+// Weight gradients are accumulated (+=) into the f32 views the gradient sink gives.
+
+import { type CheckpointPolicy, keptTensors, type SavedName } from "@lightseq/checkpointing";
+import type { Stream } from "@lightseq/cuda";
+import { type Tensor, TensorError } from "@lightseq/tensor";
+import type { LlamaConfig } from "./config.ts";
+import type { ActivationStore, AttentionFn, SavedValue } from "./interfaces.ts";
+import { linearBackwardInput, linearBackwardWeight, linearForward } from "./ops/linear.ts";
+import { residualAdd } from "./ops/residual.ts";
+import { rmsnormBackward, rmsnormForward } from "./ops/rmsnorm.ts";
+import { type RopeTable, ropeQkvBackward, ropeQkvForward } from "./ops/rope.ts";
+import { swigluBackward, swigluForward } from "./ops/swiglu.ts";
+import type { LayerWeights } from "./weights.ts";
+
+/** How often the layers ran each part; the checkpointing tests read them. */
+export interface LayerCounters {
+  attentionForward: number;
+  attentionBackward: number;
+  /** Stages recomputed in the backward. */
+  recomputeAttnIn: number;
+  recomputeMlpIn: number;
+}
+
+export function newCounters(): LayerCounters {
+  return { attentionForward: 0, attentionBackward: 0, recomputeAttnIn: 0, recomputeMlpIn: 0 };
+}
+
+export interface LayerContext {
+  cfg: LlamaConfig;
+  attention: AttentionFn;
+  /** cos/sin at this rank's global positions, shared by every layer. */
+  rope: RopeTable;
+  policy: CheckpointPolicy;
+  counters: LayerCounters;
+  stream?: Stream;
+}
+
+interface AttnIn {
+  rstd1: Tensor;
+  xn: Tensor;
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+}
+
+interface AttnCore {
+  o: Tensor;
+  lse: Tensor[];
+}
+
+interface MlpIn {
+  h: Tensor;
+  rstd2: Tensor;
+  hn: Tensor;
+  gu: Tensor;
+  a: Tensor;
+}
+
+const STAGE_A = ["rstd1", "xn", "q", "k", "v"] as const;
+const STAGE_B = ["o", "lse"] as const;
+const STAGE_C = ["h", "rstd2", "hn", "gu", "a"] as const;
+
+function dims(cfg: LlamaConfig): { Hq: number; Hkv: number; D: number } {
+  return { Hq: cfg.heads, Hkv: cfg.kvHeads, D: cfg.headDim };
+}
+
+/** [T, H, D] as [T, H*D] (a view). */
+function flat2(t: Tensor): Tensor {
+  return t.reshape([t.shape[0] as number, -1]);
+}
+
+function attnIn(x: Tensor, w: LayerWeights, ctx: LayerContext): AttnIn {
+  const o = { stream: ctx.stream };
+  const { y: xn, rstd: rstd1 } = rmsnormForward(x, w.attnNorm, ctx.cfg.normEps, o);
+  const qkv = linearForward(xn, w.wqkv, o);
+  const { q, k, v } = ropeQkvForward(qkv, ctx.rope, dims(ctx.cfg), o);
+  qkv.dispose();
+  return { rstd1, xn, q, k, v };
+}
+
+async function attnCore(a: { q: Tensor; k: Tensor; v: Tensor }, ctx: LayerContext): Promise<AttnCore> {
+  ctx.counters.attentionForward++;
+  return ctx.attention.forward(a.q, a.k, a.v);
+}
+
+function mlpIn(x: Tensor, attnOut: Tensor, w: LayerWeights, ctx: LayerContext): MlpIn {
+  const o = { stream: ctx.stream };
+  using o2 = flat2(attnOut);
+  const proj = linearForward(o2, w.wo, o);
+  const h = residualAdd(x, proj, o);
+  proj.dispose();
+  const { y: hn, rstd: rstd2 } = rmsnormForward(h, w.mlpNorm, ctx.cfg.normEps, o);
+  const gu = linearForward(hn, w.wGateUp, o);
+  const a = swigluForward(gu, o);
+  return { h, rstd2, hn, gu, a };
+}
+
+function disposeAll(ts: Iterable<Tensor | Tensor[]>): void {
+  for (const t of ts) for (const x of Array.isArray(t) ? t : [t]) x.dispose();
+}
+
+/**
+ * Layer i forward. Takes ownership of x; returns y (the caller's). With a store (training) the
+ * policy's tensors are kept there for layerBackward; without one (evaluation) nothing is kept.
+ */
+export async function layerForward(
+  i: number,
+  x: Tensor,
+  w: LayerWeights,
+  ctx: LayerContext,
+  store: ActivationStore | null,
+): Promise<Tensor> {
+  const A = attnIn(x, w, ctx);
+  const B = await attnCore(A, ctx);
+  const C = mlpIn(x, B.o, w, ctx);
+  const m = linearForward(C.a, w.wDown, { stream: ctx.stream });
+  const y = residualAdd(C.h, m, { stream: ctx.stream });
+  m.dispose();
+  const all: { [K in SavedName]: SavedValue<K> } = { x, ...A, ...B, ...C };
+  const kept = new Set(store === null ? [] : keptTensors(ctx.policy));
+  for (const name of Object.keys(all) as SavedName[]) {
+    if (kept.has(name)) (store as ActivationStore).put(i, name, all[name]);
+    else disposeAll([all[name]]);
+  }
+  return y;
+}
+
+/** The kept tensors of `names`, or null when any of them was not kept (the stage is recomputed). */
+function keptStage<K extends SavedName>(store: ActivationStore, i: number, names: readonly K[]): { [N in K]: SavedValue<N> } | null {
+  const out = {} as { [N in K]: SavedValue<N> };
+  for (const n of names) {
+    const t = store.get(i, n);
+    if (t === undefined) return null;
+    out[n] = t;
+  }
+  return out;
+}
+
+/**
+ * Layer i backward: takes ownership of dy, returns dx; adds the weight gradients into `g`; releases
+ * the layer's saved tensors.
+ */
+export async function layerBackward(
+  i: number,
+  dy: Tensor,
+  w: LayerWeights,
+  g: LayerWeights,
+  ctx: LayerContext,
+  store: ActivationStore,
+): Promise<Tensor> {
+  const o = { stream: ctx.stream };
+  const x = store.get(i, "x");
+  if (x === undefined)
+    throw new TensorError(`layer ${i} backward: the layer input x was not kept (every policy keeps it; was the forward run with a store?)`);
+  const temps: (Tensor | Tensor[])[] = [dy];
+  try {
+    let A = keptStage(store, i, STAGE_A);
+    if (A === null) {
+      ctx.counters.recomputeAttnIn++;
+      A = attnIn(x, w, ctx);
+      temps.push(...Object.values(A));
+    }
+    let B = keptStage(store, i, STAGE_B);
+    if (B === null) {
+      B = await attnCore(A, ctx);
+      temps.push(B.o, B.lse);
+    }
+    let C = keptStage(store, i, STAGE_C);
+    if (C === null) {
+      ctx.counters.recomputeMlpIn++;
+      C = mlpIn(x, B.o, w, ctx);
+      temps.push(...Object.values(C));
+    }
+
+    // D and C: y = h + a @ wDown^T; a = swiglu(hn @ wGateUp^T); hn = rmsnorm(h)
+    linearBackwardWeight(dy, C.a, g.wDown, o);
+    const da = linearBackwardInput(dy, w.wDown, o);
+    const dgu = swigluBackward(C.gu, da, o);
+    da.dispose();
+    linearBackwardWeight(dgu, C.hn, g.wGateUp, o);
+    const dhn = linearBackwardInput(dgu, w.wGateUp, o);
+    dgu.dispose();
+    const dhNorm = rmsnormBackward(C.h, w.mlpNorm, C.rstd2, dhn, g.mlpNorm, o);
+    dhn.dispose();
+    const dh = residualAdd(dy, dhNorm, o);
+    dhNorm.dispose();
+    temps.push(dh);
+
+    // h = x + o @ wo^T
+    {
+      using o2 = flat2(B.o);
+      linearBackwardWeight(dh, o2, g.wo, o);
+    }
+    const dO2 = linearBackwardInput(dh, w.wo, o);
+    const dO = dO2.reshape([x.shape[0] as number, ctx.cfg.heads, ctx.cfg.headDim]);
+    dO2.dispose();
+    temps.push(dO);
+
+    // B: attention (its backward recomputes the softmax from o and lse)
+    ctx.counters.attentionBackward++;
+    const { dq, dk, dv } = await ctx.attention.backward({ q: A.q, k: A.k, v: A.v, o: B.o, lse: B.lse }, dO);
+    const dqkv = ropeQkvBackward(dq, dk, dv, ctx.rope, dims(ctx.cfg), o);
+    disposeAll([dq, dk, dv]);
+
+    // A: qkv = rmsnorm(x) @ wqkv^T
+    linearBackwardWeight(dqkv, A.xn, g.wqkv, o);
+    const dxn = linearBackwardInput(dqkv, w.wqkv, o);
+    dqkv.dispose();
+    const dxNorm = rmsnormBackward(x, w.attnNorm, A.rstd1, dxn, g.attnNorm, o);
+    dxn.dispose();
+    const dx = residualAdd(dh, dxNorm, o);
+    dxNorm.dispose();
+    return dx;
+  } finally {
+    disposeAll(temps);
+    store.release(i);
+  }
+}
