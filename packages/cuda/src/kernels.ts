@@ -34,11 +34,37 @@ const kernelSymbols = {
   ls_sumsq_f32: { args: ["ptr", "i64", "ptr", "ptr", "ptr"], returns: "i32" },
   ls_sumsq_bf16: { args: ["ptr", "i64", "ptr", "ptr", "ptr"], returns: "i32" },
   ls_sumsq_partials: { args: [], returns: "i64" },
+  // Llama ops (kernels/src/llama_*.cu; packages/llama/src/ops/*.ts call them)
+  // (tokens, table, out, T, V, C, stream)
+  ls_llama_embedding_fwd_bf16: { args: ["ptr", "ptr", "ptr", "i64", "i64", "i64", "ptr"], returns: "i32" },
+  // (dx, perm, distinct_tokens, run_start, distinct, C, dtable, stream)
+  ls_llama_embedding_bwd_bf16: { args: ["ptr", "ptr", "ptr", "ptr", "i64", "i64", "ptr", "ptr"], returns: "i32" },
+  // (x, w, y, rstd, T, C, eps, stream)
+  ls_llama_rmsnorm_fwd_bf16: { args: ["ptr", "ptr", "ptr", "ptr", "i64", "i64", "f32", "ptr"], returns: "i32" },
+  // (x, r, w, h, y, rstd, T, C, eps, stream)
+  ls_llama_residual_rmsnorm_fwd_bf16: { args: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "i64", "i64", "f32", "ptr"], returns: "i32" },
+  // (T) -> blocks of the backward (rows of its dw partials)
+  ls_llama_rmsnorm_bwd_blocks: { args: ["i64"], returns: "i64" },
+  // (x, w, rstd, dy, residual|null, dx, partials, blocks, dw, T, C, stream)
+  ls_llama_rmsnorm_bwd_bf16: {
+    args: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "i64", "ptr", "i64", "i64", "ptr"],
+    returns: "i32",
+  },
+  // (qkv, cos, sin, q, k, v, T, Hq, Hkv, D, stream)
+  ls_llama_rope_qkv_fwd_bf16: { args: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "i64", "i32", "i32", "i32", "ptr"], returns: "i32" },
+  // (dq, dk, dv, cos, sin, dqkv, T, Hq, Hkv, D, stream)
+  ls_llama_rope_qkv_bwd_bf16: { args: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "i64", "i32", "i32", "i32", "ptr"], returns: "i32" },
+  // (gu, a, T, F, stream)
+  ls_llama_swiglu_fwd_bf16: { args: ["ptr", "ptr", "i64", "i64", "ptr"], returns: "i32" },
+  // (gu, da, dgu, T, F, stream)
+  ls_llama_swiglu_bwd_bf16: { args: ["ptr", "ptr", "ptr", "i64", "i64", "ptr"], returns: "i32" },
+  // (logits f32, labels, grad_scale, dlogits bf16|null, row_loss f32, rows, V, stream)
+  ls_llama_cross_entropy_f32: { args: ["ptr", "ptr", "f32", "ptr", "ptr", "i64", "i64", "ptr"], returns: "i32" },
 } as const;
 
 export type Kernels = Bound<typeof kernelSymbols>;
 
-export const KERNELS_ABI_VERSION = 2;
+export const KERNELS_ABI_VERSION = 3;
 
 let lib: Kernels | null = null;
 

@@ -1,0 +1,59 @@
+import { describe, expect, test } from "bun:test";
+import { fromArray, toFloat32Array, zeros } from "@lightseq/tensor";
+import { expectClose } from "@lightseq/tensor/testing";
+import { embeddingBackward, embeddingBackwardF64, embeddingForward, embeddingForwardF64, groupTokens } from "./embedding.ts";
+import { dot, numericGrad, pick, randomF64, sampleIndices } from "./testing.ts";
+
+describe("embedding (CPU reference)", () => {
+  test("forward gathers rows", () => {
+    const table = fromArray([0, 1, 10, 11, 20, 21], [3, 2]);
+    const x = embeddingForward(fromArray([2, 0, 2], [3], { dtype: "i32" }), table);
+    expect(Array.from(toFloat32Array(x))).toEqual([20, 21, 0, 1, 20, 21]);
+  });
+
+  test("backward with repeated tokens sums their rows into dTable (+=), against finite differences", () => {
+    const [V, C] = [5, 3];
+    const tokens = Int32Array.from([1, 3, 1, 1, 0, 3]);
+    const T = tokens.length;
+    const table = randomF64(V * C, 1);
+    const dx = randomF64(T * C, 2);
+    const d = embeddingBackwardF64(tokens, dx, V, C);
+    const ix = sampleIndices(V * C, V * C);
+    expectClose(
+      pick(d, ix),
+      numericGrad((tb) => dot(embeddingForwardF64(tokens, tb, C), dx), table, ix),
+      { atol: 1e-9, rtol: 1e-9 },
+    );
+    // rows of tokens 2 and 4 (absent) get nothing; row 1 gets dx[0] + dx[2] + dx[3]
+    for (let c = 0; c < C; c++) {
+      expect(d[2 * C + c]).toBe(0);
+      expect(d[1 * C + c]).toBeCloseTo((dx[c] as number) + (dx[2 * C + c] as number) + (dx[3 * C + c] as number), 12);
+    }
+    const dTable = fromArray(new Float64Array(V * C).fill(0.5), [V, C]);
+    embeddingBackward(fromArray(tokens, [T], { dtype: "i32" }), fromArray(dx, [T, C]), dTable);
+    expectClose(
+      dTable,
+      d.map((v) => v + 0.5),
+      { atol: 1e-6, rtol: 1e-6 },
+    );
+  });
+
+  test("groupTokens: a stable permutation by token, runs of distinct tokens", () => {
+    const g = groupTokens(Int32Array.from([4, 1, 4, 0, 1, 4]), 6);
+    expect(Array.from(g.perm)).toEqual([3, 1, 4, 0, 2, 5]);
+    expect(Array.from(g.tokens)).toEqual([0, 1, 4]);
+    expect(Array.from(g.start)).toEqual([0, 1, 3, 6]);
+  });
+
+  test("out-of-range tokens and bad shapes are refused by position", () => {
+    const table = zeros([4, 2]);
+    expect(() => embeddingForward(fromArray([0, 4], [2], { dtype: "i32" }), table)).toThrow(
+      /embeddingForward: tokens\[1\] = 4 is outside the vocabulary \[0, 4\)/,
+    );
+    expect(() => embeddingBackward(fromArray([0, -1], [2], { dtype: "i32" }), zeros([2, 2]), zeros([4, 2]))).toThrow(/tokens\[1\] = -1/);
+    expect(() => embeddingBackward(fromArray([0, 1], [2], { dtype: "i32" }), zeros([2, 3]), zeros([4, 2]))).toThrow(
+      /dx: expected shape \[2, 2\], got \[2, 3\]/,
+    );
+    expect(() => embeddingForward(zeros([2]), table)).toThrow(/tokens: expected dtype i32, got f32/);
+  });
+});
