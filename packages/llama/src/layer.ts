@@ -2,13 +2,14 @@
 //
 //   A  attention in:   rstd1, xn = rmsnorm(x, attnNorm); qkv = xn @ wqkv^T; q, k, v = rope(qkv)
 //   B  attention core: o, lse = attention(q, k, v)                  (DistAttn: communication here)
-//   C  MLP in:         h = x + o @ wo^T; rstd2, hn = rmsnorm(h, mlpNorm); gu = hn @ wGateUp^T; a = swiglu(gu)
+//   C  MLP in:         h = x + o @ wo^T; rstd2, hn = rmsnorm(h, mlpNorm) (one fused pass); gu = hn @ wGateUp^T; a = swiglu(gu)
 //   D  out:            y = h + a @ wDown^T
 //
 // The saved tensors are named (checkpointing/src/policy.ts); the forward keeps those of the policy and
 // the backward recomputes a stage (A, B or C) whenever one of its tensors was not kept: `none`
 // recomputes nothing, `remat-aware` recomputes A and C (never attention), `full` A, B and C.
-// Weight gradients are accumulated (+=) into the f32 views the gradient sink gives.
+// Weight gradients are accumulated (+=) into the f32 views the gradient sink gives. The residual
+// branches' gradients are added inside the RMSNorm backwards (their `residual` option).
 
 import { type CheckpointPolicy, keptTensors, type SavedName } from "@lightseq/checkpointing";
 import type { Stream } from "@lightseq/cuda";
@@ -17,7 +18,7 @@ import type { LlamaConfig } from "./config.ts";
 import type { ActivationStore, AttentionFn, SavedValue } from "./interfaces.ts";
 import { linearBackwardInput, linearBackwardWeight, linearForward } from "./ops/linear.ts";
 import { residualAdd } from "./ops/residual.ts";
-import { rmsnormBackward, rmsnormForward } from "./ops/rmsnorm.ts";
+import { residualRmsnormForward, rmsnormBackward, rmsnormForward } from "./ops/rmsnorm.ts";
 import { type RopeTable, ropeQkvBackward, ropeQkvForward } from "./ops/rope.ts";
 import { swigluBackward, swigluForward } from "./ops/swiglu.ts";
 import type { LayerWeights } from "./weights.ts";
@@ -97,9 +98,8 @@ function mlpIn(x: Tensor, attnOut: Tensor, w: LayerWeights, ctx: LayerContext): 
   const o = { stream: ctx.stream };
   using o2 = flat2(attnOut);
   const proj = linearForward(o2, w.wo, o);
-  const h = residualAdd(x, proj, o);
+  const { h, y: hn, rstd: rstd2 } = residualRmsnormForward(x, proj, w.mlpNorm, ctx.cfg.normEps, o);
   proj.dispose();
-  const { y: hn, rstd: rstd2 } = rmsnormForward(h, w.mlpNorm, ctx.cfg.normEps, o);
   const gu = linearForward(hn, w.wGateUp, o);
   const a = swigluForward(gu, o);
   return { h, rstd2, hn, gu, a };
@@ -190,10 +190,8 @@ export async function layerBackward(
     linearBackwardWeight(dgu, C.hn, g.wGateUp, o);
     const dhn = linearBackwardInput(dgu, w.wGateUp, o);
     dgu.dispose();
-    const dhNorm = rmsnormBackward(C.h, w.mlpNorm, C.rstd2, dhn, g.mlpNorm, o);
+    const dh = rmsnormBackward(C.h, w.mlpNorm, C.rstd2, dhn, g.mlpNorm, { ...o, residual: dy });
     dhn.dispose();
-    const dh = residualAdd(dy, dhNorm, o);
-    dhNorm.dispose();
     temps.push(dh);
 
     // h = x + o @ wo^T
@@ -216,10 +214,8 @@ export async function layerBackward(
     linearBackwardWeight(dqkv, A.xn, g.wqkv, o);
     const dxn = linearBackwardInput(dqkv, w.wqkv, o);
     dqkv.dispose();
-    const dxNorm = rmsnormBackward(x, w.attnNorm, A.rstd1, dxn, g.attnNorm, o);
+    const dx = rmsnormBackward(x, w.attnNorm, A.rstd1, dxn, g.attnNorm, { ...o, residual: dh });
     dxn.dispose();
-    const dx = residualAdd(dh, dxNorm, o);
-    dxNorm.dispose();
     return dx;
   } finally {
     disposeAll(temps);
