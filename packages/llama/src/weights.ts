@@ -204,25 +204,31 @@ export interface InitOptions {
   std?: number;
 }
 
-/** Seeded parameters: identical values on every device and for every rank count (see the top of this file). */
-export function initParams(cfg: LlamaConfig, o: InitOptions): ModelParams {
-  const dtype = o.dtype ?? "f32";
+/** Layer i's flat buffer as initParams makes it (benchmarks and sharded sources make one layer alone). */
+export function initLayer(cfg: LlamaConfig, i: number, o: InitOptions): Tensor {
+  const layout = layerLayout(cfg);
+  const flat = randn([layout.numel], { ...placement(o), offset: initOffsets(cfg).layer(i) });
+  for (const e of layout.entries) {
+    if (e.init !== "ones") continue;
+    using v = flat.narrow(e.offset, e.numel);
+    fill(v, 1);
+  }
+  return flat;
+}
+
+function placement(o: InitOptions): { seed: number | bigint; dtype: "f32" | "bf16"; device?: DeviceLike; std: number } {
   const std = o.std ?? 0.02;
   if (!(std > 0) || !Number.isFinite(std)) throw new TensorError(`init: std must be a positive number, got ${std}`);
+  return { seed: o.seed, dtype: o.dtype ?? "f32", device: o.device, std };
+}
+
+/** Seeded parameters: identical values on every device and for every rank count (see the top of this file). */
+export function initParams(cfg: LlamaConfig, o: InitOptions): ModelParams {
+  const place = placement(o);
   const at = initOffsets(cfg);
-  const place = { seed: o.seed, dtype, device: o.device, std };
-  const layout = layerLayout(cfg);
-  const layers = Array.from({ length: cfg.layers }, (_, i) => {
-    const flat = randn([layout.numel], { ...place, offset: at.layer(i) });
-    for (const e of layout.entries) {
-      if (e.init !== "ones") continue;
-      using v = flat.narrow(e.offset, e.numel);
-      fill(v, 1);
-    }
-    return flat;
-  });
+  const layers = Array.from({ length: cfg.layers }, (_, i) => initLayer(cfg, i, o));
   const embed = randn([cfg.vocab, cfg.dim], { ...place, offset: at.embed });
-  const finalNorm = empty([cfg.dim], { dtype, device: o.device });
+  const finalNorm = empty([cfg.dim], { dtype: place.dtype, device: o.device });
   fill(finalNorm, 1);
   const head = cfg.tiedEmbeddings ? null : randn([cfg.vocab, cfg.dim], { ...place, offset: at.head });
   return new ModelParams(cfg, layers, embed, finalNorm, head);
