@@ -13,6 +13,7 @@ import {
   parseHfTensorName,
   saveHfCheckpoint,
 } from "./hf.ts";
+import { convertHfCheckpoint } from "./hf-convert.ts";
 import { writeSafetensors } from "./safetensors.ts";
 
 const root = mkdtempSync(join(tmpdir(), "hf-test-"));
@@ -139,6 +140,18 @@ describe("save and load", () => {
     const ok = await handMade(tied, (t) => t.push({ name: "lm_head.weight", shape: [40, 16], dtype: "F32" }));
     const { got } = await loadAll(ok, null);
     expect(got.has("lm_head.weight")).toBe(false);
+  });
+
+  test("convertHfCheckpoint: f32 folder to sharded bf16, values rounded to nearest even", async () => {
+    const src = freshDir();
+    const dst = join(freshDir(), "out");
+    const size = (ref: HfTensorRef) => numel(hfTensorEntries(cfg).find((e) => e.name === hfTensorName(ref))!.shape);
+    await saveHfCheckpoint(src, cfg, (ref) => values(ref, size(ref)), { dtype: "f32" });
+    await convertHfCheckpoint(src, dst, "bf16", 2048);
+    expect(readdirSync(dst)).toContain("model.safetensors.index.json");
+    expect(JSON.parse(readFileSync(join(dst, "config.json"), "utf8")).torch_dtype).toBe("bfloat16");
+    const { got } = await loadAll(dst, cfg, "bf16");
+    for (const e of hfTensorEntries(cfg)) expect(got.get(e.name)).toEqual(encodeBf16(values(e.ref, numel(e.shape))));
   });
 
   test("rotary_emb.inv_freq buffers are ignored", async () => {
