@@ -1,7 +1,18 @@
 import { expect, test } from "bun:test";
 import { randn, type Tensor, toFloat32Array } from "@lightseq/tensor";
-import { tinyConfig } from "./fixtures/tiny.ts";
-import { initLayer, initOffsets, initParams, LAYER_PARAMS, layerLayout, layerViews, ModelParams, zeroParams } from "./weights.ts";
+import { namedTensors, tinyConfig } from "./fixtures/tiny.ts";
+import {
+  initLayer,
+  initOffsets,
+  initParams,
+  LAYER_PARAMS,
+  layerLayout,
+  layerViews,
+  ModelParams,
+  type ParamRef,
+  paramsFromTensors,
+  zeroParams,
+} from "./weights.ts";
 
 test("a layer's flat buffer holds the contract's order; wqkv and wGateUp are views over q|k|v and gate|up", () => {
   const cfg = tinyConfig({ dim: 8, heads: 4, kvHeads: 2, ffn: 12 }); // D = 2
@@ -58,4 +69,19 @@ test("ModelParams refuses a missing head, a head with tied embeddings, and wrong
   expect(() => new ModelParams(tied, z.layers, z.embed, z.finalNorm, z.head)).toThrow("head must be null when the embeddings are tied");
   expect(() => new ModelParams(cfg, z.layers, z.finalNorm, z.finalNorm, z.head)).toThrow("model params: embed: expected shape [40, 32]");
   expect(() => new ModelParams(cfg, z.layers.slice(1), z.embed, z.finalNorm, z.head)).toThrow("expected 2 layers, got 1");
+});
+
+test("paramsFromTensors packs per-tensor values into the flat layout (a round trip of initParams) and names a wrong size", () => {
+  const cfg = tinyConfig();
+  using p = initParams(cfg, { seed: 8 });
+  const named = new Map(namedTensors(p));
+  const read = (ref: ParamRef) => (named.get(ref.layer === null ? ref.field : `layers.${ref.layer}.${ref.field}`) as Tensor).data();
+  using q = paramsFromTensors(cfg, read);
+  q.all().forEach((t, j) => {
+    expect(toFloat32Array(t)).toEqual(toFloat32Array(p.all()[j] as Tensor));
+  });
+  expect(() => paramsFromTensors(cfg, (ref) => (ref.layer === 1 && ref.field === "wUp" ? new Float32Array(3) : read(ref)))).toThrow(
+    "params: layers.1.wUp: expected 1536 values for this config, got 3",
+  );
+  for (const t of named.values()) t.dispose();
 });

@@ -15,7 +15,7 @@
 // give identical bits), on the number of ranks, or on which rank generates which part; and a layer's
 // weights do not depend on how many layers follow it. Norm elements keep their counters unused.
 
-import { type DeviceLike, type DType, empty, fill, randn, type Tensor, TensorError, zeros } from "@lightseq/tensor";
+import { type DeviceLike, type DType, empty, fill, fromArray, randn, type Tensor, TensorError, zeros } from "@lightseq/tensor";
 import type { LlamaConfig } from "./config.ts";
 
 export const LAYER_PARAMS = ["attnNorm", "wq", "wk", "wv", "wo", "mlpNorm", "wGate", "wUp", "wDown"] as const;
@@ -245,4 +245,33 @@ export function zeroParams(cfg: LlamaConfig, o: { dtype?: "f32" | "bf16"; device
     zeros([cfg.dim], p),
     cfg.tiedEmbeddings ? null : zeros([cfg.vocab, cfg.dim], p),
   );
+}
+
+/** Which parameter: a field of a layer, or a non-layer one (hf.ts's HfTensorRef has this shape). */
+export type ParamRef =
+  | { readonly layer: number; readonly field: LayerParamName }
+  | { readonly layer: null; readonly field: "embed" | "finalNorm" | "head" };
+
+/**
+ * Parameters from per-tensor values (a loaded checkpoint, a fixture): `read(ref)` gives each tensor's
+ * elements, row-major in its own shape; they are packed into the flat per-layer layout. f32 on the CPU.
+ */
+export function paramsFromTensors(cfg: LlamaConfig, read: (ref: ParamRef) => ArrayLike<number>): ModelParams {
+  const layout = layerLayout(cfg);
+  const take = (ref: ParamRef, numel: number): ArrayLike<number> => {
+    const d = read(ref);
+    const name = ref.layer === null ? ref.field : `layers.${ref.layer}.${ref.field}`;
+    if (d.length !== numel) throw new TensorError(`params: ${name}: expected ${numel} values for this config, got ${d.length}`);
+    return d;
+  };
+  const layers = Array.from({ length: cfg.layers }, (_, i) => {
+    const flat = new Float32Array(layout.numel);
+    for (const e of layout.entries) flat.set(take({ layer: i, field: e.name }, e.numel), e.offset);
+    return fromArray(flat, [layout.numel]);
+  });
+  const VC = cfg.vocab * cfg.dim;
+  const embed = fromArray(take({ layer: null, field: "embed" }, VC), [cfg.vocab, cfg.dim]);
+  const finalNorm = fromArray(take({ layer: null, field: "finalNorm" }, cfg.dim), [cfg.dim]);
+  const head = cfg.tiedEmbeddings ? null : fromArray(take({ layer: null, field: "head" }, VC), [cfg.vocab, cfg.dim]);
+  return new ModelParams(cfg, layers, embed, finalNorm, head);
 }
