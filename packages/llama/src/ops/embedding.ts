@@ -11,7 +11,7 @@
 // row becomes NaN (the loss shows it); the CPU path and the GPU backward refuse it by position.
 
 import type { Stream } from "@lightseq/cuda";
-import { fromArray, type Tensor, to } from "@lightseq/tensor";
+import { type DeviceLike, fromArray, type Tensor, to } from "@lightseq/tensor";
 import { checkCudaDType, checkSameDevice, checkTensor, f64Of, fail, kernels, launch, type OpOptions, output, streamFor } from "./common.ts";
 
 export interface EmbeddingShape {
@@ -133,6 +133,28 @@ export interface EmbeddingBackwardOptions {
   stream?: Stream;
   /** The tokens on the host (GPU path): skips their download and the sync it needs. */
   hostTokens?: Int32Array;
+  /** The grouping already on the device (embeddingPlan): skips the host work and the upload. */
+  plan?: EmbeddingPlan;
+}
+
+/** The host grouping of `tokens` uploaded once: perm | distinct tokens | run starts, as one i32 tensor. */
+export interface EmbeddingPlan {
+  readonly T: number;
+  readonly distinct: number;
+  readonly data: Tensor;
+}
+
+/** Groups the tokens on the host and uploads the result to `device` (synchronises the upload). */
+export function embeddingPlan(tokens: Int32Array, V: number, device: DeviceLike, o: { stream?: Stream } = {}): EmbeddingPlan {
+  checkTokens("embeddingPlan", tokens, V);
+  const g = groupTokens(tokens, V);
+  const T = tokens.length;
+  const U = g.tokens.length;
+  const plan = new Int32Array(T + 2 * U + 1);
+  plan.set(g.perm, 0);
+  plan.set(g.tokens, T);
+  plan.set(g.start, T + U);
+  return { T, distinct: U, data: fromArray(plan, [plan.length], { dtype: "i32", device, stream: o.stream }) };
 }
 
 /** dTable (f32 [V,C]) += the scatter of dx by tokens; the same bits every run. */
@@ -159,24 +181,30 @@ export function embeddingBackward(tokens: Tensor, dx: Tensor, dTable: Tensor, o:
   }
   checkCudaDType(op, dx, "dx", "bf16");
   if (T === 0) return;
-  let host = o.hostTokens;
-  if (host === undefined) {
-    using h = to(tokens, "cpu", { stream: o.stream });
-    host = Int32Array.from(h.data() as Int32Array);
-  } else if (host.length !== T) fail(op, `hostTokens: expected ${T} tokens (as tokens), got ${host.length}`);
-  checkTokens(op, host, V);
-  const g = groupTokens(host, V);
-  const U = g.tokens.length;
-  const plan = new Int32Array(T + 2 * U + 1);
-  plan.set(g.perm, 0);
-  plan.set(g.tokens, T);
-  plan.set(g.start, T + U);
   const s = streamFor(dx, o.stream);
-  using dev = fromArray(plan, [plan.length], { dtype: "i32", device: dx.device, stream: s });
-  const base = dev.ptr();
-  launch(
-    kernels().ls_llama_embedding_bwd_bf16(dx.ptr(), base, base + 4 * T, base + 4 * (T + U), U, C, dTable.ptr(), s.handle),
-    "ls_llama_embedding_bwd_bf16",
-    `T=${T} distinct=${U} C=${C}`,
-  );
+  let plan = o.plan;
+  let owned: EmbeddingPlan | undefined;
+  if (plan === undefined) {
+    let host = o.hostTokens;
+    if (host === undefined) {
+      using h = to(tokens, "cpu", { stream: s });
+      host = Int32Array.from(h.data() as Int32Array);
+    } else if (host.length !== T) fail(op, `hostTokens: expected ${T} tokens (as tokens), got ${host.length}`);
+    owned = embeddingPlan(host, V, dx.device, { stream: s });
+    plan = owned;
+  } else {
+    if (plan.T !== T) fail(op, `plan: made for ${plan.T} tokens, got ${T}`);
+    checkSameDevice(op, dx, "dx", plan.data, "plan.data");
+  }
+  const base = plan.data.ptr();
+  const U = plan.distinct;
+  try {
+    launch(
+      kernels().ls_llama_embedding_bwd_bf16(dx.ptr(), base, base + 4 * T, base + 4 * (T + U), U, C, dTable.ptr(), s.handle),
+      "ls_llama_embedding_bwd_bf16",
+      `T=${T} distinct=${U} C=${C}`,
+    );
+  } finally {
+    owned?.data.dispose();
+  }
 }

@@ -86,6 +86,42 @@ export function crossEntropyRowF64(logits: ArrayLike<number>, label: number, gra
   return lse - (logits[label] as number);
 }
 
+/**
+ * The CUDA row kernel alone: row loss (f32 [n]) and, when `dlogits` (bf16 [n, V]) is given,
+ * gradScale * (softmax - onehot) from f32 logits [n, V]. Labels are not checked here (lmHeadLoss does).
+ */
+export function crossEntropyRows(
+  logits: Tensor,
+  labels: Tensor,
+  gradScale: number,
+  dlogits: Tensor | undefined,
+  rowLoss: Tensor,
+  stream?: Stream,
+): void {
+  const op = "crossEntropyRows";
+  checkTensor(op, logits, "logits", ["f32"], [-1, -1]);
+  const [n, V] = logits.shape as [number, number];
+  checkTensor(op, labels, "labels", ["i32"], [n]);
+  checkTensor(op, rowLoss, "rowLoss", ["f32"], [n]);
+  if (dlogits !== undefined) checkTensor(op, dlogits, "dlogits", ["bf16"], [n, V]);
+  if (logits.device.kind !== "cuda") fail(op, "logits: the row kernel runs on cuda (the CPU path is crossEntropyRowF64)");
+  const s = streamFor(logits, stream);
+  launch(
+    kernels().ls_llama_cross_entropy_f32(
+      logits.ptr(),
+      labels.ptr(),
+      gradScale,
+      dlogits === undefined ? null : dlogits.ptr(),
+      rowLoss.ptr(),
+      n,
+      V,
+      s.handle,
+    ),
+    "ls_llama_cross_entropy_f32",
+    `rows=${n} V=${V}`,
+  );
+}
+
 function checkLabels(op: string, labels: Int32Array, V: number): number {
   let count = 0;
   for (let t = 0; t < labels.length; t++) {
@@ -156,20 +192,7 @@ export function lmHeadLoss(h: Tensor, W: Tensor, labels: Tensor, o: LmHeadLossOp
     } else {
       using labs = labels.narrow(start, n);
       using rl = (rowLoss as Tensor).narrow(start, n);
-      launch(
-        kernels().ls_llama_cross_entropy_f32(
-          lg.ptr(),
-          labs.ptr(),
-          o.gradScale,
-          dl === undefined ? null : dl.ptr(),
-          rl.ptr(),
-          n,
-          V,
-          (s as Stream).handle,
-        ),
-        "ls_llama_cross_entropy_f32",
-        `rows=${n} V=${V}`,
-      );
+      crossEntropyRows(lg, labs, o.gradScale, dl, rl, s);
     }
     if (dl === undefined || dh === undefined) continue;
     using dhs = dh.narrow(start, n);
