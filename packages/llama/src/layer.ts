@@ -163,15 +163,21 @@ export async function layerBackward(
   if (x === undefined)
     throw new TensorError(`layer ${i} backward: the layer input x was not kept (every policy keeps it; was the forward run with a store?)`);
   const temps: (Tensor | Tensor[])[] = [dy];
+  const mlpTemps: Tensor[] = [];
   try {
+    // Recompute in the order that keeps the least alive: attention's inputs only when attention
+    // itself must be recomputed (full), then the MLP's inputs, freed right after the MLP backward,
+    // then the attention's inputs (remat-aware), needed by the attention backward.
     let A = keptStage(store, i, STAGE_A);
-    if (A === null) {
+    const recomputeA = (): AttnIn => {
       ctx.counters.recomputeAttnIn++;
-      A = attnIn(x, w, ctx);
-      temps.push(...Object.values(A));
-    }
+      const a = attnIn(x, w, ctx);
+      temps.push(...Object.values(a));
+      return a;
+    };
     let B = keptStage(store, i, STAGE_B);
     if (B === null) {
+      A ??= recomputeA();
       B = await attnCore(A, ctx);
       temps.push(B.o, B.lse);
     }
@@ -179,7 +185,7 @@ export async function layerBackward(
     if (C === null) {
       ctx.counters.recomputeMlpIn++;
       C = mlpIn(x, B.o, w, ctx);
-      temps.push(...Object.values(C));
+      mlpTemps.push(...Object.values(C));
     }
 
     // D and C: y = h + a @ wDown^T; a = swiglu(hn @ wGateUp^T); hn = rmsnorm(h)
@@ -193,6 +199,9 @@ export async function layerBackward(
     const dh = rmsnormBackward(C.h, w.mlpNorm, C.rstd2, dhn, g.mlpNorm, { ...o, residual: dy });
     dhn.dispose();
     temps.push(dh);
+    dy.dispose(); // (dispose is idempotent: the finally block's second call is a no-op)
+    disposeAll(mlpTemps.splice(0));
+    A ??= recomputeA();
 
     // h = x + o @ wo^T
     {
@@ -207,6 +216,7 @@ export async function layerBackward(
     // B: attention (its backward recomputes the softmax from o and lse)
     ctx.counters.attentionBackward++;
     const { dq, dk, dv } = await ctx.attention.backward({ q: A.q, k: A.k, v: A.v, o: B.o, lse: B.lse }, dO);
+    dO.dispose();
     const dqkv = ropeQkvBackward(dq, dk, dv, ctx.rope, dims(ctx.cfg), o);
     disposeAll([dq, dk, dv]);
 
@@ -218,7 +228,7 @@ export async function layerBackward(
     dxn.dispose();
     return dx;
   } finally {
-    disposeAll(temps);
+    disposeAll([...mlpTemps, ...temps]);
     store.release(i);
   }
 }
