@@ -7,20 +7,21 @@ import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { makeSchedule } from "@lightseq/attention";
 import { launch } from "@lightseq/comm";
+import { probeGpus } from "@lightseq/cuda";
 import type { RankCase, RankResult } from "./fixtures/model-ranks-worker.ts";
 import { IGNORE_LABEL } from "./model.ts";
 import { placeSequenceBatch } from "./parallelize.ts";
 
 const worker = join(import.meta.dir, "fixtures", "model-ranks-worker.ts");
 
-async function runRanks(P: number, cases: RankCase[]): Promise<RankResult[]> {
+async function runRanks(P: number, cases: RankCase[], backend: "cpu" | "nccl" = "cpu"): Promise<RankResult[]> {
   const lines: RankResult[] = [];
   const log: string[] = [];
   const r = await launch({
     nprocs: P,
     script: worker,
-    args: [JSON.stringify(cases)],
-    gpus: 0,
+    args: [backend, JSON.stringify(cases)],
+    gpus: backend === "nccl" ? P : 0,
     env: { LIGHTSEQ_COMM_TIMEOUT_MS: "30000" },
     onLine: (rank, _s, line) => {
       log.push(`[rank ${rank}] ${line}`);
@@ -76,6 +77,28 @@ describe("P ranks equal one rank (CPU communicator, real processes)", () => {
     }, 120_000);
   }
 });
+
+// The same on GPUs (NCCL, bf16, cuDNN blocks when present): needs 2 GPUs, so it skips on one; run it on
+// a 2-GPU machine with `LIGHTSEQ_REQUIRE_GPU=1 bun test packages/llama/src/parallel.test.ts`.
+test.skipIf(probeGpus().count < 2)(
+  "2 GPUs (NCCL, bf16) equal one GPU: zigzag and lightseq, MHA and GQA, remat-aware and full",
+  async () => {
+    // 2P chunks of ~77 tokens: not a multiple of any tile size.
+    const cases: RankCase[] = [
+      { schedule: "zigzag", N: 309, heads: 4, kvHeads: 2, policy: "remat-aware" },
+      { schedule: "zigzag", N: 309, heads: 4, kvHeads: 4, policy: "full" },
+      { schedule: "lightseq", N: 251, heads: 4, kvHeads: 2, policy: "remat-aware", tied: true },
+    ];
+    const results = await runRanks(2, cases, "nccl");
+    for (const r of results) {
+      console.log(
+        `rank ${r.rank} ${r.case.schedule} Hkv=${r.case.kvHeads} ${r.case.policy}: loss rel ${r.lossRelErr.toExponential(2)}, worst gradient ${r.worstGrad.name} at ${(100 * r.worstGrad.used).toFixed(0)}% of tolerance`,
+      );
+      if (!r.ok) throw new Error(`rank ${r.rank} ${JSON.stringify(r.case)}:\n${r.failures.join("\n")}`);
+    }
+  },
+  300_000,
+);
 
 describe("placement of a sequence on the ranks", () => {
   const tokens = Int32Array.from({ length: 11 }, (_, g) => 100 + g);
