@@ -148,6 +148,13 @@ describe("Hugging Face config.json", () => {
     expect(parseHfConfig({ ...v5, rope_theta, rope_scaling })).toEqual(llamaPreset("llama3-8b"));
     const plain = { ...rest, rope_parameters: { rope_type: "default", rope_theta: 10000 } };
     expect(parseHfConfig(plain).ropeScaling).toBeNull();
+    // a partial_rotary_factor of 1 is plain RoPE over the whole head; another is refused
+    expect(parseHfConfig({ ...rest, rope_parameters: { ...rope_scaling, rope_theta, partial_rotary_factor: 1.0 } })).toEqual(
+      llamaPreset("llama3-8b"),
+    );
+    expect(() =>
+      parseHfConfig({ ...rest, rope_parameters: { rope_type: "default", rope_theta, partial_rotary_factor: 0.5 } }, "c.json"),
+    ).toThrow(/c\.json: field rope_parameters\.partial_rotary_factor 0\.5 is not supported/);
   });
 
   test("eos as a list, absent num_key_value_heads (MHA), absent tie_word_embeddings", () => {

@@ -469,6 +469,12 @@ function parseRopeBlock(block: unknown, field: "rope_scaling" | "rope_parameters
   }
   const type = named ?? "default";
   const allowed: string[] = ["rope_type", "type"];
+  // transformers 5 may write partial_rotary_factor into the block; 1 (rotate the whole head) is what we implement
+  if (b.partial_rotary_factor !== undefined) {
+    if (b.partial_rotary_factor !== 1)
+      err(`.partial_rotary_factor ${JSON.stringify(b.partial_rotary_factor)} is not supported (only 1: RoPE over the whole head)`);
+    allowed.push("partial_rotary_factor");
+  }
   if (field === "rope_parameters") allowed.push("rope_theta");
   let theta: number | undefined;
   if (b.rope_theta !== undefined) {
