@@ -139,6 +139,14 @@ describe("terms against performance.md section 7 (Llama-2-7B)", () => {
   });
 });
 
+test("optimizer none: whole bf16 weights and f32 gradients, nothing gathered", () => {
+  const e = estimateMemory(plan(32768, 1, "full", { optimizer: "none" }));
+  expect(gib(e, "bf16 weights")).toBeCloseTo((2 * 6_738_415_616) / GiB, 6);
+  expect(gib(e, "f32 gradients")).toBeCloseTo((4 * 6_738_415_616) / GiB, 6);
+  expect(e.gpu.map((t) => t.name)).not.toContain("gathered weights");
+  expect(e.gpu.map((t) => t.name)).not.toContain("model states");
+});
+
 describe("offload", () => {
   test("host: two layers in flight on the GPU, all of them on the host", () => {
     const e = estimateMemory(plan(65536, 2, "remat-aware", { offload: "host", hostBytes: 64 * GiB }));

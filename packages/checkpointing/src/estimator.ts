@@ -12,6 +12,8 @@
 //   With the optimizer in host memory the GPU keeps a bf16 weight shard (2 B/param / R, or none when
 //   the weights stream from the host) and updates each layer as its gradients arrive, its state
 //   streamed over PCIe: no whole-model gradient buffer (one micro-batch per step).
+// - Optimizer "none" (forward and backward only: benchmarks, the local weight source and gradient
+//   sink): every rank holds the whole model in bf16 and its whole f32 gradient, nothing gathered.
 // - Activations in bf16, rstd and lse in f32. The peak is at the start of the backward: every kept
 //   tensor, one layer's recomputed tensors plus the gradients in flight (half a layer's saved tensors,
 //   performance.md's 1.5x), the DistAttn buffers and the loss chunk, all at once.
@@ -41,8 +43,11 @@ export interface MemoryPlan {
   readonly mesh: { readonly cp: number; readonly dp: number };
   readonly policy: CheckpointPolicy;
   readonly offload: OffloadMode;
-  /** fp32 master + Adam m, v: sharded on the GPUs, or in each rank's pinned host memory. */
-  readonly optimizer: "device" | "host";
+  /**
+   * fp32 master + Adam m, v: sharded on the GPUs, or in each rank's pinned host memory; "none": no
+   * optimizer, whole bf16 weights and f32 gradients on every rank (forward/backward benchmarks).
+   */
+  readonly optimizer: "device" | "host" | "none";
   /** With the optimizer on the host: a bf16 weight shard stays on the GPU (default), or streams from the host. */
   readonly weights?: "device" | "host";
   /** Device memory one rank may use. */
@@ -162,7 +167,10 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
   const host: MemoryTerm[] = [];
 
   // model states
-  if (plan.optimizer === "device") {
+  if (plan.optimizer === "none") {
+    gpu.push(term("bf16 weights", 2 * p.total, `2 B x ${p.total} params, whole on every rank`));
+    gpu.push(term("f32 gradients", 4 * p.total, `4 B x ${p.total} params, whole on every rank`));
+  } else if (plan.optimizer === "device") {
     gpu.push(
       term("model states", (16 * p.total) / R, `fp32 master + Adam m, v + fp32 gradient shard: 16 B x ${p.total} params / ${R} ranks`),
     );
@@ -183,14 +191,16 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
       );
     }
   }
-  gpu.push(
-    term(
-      "gathered weights",
-      2 * (2 * p.layer) + 2 * (p.embed + p.head),
-      `bf16 of two layers (current + prefetched) and of the embedding${m.tiedEmbeddings ? " (tied head)" : " and head"}`,
-    ),
-  );
-  gpu.push(term("layer gradients", 4 * p.layer, `one layer's fp32 weight gradients before their reduce-scatter: 4 B x ${p.layer}`));
+  if (plan.optimizer !== "none") {
+    gpu.push(
+      term(
+        "gathered weights",
+        2 * (2 * p.layer) + 2 * (p.embed + p.head),
+        `bf16 of two layers (current + prefetched) and of the embedding${m.tiedEmbeddings ? " (tied head)" : " and head"}`,
+      ),
+    );
+    gpu.push(term("layer gradients", 4 * p.layer, `one layer's fp32 weight gradients before their reduce-scatter: 4 B x ${p.layer}`));
+  }
 
   // activations
   const kept = keptTensors(policy);
