@@ -222,7 +222,7 @@ describe.skipIf(noGpu)("llama ops: CUDA equals the CPU reference", () => {
       const labCpu = fromArray(lab, [T], { dtype: "i32" });
       const count = lab.filter((l) => l !== -100).length;
       const gradScale = 1 / Math.max(count, 1);
-      const dW0 = randn([V, C], { seed: fresh(), std: 0.01 });
+      const dW0 = randn([V, C], { seed: fresh(), std: 0.1 * gradScale }); // += onto values of the gradient's size
       const dWc = to(dW0, "cpu");
       const dWg = to(dW0, dev);
       const rc = lmHeadLoss(h.cpu, w.cpu, labCpu, { gradScale, chunkTokens: chunk, dW: dWc });
@@ -232,11 +232,11 @@ describe.skipIf(noGpu)("llama ops: CUDA equals the CPU reference", () => {
       // logits from f32-accumulated bf16 GEMMs (~1e-6 relative), __expf in the row kernel (~1e-7): the
       // mean loss agrees to ~1e-5 relative
       expect(Math.abs(rg.lossSum - rc.lossSum)).toBeLessThan(1e-5 * Math.abs(rc.lossSum) + 1e-6);
-      // dlogits are bf16 on both sides (rounded from slightly different f32 values: a step either way),
-      // then GEMMs over V terms: 2^-7 relative plus an atol of 2^-8 * gradScale * sqrt(V)-sized sums
-      const scaleAtol = 4e-3 * gradScale * Math.sqrt(V);
-      expectClose(rg.dh as Tensor, rc.dh as Tensor, { atol: scaleAtol, rtol: 2 ** -7, label: `dh ${label}` });
-      expectClose(dWg, dWc, { atol: 4e-3 * gradScale * Math.sqrt(T), rtol: 2 ** -7, label: `dW ${label}` });
+      // dlogits are bf16 on both sides, rounded from f32 values that differ by ~1e-6 relative, so only a
+      // rare entry lands a bf16 step apart (2^-8 of gradScale at a label entry); then GEMMs with f32
+      // accumulation and, for dh, one bf16 rounding: 2^-7 relative plus 2e-3 * gradScale absolute.
+      expectClose(rg.dh as Tensor, rc.dh as Tensor, { atol: 2e-3 * gradScale, rtol: 2 ** -7, label: `dh ${label}` });
+      expectClose(dWg, dWc, { atol: 2e-3 * gradScale, rtol: 2 ** -7, label: `dW ${label}` });
       const fwd = lmHeadLoss(h.gpu, w.gpu, to(labCpu, dev), { gradScale, chunkTokens: chunk });
       expect(fwd.dh).toBeUndefined();
       expect(Math.abs(fwd.lossSum - rg.lossSum)).toBeLessThan(1e-9 * Math.abs(rg.lossSum) + 1e-9);

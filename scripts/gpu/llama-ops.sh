@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The Llama ops on one GPU: build the kernels, run the ops' GPU tests (every CUDA op against its CPU
+# reference; LIGHTSEQ_REQUIRE_GPU=1 so nothing passes by skipping) and the tensor/cuBLASLt tests that
+# cover the bf16 -> f32 matmul, then the ops benchmark (GB/s against the copy bandwidth, LM head + CE
+# against its GEMMs). Results under $OUT; the table is printed last.
+# Usage (repository root): source .device/setup.sh && bash scripts/gpu/llama-ops.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+if ! bun run build:kernels > "$OUT/build.log" 2>&1; then echo "kernel build failed:"; tail -30 "$OUT/build.log"; exit 1; fi
+tail -1 "$OUT/build.log"
+timeout 200 env LIGHTSEQ_REQUIRE_GPU=1 bun test packages/llama/src/ops packages/tensor/src/cuda.test.ts > "$OUT/test.log" 2>&1
+tests=$?
+echo "tests (exit $tests):"
+grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)$|^error|outside|differs' "$OUT/test.log" | head -40
+timeout 150 bun packages/llama/bench/ops-bench.ts "$OUT/llama-ops-bench.json" > "$OUT/bench.log" 2>&1
+bench=$?
+echo "bench (exit $bench):"
+tail -25 "$OUT/bench.log"
+exit $(( tests != 0 || bench != 0 ))
