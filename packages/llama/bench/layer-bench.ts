@@ -12,7 +12,8 @@
 // pass its JSON with --torch to print both side by side.
 //
 //   bun packages/llama/bench/layer-bench.ts [out.json] [--tokens 32768,65536] [--reps 5]
-//       [--policies none,remat-aware] [--torch torch_layer.json]
+//       [--policies none,remat-aware] [--mlp-chunk TOKENS] [--torch torch_layer.json]
+// --mlp-chunk runs the tiled MLP (layer.ts) with that many tokens per chunk.
 
 import { selectAttentionBackend } from "@lightseq/attention";
 import { type CheckpointPolicy, parsePolicy } from "@lightseq/checkpointing";
@@ -34,6 +35,7 @@ const tokenList = (flag("--tokens") ?? "32768,65536").split(",").map(Number);
 const reps = Number(flag("--reps") ?? 5);
 const policies: CheckpointPolicy[] = (flag("--policies") ?? "none,remat-aware").split(",").map(parsePolicy);
 const torchPath = flag("--torch");
+const mlpChunkTokens = flag("--mlp-chunk") === undefined ? undefined : Number(flag("--mlp-chunk"));
 for (const T of tokenList)
   if (!Number.isSafeInteger(T) || T <= 0) throw new Error(`--tokens: expected positive integers, got ${flag("--tokens")}`);
 if (!Number.isSafeInteger(reps) || reps < 1) throw new Error(`--reps: expected a positive integer, got ${flag("--reps")}`);
@@ -76,7 +78,15 @@ for (const T of tokenList) {
   const dy = randn([T, C], { seed: 3, dtype: "bf16", device: dev, std: 1e-3 });
   const fwdFlops = 2 * T * nMm + 2 * T * T * C;
   for (const policy of policies) {
-    const ctx: LayerContext = { cfg, attention: localAttention(attn.backend), rope, policy, counters: newCounters(), stream };
+    const ctx: LayerContext = {
+      cfg,
+      attention: localAttention(attn.backend),
+      rope,
+      policy,
+      counters: newCounters(),
+      stream,
+      mlpChunkTokens,
+    };
     const store = new LocalActivationStore();
     const step = async (e: Event[] | null) => {
       e?.[0]?.record(stream);
@@ -104,7 +114,7 @@ for (const T of tokenList) {
     const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
     const [fwdMs, bwdMs] = [med(fwd), med(bwd)];
     rows.push({
-      impl: "lightseq",
+      impl: mlpChunkTokens === undefined ? "lightseq" : `lightseq mlp/${mlpChunkTokens}`,
       policy: policy.kind,
       T,
       fwdMs,

@@ -5,6 +5,11 @@
 //   C  MLP in:         h = x + o @ wo^T; rstd2, hn = rmsnorm(h, mlpNorm) (one fused pass); gu = hn @ wGateUp^T; a = swiglu(gu)
 //   D  out:            y = h + a @ wDown^T
 //
+// Tiled MLP (`mlpChunkTokens`, DESIGN.md section 6): gu [T, 2F] and a [T, F] then exist one chunk of
+// tokens at a time, in the forward (gu, a, y per chunk) and in the backward (gu and a recomputed per
+// chunk from hn, their gradients per chunk, the weight gradients accumulated chunk by chunk), so no
+// policy keeps them: the MLP's working memory no longer grows with F * T.
+//
 // The saved tensors are named (checkpointing/src/policy.ts); the forward keeps those of the policy and
 // the backward recomputes a stage (A, B or C) whenever one of its tensors was not kept: `none`
 // recomputes nothing, `remat-aware` recomputes A and C (never attention), `full` A, B and C.
@@ -13,7 +18,7 @@
 
 import { type CheckpointPolicy, keptTensors, type SavedName } from "@lightseq/checkpointing";
 import type { Stream } from "@lightseq/cuda";
-import { type Tensor, TensorError } from "@lightseq/tensor";
+import { empty, type Tensor, TensorError } from "@lightseq/tensor";
 import type { LlamaConfig } from "./config.ts";
 import type { ActivationStore, AttentionFn, SavedValue } from "./interfaces.ts";
 import { linearBackwardInput, linearBackwardWeight, linearForward } from "./ops/linear.ts";
@@ -44,6 +49,8 @@ export interface LayerContext {
   policy: CheckpointPolicy;
   counters: LayerCounters;
   stream?: Stream;
+  /** Tiled MLP: tokens per chunk (a positive integer); undefined runs the MLP over all T at once. */
+  mlpChunkTokens?: number;
 }
 
 interface AttnIn {
@@ -63,13 +70,31 @@ interface MlpIn {
   h: Tensor;
   rstd2: Tensor;
   hn: Tensor;
-  gu: Tensor;
-  a: Tensor;
+  /** Absent with the tiled MLP (they exist per chunk only). */
+  gu?: Tensor;
+  a?: Tensor;
 }
 
 const STAGE_A = ["rstd1", "xn", "q", "k", "v"] as const;
 const STAGE_B = ["o", "lse"] as const;
 const STAGE_C = ["h", "rstd2", "hn", "gu", "a"] as const;
+const STAGE_C_TILED = ["h", "rstd2", "hn"] as const;
+
+/** Rows per MLP chunk for T tokens: T (untiled) or the context's mlpChunkTokens. */
+function mlpChunk(ctx: LayerContext, T: number): number {
+  const c = ctx.mlpChunkTokens;
+  if (c === undefined) return T;
+  if (!Number.isSafeInteger(c) || c <= 0)
+    throw new TensorError(`layer: mlpChunkTokens must be a positive integer (tokens per MLP chunk), got ${c}`);
+  return Math.min(c, T);
+}
+
+/** [start, length) of each chunk of `chunk` rows over T rows. */
+function chunks(T: number, chunk: number): [number, number][] {
+  const out: [number, number][] = [];
+  for (let s = 0; s < T; s += chunk) out.push([s, Math.min(chunk, T - s)]);
+  return out;
+}
 
 function dims(cfg: LlamaConfig): { Hq: number; Hkv: number; D: number } {
   return { Hq: cfg.heads, Hkv: cfg.kvHeads, D: cfg.headDim };
@@ -94,15 +119,67 @@ async function attnCore(a: { q: Tensor; k: Tensor; v: Tensor }, ctx: LayerContex
   return ctx.attention.forward(a.q, a.k, a.v);
 }
 
+/** Stage C: h, rstd2, hn; gu and a too when the MLP runs untiled. */
 function mlpIn(x: Tensor, attnOut: Tensor, w: LayerWeights, ctx: LayerContext): MlpIn {
   const o = { stream: ctx.stream };
   using o2 = flat2(attnOut);
   const proj = linearForward(o2, w.wo, o);
   const { h, y: hn, rstd: rstd2 } = residualRmsnormForward(x, proj, w.mlpNorm, ctx.cfg.normEps, o);
   proj.dispose();
+  if (mlpChunk(ctx, x.shape[0] as number) < (x.shape[0] as number)) return { h, rstd2, hn };
   const gu = linearForward(hn, w.wGateUp, o);
   const a = swigluForward(gu, o);
   return { h, rstd2, hn, gu, a };
+}
+
+/** Stage D: y = h + swiglu(hn @ wGateUp^T) @ wDown^T, whole or one chunk of rows at a time. */
+function mlpOut(C: MlpIn, w: LayerWeights, ctx: LayerContext): Tensor {
+  const o = { stream: ctx.stream };
+  if (C.a !== undefined) {
+    const m = linearForward(C.a, w.wDown, o);
+    const y = residualAdd(C.h, m, o);
+    m.dispose();
+    return y;
+  }
+  const T = C.h.shape[0] as number;
+  const y = empty(C.h.shape, { dtype: C.h.dtype, device: C.h.device, stream: ctx.stream });
+  for (const [s, n] of chunks(T, mlpChunk(ctx, T))) {
+    using hn = C.hn.narrow(s, n);
+    using h = C.h.narrow(s, n);
+    using yc = y.narrow(s, n);
+    using gu = linearForward(hn, w.wGateUp, o);
+    using a = swigluForward(gu, o);
+    using m = linearForward(a, w.wDown, o);
+    residualAdd(h, m, { ...o, out: yc }).dispose();
+  }
+  return y;
+}
+
+/** Backward of stage D and of gu, a: adds into g.wDown and g.wGateUp, returns d(hn). */
+function mlpBackward(C: MlpIn, dy: Tensor, w: LayerWeights, g: LayerWeights, ctx: LayerContext): Tensor {
+  const o = { stream: ctx.stream };
+  const step = (hn: Tensor, gu: Tensor, a: Tensor, dyc: Tensor, out?: Tensor): Tensor => {
+    linearBackwardWeight(dyc, a, g.wDown, o);
+    const da = linearBackwardInput(dyc, w.wDown, o);
+    const dgu = swigluBackward(gu, da, o);
+    da.dispose();
+    linearBackwardWeight(dgu, hn, g.wGateUp, o);
+    const dhn = linearBackwardInput(dgu, w.wGateUp, { ...o, out });
+    dgu.dispose();
+    return dhn;
+  };
+  if (C.gu !== undefined && C.a !== undefined) return step(C.hn, C.gu, C.a, dy);
+  const T = C.h.shape[0] as number;
+  const dhn = empty(C.hn.shape, { dtype: C.hn.dtype, device: C.hn.device, stream: ctx.stream });
+  for (const [s, n] of chunks(T, mlpChunk(ctx, T))) {
+    using hn = C.hn.narrow(s, n);
+    using dyc = dy.narrow(s, n);
+    using out = dhn.narrow(s, n);
+    using gu = linearForward(hn, w.wGateUp, o);
+    using a = swigluForward(gu, o);
+    step(hn, gu, a, dyc, out).dispose();
+  }
+  return dhn;
 }
 
 function disposeAll(ts: Iterable<Tensor | Tensor[]>): void {
@@ -123,14 +200,12 @@ export async function layerForward(
   const A = attnIn(x, w, ctx);
   const B = await attnCore(A, ctx);
   const C = mlpIn(x, B.o, w, ctx);
-  const m = linearForward(C.a, w.wDown, { stream: ctx.stream });
-  const y = residualAdd(C.h, m, { stream: ctx.stream });
-  m.dispose();
-  const all: { [K in SavedName]: SavedValue<K> } = { x, ...A, ...B, ...C };
+  const y = mlpOut(C, w, ctx);
+  const all: Partial<{ [K in SavedName]: SavedValue<K> }> = { x, ...A, ...B, ...C };
   const kept = new Set(store === null ? [] : keptTensors(ctx.policy));
-  for (const name of Object.keys(all) as SavedName[]) {
-    if (kept.has(name)) (store as ActivationStore).put(i, name, all[name]);
-    else disposeAll([all[name]]);
+  for (const [name, t] of Object.entries(all) as [SavedName, Tensor | Tensor[]][]) {
+    if (kept.has(name)) (store as ActivationStore).put(i, name, t as never);
+    else disposeAll([t]);
   }
   return y;
 }
@@ -181,21 +256,16 @@ export async function layerBackward(
       B = await attnCore(A, ctx);
       temps.push(B.o, B.lse);
     }
-    let C = keptStage(store, i, STAGE_C);
+    const tiled = mlpChunk(ctx, x.shape[0] as number) < (x.shape[0] as number);
+    let C: MlpIn | null = keptStage(store, i, tiled ? STAGE_C_TILED : STAGE_C);
     if (C === null) {
       ctx.counters.recomputeMlpIn++;
       C = mlpIn(x, B.o, w, ctx);
-      mlpTemps.push(...Object.values(C));
+      mlpTemps.push(...(Object.values(C) as Tensor[]));
     }
 
     // D and C: y = h + a @ wDown^T; a = swiglu(hn @ wGateUp^T); hn = rmsnorm(h)
-    linearBackwardWeight(dy, C.a, g.wDown, o);
-    const da = linearBackwardInput(dy, w.wDown, o);
-    const dgu = swigluBackward(C.gu, da, o);
-    da.dispose();
-    linearBackwardWeight(dgu, C.hn, g.wGateUp, o);
-    const dhn = linearBackwardInput(dgu, w.wGateUp, o);
-    dgu.dispose();
+    const dhn = mlpBackward(C, dy, w, g, ctx);
     const dh = rmsnormBackward(C.h, w.mlpNorm, C.rstd2, dhn, g.mlpNorm, { ...o, residual: dy });
     dhn.dispose();
     temps.push(dh);

@@ -5,6 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { referenceBackend } from "@lightseq/attention";
 import { type CheckpointPolicy, keptTensors, POLICY_KINDS, type SavedName } from "@lightseq/checkpointing";
 import type { Tensor } from "@lightseq/tensor";
+import { compareClose } from "@lightseq/tensor/testing";
 import { namedTensors, seqTokens, TEST_STD, tinyConfig } from "./fixtures/tiny.ts";
 import { LocalActivationStore, LocalGradientSink, LocalWeightSource, localAttention, type SavedValue } from "./interfaces.ts";
 import { LlamaModel, localModel, sequenceBatch } from "./model.ts";
@@ -19,7 +20,7 @@ class RecordingStore extends LocalActivationStore {
   }
 }
 
-async function gradsOf(params: ModelParams, policy: CheckpointPolicy, tokens: Int32Array, gradScale = 1) {
+async function gradsOf(params: ModelParams, policy: CheckpointPolicy, tokens: Int32Array, gradScale = 1, mlpChunkTokens?: number) {
   const store = new RecordingStore();
   const model = new LlamaModel({
     config: params.config,
@@ -27,6 +28,7 @@ async function gradsOf(params: ModelParams, policy: CheckpointPolicy, tokens: In
     attention: localAttention(referenceBackend),
     store,
     policy,
+    mlpChunkTokens,
   });
   const grads = zeroParams(params.config);
   const sink = new LocalGradientSink(grads);
@@ -129,6 +131,49 @@ describe("checkpoint policies", () => {
     }
     for (const r of runs.values()) r.grads.dispose();
     params.dispose();
+  });
+});
+
+describe("tiled MLP", () => {
+  test("chunks of 7 of 29 tokens: the same loss to the bit, the same gradients up to the chunked f32 accumulation, gu and a never kept", async () => {
+    const cfg = tinyConfig();
+    const params = initParams(cfg, { seed: 12, std: TEST_STD });
+    const tokens = seqTokens(29, cfg.vocab, 13);
+    const tiledRuns = [];
+    for (const kind of POLICY_KINDS) {
+      const whole = await gradsOf(params, { kind }, tokens, 1 / 28);
+      const tiled = await gradsOf(params, { kind }, tokens, 1 / 28, 7);
+      // Rows of a GEMM do not depend on the other rows: the forward is the same computation.
+      expect(tiled.loss).toEqual(whole.loss);
+      for (let i = 0; i < cfg.layers; i++) {
+        expect(new Set(tiled.puts.get(i))).toEqual(new Set(keptTensors({ kind }).filter((n) => n !== "gu" && n !== "a")));
+      }
+      // Weight gradients of the MLP are f32 sums of 5 chunk GEMMs instead of one (f64-accumulated)
+      // GEMM: a few f32 ulps of the largest term; every other gradient sees inputs that equal to ~1 ulp.
+      const wholeT = whole.grads.all();
+      tiled.grads.all().forEach((t, j) => {
+        const ref = wholeT[j] as Tensor;
+        const big = Math.max(...Array.from(ref.data() as Float32Array, Math.abs));
+        const r = compareClose(t, ref, { atol: 1e-6 * big, rtol: 1e-5 });
+        expect(r.ok, r.message).toBe(true);
+      });
+      tiledRuns.push(tiled);
+      whole.grads.dispose();
+    }
+    // Between policies, the tiled runs agree to the bit (the same chunked arithmetic, recomputed).
+    const [ref, ...rest] = tiledRuns as [Awaited<ReturnType<typeof gradsOf>>, ...Awaited<ReturnType<typeof gradsOf>>[]];
+    for (const r of rest) r.grads.all().forEach((t, j) => expect(bits(t)).toEqual(bits(ref.grads.all()[j] as Tensor)));
+    for (const r of tiledRuns) r.grads.dispose();
+    params.dispose();
+  });
+
+  test("a chunk size that is not a positive integer is refused, naming the option", async () => {
+    const cfg = tinyConfig();
+    using params = initParams(cfg, { seed: 1 });
+    const model = localModel(params, { policy: { kind: "none" }, backend: referenceBackend, mlpChunkTokens: 0 });
+    await expect(model.loss(sequenceBatch(seqTokens(9, cfg.vocab, 1)))).rejects.toThrow(
+      "mlpChunkTokens must be a positive integer (tokens per MLP chunk), got 0",
+    );
   });
 });
 

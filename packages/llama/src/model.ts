@@ -59,6 +59,8 @@ export interface ModelParts {
   stream?: Stream;
   /** Tokens per chunk of the fused LM head + loss (default: the op's choice). */
   lossChunkTokens?: number;
+  /** Tiled MLP: tokens per chunk (layer.ts); default: the whole local sequence at once. */
+  mlpChunkTokens?: number;
 }
 
 export interface LossResult {
@@ -101,7 +103,15 @@ export class LlamaModel {
 
   #context(rope: RopeTable): LayerContext {
     const p = this.#parts;
-    return { cfg: this.config, attention: p.attention, rope, policy: p.policy, counters: this.counters, stream: p.stream };
+    return {
+      cfg: this.config,
+      attention: p.attention,
+      rope,
+      policy: p.policy,
+      counters: this.counters,
+      stream: p.stream,
+      mlpChunkTokens: p.mlpChunkTokens,
+    };
   }
 
   /** Embedding then every layer; returns the last layer's output [T, C]. Keeps what the policy says when `store` is given. */
@@ -220,7 +230,7 @@ export class LlamaModel {
 /** The single-rank model: whole weights on their device, one block backend over the local sequence, tensors kept in place. */
 export function localModel(
   params: ModelParams,
-  o: { policy: CheckpointPolicy; backend: AttentionBackend; stream?: Stream; lossChunkTokens?: number },
+  o: { policy: CheckpointPolicy; backend: AttentionBackend; stream?: Stream; lossChunkTokens?: number; mlpChunkTokens?: number },
 ): LlamaModel {
   return new LlamaModel({
     config: params.config,
@@ -230,5 +240,6 @@ export function localModel(
     policy: o.policy,
     stream: o.stream,
     lossChunkTokens: o.lossChunkTokens,
+    mlpChunkTokens: o.mlpChunkTokens,
   });
 }

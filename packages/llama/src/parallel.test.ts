@@ -38,7 +38,7 @@ const same = (a: RankCase, b: RankCase) => JSON.stringify(a) === JSON.stringify(
 
 describe("P ranks equal one rank (CPU communicator, real processes)", () => {
   for (const P of [1, 2, 3, 4]) {
-    test(`P = ${P}: zigzag and lightseq, MHA and GQA, every policy${P > 1 ? ", and the corrupted placements fail" : ""}`, async () => {
+    test(`P = ${P}: zigzag and lightseq, MHA, GQA and MQA, every policy, tiled MLP${P > 1 ? ", and the corrupted placements fail" : ""}`, async () => {
       // Lengths 9P + 5 and 10P + 7: not divisible by 2P (for P > 1), 14 to 47 tokens.
       const n1 = P === 1 ? 15 : 9 * P + 5;
       const n2 = 10 * P + 7;
@@ -47,7 +47,7 @@ describe("P ranks equal one rank (CPU communicator, real processes)", () => {
         { schedule: "zigzag", N: n2, heads: 4, kvHeads: 2, policy: "full" },
         { schedule: "zigzag", N: n2, heads: 4, kvHeads: 2, policy: "remat-aware" },
         { schedule: "lightseq", N: n2, heads: 4, kvHeads: 4, policy: "none" },
-        { schedule: "lightseq", N: n1, heads: 4, kvHeads: 1, policy: "remat-aware", tied: true },
+        { schedule: "lightseq", N: n1, heads: 4, kvHeads: 1, policy: "remat-aware", tied: true, mlpChunk: 4 },
       ];
       const corrupt: RankCase[] =
         P === 1

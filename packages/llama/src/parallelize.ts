@@ -218,7 +218,7 @@ export interface ParallelModel {
 export function parallelize(
   params: ModelParams | { config: ModelParams["config"]; source: WeightSource },
   plan: SequenceParallelPlan,
-  o: { policy: CheckpointPolicy; lossChunkTokens?: number },
+  o: { policy: CheckpointPolicy; lossChunkTokens?: number; mlpChunkTokens?: number },
 ): ParallelModel {
   const attention = distAttention(plan);
   const [config, weights] = "source" in params ? [params.config, params.source] : [params.config, new LocalWeightSource(params)];
@@ -230,6 +230,7 @@ export function parallelize(
     policy: o.policy,
     stream: plan.stream,
     lossChunkTokens: o.lossChunkTokens,
+    mlpChunkTokens: o.mlpChunkTokens,
   });
   return {
     model,
