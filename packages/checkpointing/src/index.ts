@@ -1,1 +1,2 @@
+export * from "./estimator.ts";
 export * from "./policy.ts";
