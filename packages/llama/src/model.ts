@@ -115,10 +115,9 @@ export class LlamaModel {
   }
 
   /** Embedding then every layer; returns the last layer's output [T, C]. Keeps what the policy says when `store` is given. */
-  async #trunk(tokens: Tensor, ctx: LayerContext, store: ActivationStore | null): Promise<Tensor> {
+  async #trunk(tokens: Tensor, embed: Tensor, ctx: LayerContext, store: ActivationStore | null): Promise<Tensor> {
     const { weights, stream } = this.#parts;
-    const nl = await weights.nonLayer();
-    let x = embeddingForward(tokens, nl.embed, { stream });
+    let x = embeddingForward(tokens, embed, { stream });
     weights.prefetch(0);
     for (let i = 0; i < this.config.layers; i++) {
       const w = await weights.layer(i);
@@ -150,7 +149,7 @@ export class LlamaModel {
     const ctx = this.#context(rope);
     const pending: Promise<void>[] = [];
     try {
-      const xL = await this.#trunk(tokens, ctx, store);
+      const xL = await this.#trunk(tokens, nl.embed, ctx, store);
       const ng = grads.nonLayer();
       let dx: Tensor;
       let loss: LossResult;
@@ -198,7 +197,7 @@ export class LlamaModel {
     const nl = await weights.nonLayer();
     const { tokens, rope } = this.#inputs(b, nl.embed.device);
     try {
-      const xL = await this.#trunk(tokens, this.#context(rope), null);
+      const xL = await this.#trunk(tokens, nl.embed, this.#context(rope), null);
       const { y: hf, rstd } = rmsnormForward(xL, nl.finalNorm, this.config.normEps, { stream });
       using labels = fromArray(b.labels, [T], { dtype: "i32", device: nl.embed.device, stream });
       const r = lmHeadLoss(hf, nl.head, labels, { gradScale: 0, chunkTokens: this.#parts.lossChunkTokens, stream });
@@ -216,7 +215,7 @@ export class LlamaModel {
     const nl = await weights.nonLayer();
     const { tokens, rope } = this.#inputs(b, nl.embed.device);
     try {
-      const xL = await this.#trunk(tokens, this.#context(rope), null);
+      const xL = await this.#trunk(tokens, nl.embed, this.#context(rope), null);
       const { y: hf, rstd } = rmsnormForward(xL, nl.finalNorm, this.config.normEps, { stream });
       const logits = lmHeadLogits(hf, nl.head, { stream });
       for (const t of [hf, rstd, xL]) t.dispose();
