@@ -85,6 +85,28 @@ describe.skipIf(!present)("the CPU model against transformers (fixtures/hf-tiny)
     expect(Math.abs(loss - fx.loss) / fx.loss).toBeLessThan(1e-5);
   });
 
+  test("hidden states, layer by layer (where a mismatch of the logits comes from)", async () => {
+    using params = load();
+    const model = localModel(params, { policy: { kind: "none" }, backend: referenceBackend });
+    // transformers lists every layer's input (the embedding first), then the last layer's output with the
+    // final norm applied (transformers 4) or, in some versions, without it: either is accepted, by name.
+    const L = fx.config.layers;
+    expect(fx.hidden.length).toBe(L + 1);
+    for (const [b, batch] of batches().entries()) {
+      const ours = await model.hiddenStates(batch);
+      for (let i = 0; i < L; i++) {
+        const rel = relErr(ours.inputs[i] as Float32Array, fx.hidden[i]?.[b] as Float32Array);
+        expect({ sequence: b, layerInput: i, ok: rel <= 1e-4 }).toEqual({ sequence: b, layerInput: i, ok: true });
+      }
+      const last = fx.hidden[L]?.[b] as Float32Array;
+      const [normed, raw] = [relErr(ours.normed, last), relErr(ours.output, last)];
+      console.log(
+        `sequence ${b}: last hidden state vs our final norm's output ${normed.toExponential(2)}, vs the last layer's output ${raw.toExponential(2)}`,
+      );
+      expect(Math.min(normed, raw)).toBeLessThanOrEqual(1e-4);
+    }
+  });
+
   test("every gradient (remat-aware checkpointing, the batch's mean loss)", async () => {
     using params = load();
     using grads = zeroParams(fx.config);

@@ -11,7 +11,7 @@
 import type { AttentionBackend } from "@lightseq/attention";
 import type { CheckpointPolicy } from "@lightseq/checkpointing";
 import type { Stream } from "@lightseq/cuda";
-import { fromArray, type Tensor, TensorError } from "@lightseq/tensor";
+import { fromArray, type Tensor, TensorError, toFloat32Array } from "@lightseq/tensor";
 import type { LlamaConfig } from "./config.ts";
 import {
   type ActivationStore,
@@ -115,13 +115,20 @@ export class LlamaModel {
   }
 
   /** Embedding then every layer; returns the last layer's output [T, C]. Keeps what the policy says when `store` is given. */
-  async #trunk(tokens: Tensor, embed: Tensor, ctx: LayerContext, store: ActivationStore | null): Promise<Tensor> {
+  async #trunk(
+    tokens: Tensor,
+    embed: Tensor,
+    ctx: LayerContext,
+    store: ActivationStore | null,
+    tap?: (x: Tensor) => void,
+  ): Promise<Tensor> {
     const { weights, stream } = this.#parts;
     let x = embeddingForward(tokens, embed, { stream });
     weights.prefetch(0);
     for (let i = 0; i < this.config.layers; i++) {
       const w = await weights.layer(i);
       if (i + 1 < this.config.layers) weights.prefetch(i + 1);
+      tap?.(x);
       x = await layerForward(i, x, w, ctx, store);
       weights.releaseLayer(i);
     }
@@ -203,6 +210,28 @@ export class LlamaModel {
       const r = lmHeadLoss(hf, nl.head, labels, { gradScale: 0, chunkTokens: this.#parts.lossChunkTokens, stream });
       for (const t of [hf, rstd, xL, ...(r.dh ? [r.dh] : [])]) t.dispose();
       return { lossSum: r.lossSum, count: r.count };
+    } finally {
+      for (const t of [tokens, rope.cos, rope.sin]) t.dispose();
+    }
+  }
+
+  /**
+   * Hidden states as f32 values [T, C] each: the input of every layer (the embedding first), the
+   * last layer's output, and the final RMSNorm's output (what Hugging Face's output_hidden_states
+   * lists, depending on its version, ends with one of the last two).
+   */
+  async hiddenStates(b: Batch): Promise<{ inputs: Float32Array[]; output: Float32Array; normed: Float32Array }> {
+    this.#check(b);
+    const { weights, stream } = this.#parts;
+    const nl = await weights.nonLayer();
+    const { tokens, rope } = this.#inputs(b, nl.embed.device);
+    const inputs: Float32Array[] = [];
+    try {
+      const xL = await this.#trunk(tokens, nl.embed, this.#context(rope), null, (x) => inputs.push(toFloat32Array(x, { stream })));
+      const { y: hf, rstd } = rmsnormForward(xL, nl.finalNorm, this.config.normEps, { stream });
+      const result = { inputs, output: toFloat32Array(xL, { stream }), normed: toFloat32Array(hf, { stream }) };
+      for (const t of [hf, rstd, xL]) t.dispose();
+      return result;
     } finally {
       for (const t of [tokens, rope.cos, rope.sin]) t.dispose();
     }
