@@ -51,8 +51,9 @@ LS_API int ls_sumsq_bf16(const uint16_t* x, int64_t n, double* partials, float* 
 // activations, f32 statistics and gradients of weights; T, C, V, F are int64_t, head counts int32_t.
 LS_API int ls_llama_embedding_fwd_bf16(const int32_t* tokens, const uint16_t* table, uint16_t* out, int64_t T, int64_t V, int64_t C,
                                        cudaStream_t s);
-LS_API int ls_llama_embedding_bwd_bf16(const uint16_t* dx, const int32_t* perm, const int32_t* uniq, const int32_t* start, int64_t distinct,
-                                       int64_t C, float* dtable, cudaStream_t s);
+LS_API int ls_llama_embedding_bwd_bf16(const uint16_t* dx, const int32_t* perm, const int32_t* seg_tok, const int32_t* seg_start,
+                                       const int32_t* seg_slot, int64_t segments, const int32_t* multi_tok, const int32_t* multi_start,
+                                       int64_t multi, float* scratch, int64_t C, float* dtable, cudaStream_t s);
 LS_API int ls_llama_rmsnorm_fwd_bf16(const uint16_t* x, const uint16_t* w, uint16_t* y, float* rstd, int64_t T, int64_t C, float eps,
                                      cudaStream_t s);
 LS_API int ls_llama_residual_rmsnorm_fwd_bf16(const uint16_t* x, const uint16_t* r, const uint16_t* w, uint16_t* h, uint16_t* y, float* rstd,

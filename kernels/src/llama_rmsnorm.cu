@@ -10,7 +10,7 @@
 // so x is read from memory once. Otherwise a scalar path re-reads the row (from L1/L2).
 // The backward's dw is deterministic without atomics: `blocks` blocks each take rows b, b + blocks, ...
 // and keep their own f32 column sums (registers on the vector path, shared memory on the scalar one),
-// written to partials[b, :]; a second kernel adds partials[0..blocks) to dw in that fixed order.
+// written to partials[b, :]; a second kernel adds the partials to dw in a fixed tree (reduce_partials).
 #include "llama_common.cuh"
 
 namespace {
@@ -25,7 +25,9 @@ using ls::llama::round_bf16;
 
 constexpr int kThreads = 256;
 constexpr int kMaxPacks = 4;  // vector path up to C = 8192 (P = C / 8 / 256 packs per thread)
-constexpr int64_t kBwdBlocks = 1024;
+// Blocks of the backward: about every SM's resident share (4 blocks of 256 threads on 132 SMs), so one
+// wave runs all rows; fixed (not read from the device) so that dw's summation order depends on T only.
+constexpr int64_t kBwdBlocks = 512;
 
 using Pk = Pack<uint16_t, 8>;
 
@@ -220,13 +222,29 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) partials[static_cast<int64_t>(blockIdx.x) * C + c] = dwa[c];
 }
 
-// dw[c] += sum_{b < blocks} partials[b, c], b ascending.
+// dw[c] += sum_b partials[b, c] in a fixed order: thread (g, lane) of a block sums rows b = g, g + 8, ...
+// of column blockIdx.x * 32 + lane in increasing b, then group 0 adds the 8 group sums in order g = 0..7.
+constexpr int kReduceCols = 32;
+constexpr int kReduceGroups = kThreads / kReduceCols;
+
 __global__ void __launch_bounds__(kThreads) reduce_partials(const float* __restrict__ partials, int64_t blocks, int64_t C, float* __restrict__ dw) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+  __shared__ float sums[kReduceGroups][kReduceCols];
+  const int lane = threadIdx.x % kReduceCols;
+  const int g = threadIdx.x / kReduceCols;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kReduceCols + lane;
   float acc = 0.0f;
-  for (int64_t b = 0; b < blocks; ++b) acc += partials[b * C + c];
-  dw[c] += acc;
+  if (c < C) {
+#pragma unroll 8
+    for (int64_t b = g; b < blocks; b += kReduceGroups) acc += partials[b * C + c];
+  }
+  sums[g][lane] = acc;
+  __syncthreads();
+  if (g == 0 && c < C) {
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kReduceGroups; ++i) total += sums[i][lane];
+    dw[c] += total;
+  }
 }
 
 template <bool Residual>
@@ -252,7 +270,7 @@ int launch_bwd(const uint16_t* x, const uint16_t* w, const float* rstd, const ui
   }
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return static_cast<int>(e);
-  reduce_partials<<<static_cast<unsigned>(ls::ceil_div(C, kThreads)), kThreads, 0, s>>>(partials, blocks, C, dw);
+  reduce_partials<<<static_cast<unsigned>(ls::ceil_div(C, kReduceCols)), kThreads, 0, s>>>(partials, blocks, C, dw);
   return static_cast<int>(cudaGetLastError());
 }
 

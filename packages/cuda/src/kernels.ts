@@ -37,8 +37,11 @@ const kernelSymbols = {
   // Llama ops (kernels/src/llama_*.cu; packages/llama/src/ops/*.ts call them)
   // (tokens, table, out, T, V, C, stream)
   ls_llama_embedding_fwd_bf16: { args: ["ptr", "ptr", "ptr", "i64", "i64", "i64", "ptr"], returns: "i32" },
-  // (dx, perm, distinct_tokens, run_start, distinct, C, dtable, stream)
-  ls_llama_embedding_bwd_bf16: { args: ["ptr", "ptr", "ptr", "ptr", "i64", "i64", "ptr", "ptr"], returns: "i32" },
+  // (dx, perm, seg_tok, seg_start, seg_slot, segments, multi_tok, multi_start, multi, scratch, C, dtable, stream)
+  ls_llama_embedding_bwd_bf16: {
+    args: ["ptr", "ptr", "ptr", "ptr", "ptr", "i64", "ptr", "ptr", "i64", "ptr", "i64", "ptr", "ptr"],
+    returns: "i32",
+  },
   // (x, w, y, rstd, T, C, eps, stream)
   ls_llama_rmsnorm_fwd_bf16: { args: ["ptr", "ptr", "ptr", "ptr", "i64", "i64", "f32", "ptr"], returns: "i32" },
   // (x, r, w, h, y, rstd, T, C, eps, stream)

@@ -82,7 +82,7 @@ describe.skipIf(noGpu)("llama ops: CUDA equals the CPU reference", () => {
       const dxGpu = rmsnormBackward(x.gpu, w.gpu, rstdGpu, dy.gpu, dwGpu, { residual: res.gpu });
       // dx = rstd (g - n mean(g n)) + res: terms of size ~1, so an atol of 1e-3 covers the f32 cancellation
       expectClose(dxGpu, dxCpu, { atol: 1e-3, rtol: 2 ** -7, label: `dx ${label}` });
-      // dw: f32 sums over T rows (per-block then across 1024 partials) against f64, and products with
+      // dw: f32 sums over T rows (per block, then over 512 partials in a fixed tree) against f64, and products with
       // n = bf16(x rstd) where a flip of n changes a term by 2^-8: bound by 1e-4 * sum |dy n| + 2^-7 rel
       const n = toFloat32Array(x.cpu);
       const d = toFloat32Array(dy.cpu);

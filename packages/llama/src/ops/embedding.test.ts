@@ -1,7 +1,14 @@
 import { describe, expect, test } from "bun:test";
 import { fromArray, toFloat32Array, zeros } from "@lightseq/tensor";
 import { expectClose } from "@lightseq/tensor/testing";
-import { embeddingBackward, embeddingBackwardF64, embeddingForward, embeddingForwardF64, groupTokens } from "./embedding.ts";
+import {
+  embeddingBackward,
+  embeddingBackwardF64,
+  embeddingForward,
+  embeddingForwardF64,
+  embeddingSegments,
+  SEGMENT_ROWS,
+} from "./embedding.ts";
 import { dot, numericGrad, pick, randomF64, sampleIndices } from "./testing.ts";
 
 describe("embedding (CPU reference)", () => {
@@ -38,11 +45,40 @@ describe("embedding (CPU reference)", () => {
     );
   });
 
-  test("groupTokens: a stable permutation by token, runs of distinct tokens", () => {
-    const g = groupTokens(Int32Array.from([4, 1, 4, 0, 1, 4]), 6);
+  test("segments: a stable permutation by token, frequent tokens cut into SEGMENT_ROWS-row segments with scratch slots", () => {
+    const g = embeddingSegments(Int32Array.from([4, 1, 4, 0, 1, 4]), 6);
     expect(Array.from(g.perm)).toEqual([3, 1, 4, 0, 2, 5]);
-    expect(Array.from(g.tokens)).toEqual([0, 1, 4]);
+    expect(Array.from(g.token)).toEqual([0, 1, 4]);
     expect(Array.from(g.start)).toEqual([0, 1, 3, 6]);
+    expect(Array.from(g.slot)).toEqual([-1, -1, -1]);
+    expect(g.multiToken.length).toBe(0);
+    // token 2 appears 2 * SEGMENT_ROWS + 5 times, token 0 once
+    const n = 2 * SEGMENT_ROWS + 5;
+    const many = embeddingSegments(Int32Array.from([...Array(n).fill(2), 0]), 3);
+    expect(Array.from(many.token)).toEqual([0, 2, 2, 2]);
+    expect(Array.from(many.start)).toEqual([0, 1, 1 + SEGMENT_ROWS, 1 + 2 * SEGMENT_ROWS, n + 1]);
+    expect(Array.from(many.slot)).toEqual([-1, 0, 1, 2]);
+    expect(Array.from(many.multiToken)).toEqual([2]);
+    expect(Array.from(many.multiStart)).toEqual([0, 3]);
+  });
+
+  test("a frequent token's segmented sum: f32 sums per segment, then added in order", () => {
+    const T = 3 * SEGMENT_ROWS + 1;
+    const C = 2;
+    const tokens = new Int32Array(T).fill(1);
+    const dx = randomF64(T * C, 3).map((v) => Math.fround(v));
+    const dTable = fromArray(new Float64Array(2 * C).fill(0.125), [2, C]);
+    embeddingBackward(fromArray(tokens, [T], { dtype: "i32" }), fromArray(dx, [T, C]), dTable);
+    for (let c = 0; c < C; c++) {
+      let d = Math.fround(0.125);
+      for (let s0 = 0; s0 < T; s0 += SEGMENT_ROWS) {
+        let p = 0;
+        for (let t = s0; t < Math.min(T, s0 + SEGMENT_ROWS); t++) p = Math.fround(p + (dx[t * C + c] as number));
+        d = Math.fround(d + p);
+      }
+      expect(toFloat32Array(dTable)[C + c]).toBe(d);
+      expect(toFloat32Array(dTable)[c]).toBe(0.125);
+    }
   });
 
   test("out-of-range tokens and bad shapes are refused by position", () => {
