@@ -79,9 +79,9 @@ const mem = (kernel: string, bytes: number, fn: () => unknown) => {
   fill(dw, 0, stream);
   const eps = 1e-5;
   const shape = { T, C };
-  mem("rmsnorm fwd", rmsnormCost(shape).forward.bytes, () => rmsnormForward(x, w, eps, { stream, out: y, rstdOut: rstd }));
-  mem("rmsnorm bwd", rmsnormCost(shape).backward.bytes, () => rmsnormBackward(x, w, rstd, dy, dw, { stream, out: dx }));
-  mem("rmsnorm bwd + residual grad", rmsnormCost(shape).backward.bytes + T * C * 2, () =>
+  mem("rmsnorm fwd", rmsnormCost(shape, "forward").bytes, () => rmsnormForward(x, w, eps, { stream, out: y, rstdOut: rstd }));
+  mem("rmsnorm bwd", rmsnormCost(shape, "backward").bytes, () => rmsnormBackward(x, w, rstd, dy, dw, { stream, out: dx }));
+  mem("rmsnorm bwd + residual grad", rmsnormCost(shape, "backward").bytes + T * C * 2, () =>
     rmsnormBackward(x, w, rstd, dy, dw, { stream, out: dx, residual: r }),
   );
   mem("residual add", residualCost(shape).bytes, () => residualAdd(x, r, { stream, out: h }));
@@ -118,9 +118,10 @@ const mem = (kernel: string, bytes: number, fn: () => unknown) => {
   const da = rnd([T, F]);
   const a = empty([T, F], p);
   const dgu = empty([T, 2 * F], p);
-  const cost = swigluCost({ T, F });
-  mem("swiglu fwd", cost.forward.bytes, () => swigluForward(gu, { stream, out: a }));
-  mem("swiglu bwd", cost.backward.bytes, () => swigluBackward(gu, da, { stream, out: dgu }));
+  const fwd = swigluCost({ T, F }, "forward");
+  const bwd = swigluCost({ T, F }, "backward");
+  mem("swiglu fwd", fwd.bytes, () => swigluForward(gu, { stream, out: a }));
+  mem("swiglu bwd", bwd.bytes, () => swigluBackward(gu, da, { stream, out: dgu }));
   for (const t of [gu, da, a, dgu]) t.dispose();
 }
 
@@ -134,10 +135,8 @@ const mem = (kernel: string, bytes: number, fn: () => unknown) => {
   const dTable = empty([V, C], { device: dev, stream });
   fill(dTable, 0, stream);
   const plan = embeddingPlan(tok, V, dev, { stream });
-  const cost = embeddingCost({ T, V, C });
-  // backward bytes: the touched rows are plan.distinct, not min(T, V)
-  const bwdBytes = cost.backward.bytes - Math.min(T, V) * C * 8 + plan.distinct * C * 8;
-  mem("embedding fwd", cost.forward.bytes, () => embeddingForward(tokens, table, { stream, out: x }));
+  const bwdBytes = embeddingCost({ T, V, C, distinct: plan.distinct }, "backward").bytes;
+  mem("embedding fwd", embeddingCost({ T, V, C }, "forward").bytes, () => embeddingForward(tokens, table, { stream, out: x }));
   mem(`embedding bwd (${plan.distinct} distinct)`, bwdBytes, () => embeddingBackward(tokens, dx, dTable, { stream, plan }));
   for (const t of [tokens, table, x, dx, dTable, plan.data]) t.dispose();
 }
@@ -177,7 +176,7 @@ let lm: Record<string, number> = {};
       matmul(dl, hc, { transA: true, out: dW, beta: 1, outDtype: "f32", stream }).dispose();
     }
   }, 1);
-  const flops = lmHeadLossCost({ T, C, V }).flops;
+  const flops = lmHeadLossCost({ T, C, V }, "backward").flops;
   lm = { chunk, fusedMs, gemmsMs, overhead: fusedMs / gemmsMs - 1, fusedTflops: flops / (fusedMs * 1e-3) / 1e12 };
   for (const t of [h, W, labels, dh, dW, logits, dlogits, rowLoss, hs, labs]) t.dispose();
 }

@@ -26,6 +26,14 @@ export interface OpOptions {
   out?: Tensor;
 }
 
+/** What one pass of an op costs: floating-point operations and bytes moved to and from memory. */
+export interface Cost {
+  flops: number;
+  bytes: number;
+}
+
+export type Pass = "forward" | "backward";
+
 export function fail(op: string, msg: string): never {
   throw new OpError(`${op}: ${msg}`);
 }

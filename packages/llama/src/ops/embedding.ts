@@ -14,7 +14,20 @@
 
 import type { Stream } from "@lightseq/cuda";
 import { type DeviceLike, empty, fromArray, type Tensor, to } from "@lightseq/tensor";
-import { checkCudaDType, checkSameDevice, checkTensor, f64Of, fail, kernels, launch, type OpOptions, output, streamFor } from "./common.ts";
+import {
+  type Cost,
+  checkCudaDType,
+  checkSameDevice,
+  checkTensor,
+  f64Of,
+  fail,
+  kernels,
+  launch,
+  type OpOptions,
+  output,
+  type Pass,
+  streamFor,
+} from "./common.ts";
 
 export interface EmbeddingShape {
   T: number;
@@ -24,17 +37,15 @@ export interface EmbeddingShape {
   elemBytes?: number;
 }
 
-/** Forward: read T rows of the table and the tokens, write x. Backward: read dx, read and write the touched dTable rows (at most min(T, V)). */
-export function embeddingCost(s: EmbeddingShape): {
-  forward: { flops: number; bytes: number };
-  backward: { flops: number; bytes: number };
-} {
+/**
+ * Forward: read the tokens and T table rows, write x. Backward: read the plan and dx, read and write
+ * the touched dTable rows (`distinct`, default min(T, V)).
+ */
+export function embeddingCost(s: EmbeddingShape & { distinct?: number }, pass: Pass = "forward"): Cost {
   const e = s.elemBytes ?? 2;
-  const rows = Math.min(s.T, s.V);
-  return {
-    forward: { flops: 0, bytes: s.T * 4 + 2 * s.T * s.C * e },
-    backward: { flops: s.T * s.C, bytes: s.T * 4 * 2 + s.T * s.C * e + rows * s.C * 8 },
-  };
+  if (pass === "forward") return { flops: 0, bytes: s.T * 4 + 2 * s.T * s.C * e };
+  const rows = s.distinct ?? Math.min(s.T, s.V);
+  return { flops: s.T * s.C, bytes: s.T * 4 * 2 + s.T * s.C * e + rows * s.C * 8 };
 }
 
 function checkTokens(op: string, tokens: Int32Array, V: number): void {

@@ -1,5 +1,5 @@
 // The Llama ops: one file per op, forward and backward, CPU reference and CUDA path behind one signature.
-export * from "./common.ts";
+export { type Cost, OpError, type Pass } from "./common.ts";
 export * from "./embedding.ts";
 export * from "./linear.ts";
 export * from "./lm-head-loss.ts";

@@ -7,21 +7,16 @@
 
 import type { Stream } from "@lightseq/cuda";
 import { matmul, type Tensor } from "@lightseq/tensor";
-import { checkSameDevice, checkSameDType, checkTensor } from "./common.ts";
+import { type Cost, checkSameDevice, checkSameDType, checkTensor } from "./common.ts";
 
-export function linearCost(s: { T: number; in: number; out: number; elemBytes?: number }): {
-  forward: { flops: number; bytes: number };
-  backwardInput: { flops: number; bytes: number };
-  backwardWeight: { flops: number; bytes: number };
-} {
+/** One GEMM of 2 T in out FLOPs; the weight gradient reads and writes its f32 accumulator. */
+export function linearCost(
+  s: { T: number; in: number; out: number; elemBytes?: number },
+  pass: "forward" | "backwardInput" | "backwardWeight" = "forward",
+): Cost {
   const e = s.elemBytes ?? 2;
-  const flops = 2 * s.T * s.in * s.out;
   const act = (s.T * s.in + s.T * s.out) * e;
-  return {
-    forward: { flops, bytes: act + s.in * s.out * e },
-    backwardInput: { flops, bytes: act + s.in * s.out * e },
-    backwardWeight: { flops, bytes: act + 2 * s.in * s.out * 4 }, // read and write the f32 gradient
-  };
+  return { flops: 2 * s.T * s.in * s.out, bytes: act + (pass === "backwardWeight" ? 2 * s.in * s.out * 4 : s.in * s.out * e) };
 }
 
 export function linearForward(x: Tensor, W: Tensor, o: { stream?: Stream; out?: Tensor } = {}): Tensor {

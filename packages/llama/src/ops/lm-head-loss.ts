@@ -18,7 +18,20 @@
 
 import type { Stream } from "@lightseq/cuda";
 import { empty, fill, matmul, type Tensor, to } from "@lightseq/tensor";
-import { checkCudaDType, checkSameDevice, checkSameDType, checkTensor, fail, kernels, launch, output, store, streamFor } from "./common.ts";
+import {
+  type Cost,
+  checkCudaDType,
+  checkSameDevice,
+  checkSameDType,
+  checkTensor,
+  fail,
+  kernels,
+  launch,
+  output,
+  type Pass,
+  store,
+  streamFor,
+} from "./common.ts";
 
 export const IGNORE_INDEX = -100;
 
@@ -42,24 +55,24 @@ export interface LmHeadLossResult {
   dh?: Tensor;
 }
 
-export function lmHeadLossCost(s: { T: number; C: number; V: number; elemBytes?: number; backward?: boolean }): {
-  flops: number;
-  bytes: number;
-} {
+/**
+ * Forward (eval): the logits GEMM and the row kernel. Backward (training, what lmHeadLoss with dW runs):
+ * the three GEMMs; GEMM 1 writes f32 logits, the row kernel reads them and writes bf16 dlogits, GEMMs 2
+ * and 3 read dlogits; each GEMM reads h and W; dW is read and written in f32 once per chunk (`chunks`).
+ */
+export function lmHeadLossCost(s: { T: number; C: number; V: number; elemBytes?: number; chunks?: number }, pass: Pass = "backward"): Cost {
   const e = s.elemBytes ?? 2;
-  const back = s.backward ?? true;
   const TV = s.T * s.V;
-  const gemms = (back ? 3 : 1) * 2 * TV * s.C;
-  // GEMM 1 writes f32 logits; the row kernel reads them (once from HBM) and writes bf16 dlogits; GEMMs 2
-  // and 3 read dlogits; h and W are read by each GEMM; dW is read and written in f32.
-  const bytes = back
-    ? TV * (4 + 4 + e + 2 * e) + 3 * (s.T + s.V) * s.C * e + 2 * s.V * s.C * 4 + s.T * s.C * e
-    : TV * 8 + (s.T + s.V) * s.C * e;
-  return { flops: gemms + 6 * TV, bytes };
+  if (pass === "forward") return { flops: 2 * TV * s.C + 6 * TV, bytes: TV * 8 + (s.T + s.V) * s.C * e };
+  const chunks = s.chunks ?? 1;
+  return {
+    flops: 3 * 2 * TV * s.C + 6 * TV,
+    bytes: TV * (4 + 4 + e + 2 * e) + 3 * (s.T + s.V) * s.C * e + chunks * 2 * s.V * s.C * 4 + s.T * s.C * e,
+  };
 }
 
-/** The per-row kernel alone (read f32 logits, write bf16 dlogits and the row loss): the memory-bound part. */
-export function crossEntropyRowsCost(s: { T: number; V: number }): { flops: number; bytes: number } {
+/** The row kernel alone (read f32 logits, write bf16 dlogits and the row loss): the memory-bound part. */
+export function crossEntropyRowsCost(s: { T: number; V: number }): Cost {
   return { flops: 6 * s.T * s.V, bytes: s.T * s.V * (4 + 2) + s.T * 8 };
 }
 

@@ -4,9 +4,10 @@
 
 import type { Stream } from "@lightseq/cuda";
 import { add, type Tensor } from "@lightseq/tensor";
-import { checkSameDevice, checkTensor } from "./common.ts";
+import { type Cost, checkSameDevice, checkTensor } from "./common.ts";
 
-export function residualCost(s: { T: number; C: number; elemBytes?: number }): { flops: number; bytes: number } {
+/** Read x, r; write the sum (its backward passes the gradient to both inputs: no kernel). */
+export function residualCost(s: { T: number; C: number; elemBytes?: number }): Cost {
   const n = s.T * s.C;
   return { flops: n, bytes: 3 * n * (s.elemBytes ?? 2) };
 }

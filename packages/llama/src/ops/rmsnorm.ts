@@ -13,6 +13,7 @@ import type { Stream } from "@lightseq/cuda";
 import { empty, type Tensor } from "@lightseq/tensor";
 import {
   accumulate,
+  type Cost,
   checkCudaDType,
   checkSameDevice,
   checkSameDType,
@@ -22,6 +23,7 @@ import {
   kernels,
   launch,
   output,
+  type Pass,
   rounderFor,
   store,
   streamFor,
@@ -34,19 +36,16 @@ export interface RmsnormShape {
   elemBytes?: number;
 }
 
-export function rmsnormCost(s: RmsnormShape): { forward: { flops: number; bytes: number }; backward: { flops: number; bytes: number } } {
+/** Forward: read x, write y and rstd (w is C elements). Backward: read x, dy, rstd, write dx (+ dw: C). */
+export function rmsnormCost(s: RmsnormShape, pass: Pass = "forward"): Cost {
   const e = s.elemBytes ?? 2;
   const n = s.T * s.C;
-  return {
-    // read x, write y, write rstd (w is C elements, cached)
-    forward: { flops: 4 * n, bytes: 2 * n * e + 4 * s.T + s.C * e },
-    // read x and dy, write dx, read rstd; dw partials are per block, not per row
-    backward: { flops: 9 * n, bytes: 3 * n * e + 4 * s.T + s.C * (e + 8) },
-  };
+  if (pass === "forward") return { flops: 4 * n, bytes: 2 * n * e + 4 * s.T + s.C * e };
+  return { flops: 9 * n, bytes: 3 * n * e + 4 * s.T + s.C * (e + 8) };
 }
 
-/** Fused h = x + r, y = rmsnorm(h): read x, r; write h, y. */
-export function residualRmsnormCost(s: RmsnormShape): { flops: number; bytes: number } {
+/** Fused h = x + r, y = rmsnorm(h) (forward only): read x, r; write h, y, rstd. */
+export function residualRmsnormCost(s: RmsnormShape): Cost {
   const e = s.elemBytes ?? 2;
   const n = s.T * s.C;
   return { flops: 5 * n, bytes: 4 * n * e + 4 * s.T + s.C * e };

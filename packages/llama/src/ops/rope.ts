@@ -20,7 +20,19 @@
 
 import type { Stream } from "@lightseq/cuda";
 import { type DeviceLike, fromArray, parseDevice, type Tensor } from "@lightseq/tensor";
-import { checkCudaDType, checkSameDevice, checkTensor, f64Of, fail, kernels, launch, output, store, streamFor } from "./common.ts";
+import {
+  type Cost,
+  checkCudaDType,
+  checkSameDevice,
+  checkTensor,
+  f64Of,
+  fail,
+  kernels,
+  launch,
+  output,
+  store,
+  streamFor,
+} from "./common.ts";
 
 /** Llama-3 frequency scaling (rope_scaling / rope_parameters with rope_type "llama3"). */
 export interface Llama3Scaling {
@@ -110,10 +122,10 @@ export function ropeTable(
   };
 }
 
-export function ropeCost(s: { T: number } & RopeDims & { elemBytes?: number }): { flops: number; bytes: number } {
+/** Either pass: read qkv (or dq, dk, dv), write the other side, read the tables once per token. */
+export function ropeCost(s: { T: number } & RopeDims & { elemBytes?: number }): Cost {
   const e = s.elemBytes ?? 2;
   const cols = (s.Hq + 2 * s.Hkv) * s.D;
-  // each direction: read qkv (or dq|dk|dv), write the other side, read the tables once per token
   return { flops: 3 * s.T * (s.Hq + s.Hkv) * s.D, bytes: 2 * s.T * cols * e + s.T * s.D * 4 };
 }
 

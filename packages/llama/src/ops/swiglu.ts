@@ -7,18 +7,26 @@
 
 import type { Stream } from "@lightseq/cuda";
 import type { Tensor } from "@lightseq/tensor";
-import { checkCudaDType, checkSameDevice, checkTensor, f64Of, fail, kernels, launch, output, store, streamFor } from "./common.ts";
+import {
+  type Cost,
+  checkCudaDType,
+  checkSameDevice,
+  checkTensor,
+  f64Of,
+  fail,
+  kernels,
+  launch,
+  output,
+  type Pass,
+  store,
+  streamFor,
+} from "./common.ts";
 
-export function swigluCost(s: { T: number; F: number; elemBytes?: number }): {
-  forward: { flops: number; bytes: number };
-  backward: { flops: number; bytes: number };
-} {
+/** Forward: read g, u; write a. Backward: read g, u, da; write dg, du. */
+export function swigluCost(s: { T: number; F: number; elemBytes?: number }, pass: Pass = "forward"): Cost {
   const e = s.elemBytes ?? 2;
   const n = s.T * s.F;
-  return {
-    forward: { flops: 5 * n, bytes: 3 * n * e }, // read g, u; write a
-    backward: { flops: 10 * n, bytes: 5 * n * e }, // read g, u, da; write dg, du
-  };
+  return pass === "forward" ? { flops: 5 * n, bytes: 3 * n * e } : { flops: 10 * n, bytes: 5 * n * e };
 }
 
 // --- f64 reference cores ---
