@@ -177,6 +177,18 @@ describe.skipIf(noGpu)("llama ops: CUDA equals the CPU reference", () => {
     }
   }, 120_000);
 
+  test("embedding forward: a token outside the vocabulary gives a NaN row on the GPU (no sync to report it)", () => {
+    const table = pair([5, 16]);
+    const x = toFloat32Array(embeddingForward(fromArray([1, 5, -1, 4], [4], { dtype: "i32", device: dev }), table.gpu));
+    const ref = toFloat32Array(table.cpu);
+    for (let c = 0; c < 16; c++) {
+      expect(x[c]).toBe(ref[16 + c] as number);
+      expect(x[16 + c]).toBeNaN();
+      expect(x[32 + c]).toBeNaN();
+      expect(x[48 + c]).toBe(ref[64 + c] as number);
+    }
+  });
+
   test("residual add and linear (bf16 operands, f32 dW accumulated)", () => {
     for (const [T, I, O] of [
       [7, 64, 96],
