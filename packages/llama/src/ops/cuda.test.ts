@@ -4,9 +4,10 @@
 // vector path's register limit. Skipped visibly without a GPU; LIGHTSEQ_REQUIRE_GPU=1 makes that an error.
 //
 // The CPU reference runs on the same bf16 inputs (widened exactly) in f64 and rounds to bf16 at the same
-// points as the kernels (HF's order), so a bf16 output may differ by the f32-vs-f64 arithmetic only:
-// one bf16 rounding step either way (2^-8 relative), two where an intermediate bf16 rounding (RMSNorm's
-// n) flips too. Tolerance for bf16 outputs: rtol 2^-7 (two steps) plus an atol for results that cancel.
+// points as the kernels (HF's order), so a bf16 output differs by the f32-vs-f64 arithmetic only (~1e-7
+// relative before rounding): at most one bf16 step, which is up to 2^-7 of the value (8 significant
+// bits), so rtol 2^-7, plus an atol for results that cancel. RMSNorm's y has a second rounding
+// (n = bf16(x rstd) before the weight multiply): a flip of n moves y by up to two steps, rtol 2^-6.
 
 import { describe, expect, test } from "bun:test";
 import { skipWithoutGpu } from "@lightseq/cuda";
@@ -24,7 +25,7 @@ const noGpu = skipWithoutGpu();
 const dev = "cuda:0";
 let seed = Number(process.env.LIGHTSEQ_TEST_SEED ?? Date.now() % 1_000_000);
 const fresh = () => seed++;
-const BF16 = { atol: 1e-5, rtol: 2 ** -7 };
+const BF16_TWICE = { atol: 1e-5, rtol: 2 ** -6 };
 
 /** A bf16 normal tensor on the CPU and its copy on the GPU. */
 function pair(shape: number[], std = 1): { cpu: Tensor; gpu: Tensor } {
@@ -68,11 +69,11 @@ describe.skipIf(noGpu)("llama ops: CUDA equals the CPU reference", () => {
       const gpuF = rmsnormForward(x.gpu, w.gpu, eps);
       // rstd: f32 sum of squares and rsqrtf against f64: ~1e-6 relative
       expectClose(gpuF.rstd, cpuF.rstd, { atol: 0, rtol: 1e-5, label: `rstd ${label}` });
-      expectClose(gpuF.y, cpuF.y, { ...BF16, label: `y ${label}` });
+      expectClose(gpuF.y, cpuF.y, { ...BF16_TWICE, label: `y ${label}` });
       const cpuR = residualRmsnormForward(x.cpu, r.cpu, w.cpu, eps);
       const gpuR = residualRmsnormForward(x.gpu, r.gpu, w.gpu, eps);
       expectSameBits(gpuR.h, cpuR.h, `h ${label}`); // one f32 add rounded to bf16: exact on both
-      expectClose(gpuR.y, cpuR.y, { ...BF16, label: `fused y ${label}` });
+      expectClose(gpuR.y, cpuR.y, { ...BF16_TWICE, label: `fused y ${label}` });
       expectClose(gpuR.rstd, cpuR.rstd, { atol: 0, rtol: 1e-5, label: `fused rstd ${label}` });
       // backward from the CPU's rstd on both sides, so only the backward's arithmetic differs
       const rstdGpu = to(cpuF.rstd, dev);
@@ -244,11 +245,13 @@ describe.skipIf(noGpu)("llama ops: CUDA equals the CPU reference", () => {
       // logits from f32-accumulated bf16 GEMMs (~1e-6 relative), __expf in the row kernel (~1e-7): the
       // mean loss agrees to ~1e-5 relative
       expect(Math.abs(rg.lossSum - rc.lossSum)).toBeLessThan(1e-5 * Math.abs(rc.lossSum) + 1e-6);
-      // dlogits are bf16 on both sides, rounded from f32 values that differ by ~1e-6 relative, so only a
-      // rare entry lands a bf16 step apart (2^-8 of gradScale at a label entry); then GEMMs with f32
-      // accumulation and, for dh, one bf16 rounding: 2^-7 relative plus 2e-3 * gradScale absolute.
-      expectClose(rg.dh as Tensor, rc.dh as Tensor, { atol: 2e-3 * gradScale, rtol: 2 ** -7, label: `dh ${label}` });
-      expectClose(dWg, dWc, { atol: 2e-3 * gradScale, rtol: 2 ** -7, label: `dW ${label}` });
+      // dlogits are bf16 on both sides, rounded from f32 values ~1e-6 apart, so a rare entry lands one
+      // step (2^-7 relative) apart; at a label entry (~gradScale) that moves dh by 2^-7 gradScale |W|
+      // and dW by 2^-7 gradScale |h| (|W|, |h| up to ~1): atol 1e-2 * gradScale, against values of
+      // ~0.2 gradScale (dh) and ~gradScale (dW) that a wrong term would change by their whole size.
+      // Otherwise GEMMs with f32 accumulation and, for dh, one bf16 rounding: rtol 2^-7.
+      expectClose(rg.dh as Tensor, rc.dh as Tensor, { atol: 1e-2 * gradScale, rtol: 2 ** -7, label: `dh ${label}` });
+      expectClose(dWg, dWc, { atol: 1e-2 * gradScale, rtol: 2 ** -7, label: `dW ${label}` });
       const fwd = lmHeadLoss(h.gpu, w.gpu, to(labCpu, dev), { gradScale, chunkTokens: chunk });
       expect(fwd.dh).toBeUndefined();
       expect(Math.abs(fwd.lossSum - rg.lossSum)).toBeLessThan(1e-9 * Math.abs(rg.lossSum) + 1e-9);
