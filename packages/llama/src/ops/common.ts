@@ -1,6 +1,6 @@
 // What every op file shares: argument checks that name the op and the argument, the move between
-// tensors and the f64 arrays the CPU references compute on, and the CUDA launch plumbing (device,
-// stream, alignment). Ops throw OpError for a caller's mistake, before anything is launched.
+// tensors and the f64 arrays the CPU references compute on, and the CUDA launch plumbing (device
+// and stream). Ops throw OpError for a caller's mistake, before anything is launched.
 
 import { checkLaunch, kernels, type Stream, setDevice } from "@lightseq/cuda";
 import {
