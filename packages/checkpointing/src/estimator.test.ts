@@ -79,27 +79,39 @@ describe("terms against performance.md section 7 (Llama-2-7B)", () => {
     });
   }
 
-  test("one layer's working set: 1.5 x the saved tensors of a layer, less what is already kept", () => {
-    // per token: 4 x 2h (x, xn, h, hn) + 2 x 4 (rstd) + 2 x 2h (q, o) + 2 x 2h (k, v; MHA) + 4 x 32 (lse)
-    // + 3 x 2f (gu, a) = 131,720 B (the table's 16h + 6f = 131,584 leaves out rstd and lse). Full keeps x.
-    const perToken = 1.5 * 131_720 - 8192;
-    expect(gib(estimateMemory(plan(32768, 1, "full")), "one layer's working set")).toBeCloseTo((perToken * 32768) / GiB, 6);
-    // the table's 6.0 GiB at 32K counts the kept x once more: ours is 5.8
-    expect(gib(estimateMemory(plan(32768, 1, "full")), "one layer's working set")).toBeCloseTo(5.78, 2);
-    // tiled MLP: the 6f B/token of gate|up and SwiGLU exist for 4096 tokens only
-    const tiled = gib(estimateMemory(plan(32768, 1, "full", { mlpChunkTokens: 4096 })), "one layer's working set");
-    expect(tiled).toBeCloseTo((1.5 * ((131_720 - 66_048) * 32768 + 66_048 * 4096) - 8192 * 32768) / GiB, 6);
-    // under none gate|up and SwiGLU are kept, so tiling cannot drop them
-    expect(gib(estimateMemory(plan(8192, 1, "none", { mlpChunkTokens: 1024 })), "one layer's working set")).toBeCloseTo(
-      (0.5 * 131_720 * 8192) / GiB,
-      6,
+  test("a layer's backward, phase by phase (layer.ts's order), per token for Llama-2-7B", () => {
+    // MLP backward under full: dy 8192 + recomputed attention inputs (rstd1 4, xn 8192, q, k, v 3 x 8192)
+    // + o 8192 + lse 128 + h, hn 2 x 8192 + rstd2 4 + gu 44,032 + a 22,016 + dgu 44,032 + max(da 22,016, dhn 8192)
+    const fullMlp = 8192 + (4 + 4 * 8192) + (8192 + 128) + (2 * 8192 + 4) + 44_032 + 22_016 + 44_032 + 22_016;
+    expect(fullMlp).toBe(197_768);
+    const e = estimateMemory(plan(32768, 1, "full"));
+    expect(gib(e, "working set (MLP backward)")).toBeCloseTo((fullMlp * 32768) / GiB, 9);
+    expect(e.peakPhase).toBe("MLP backward");
+    expectTable(gib(e, "working set (MLP backward)"), 6.0); // the table's 1.5 x 131,584 B per token: 6.0 GiB as well
+    // attention backward under full: dh 8192 + attention inputs 32,772 + o, lse 8320 + dO 8192 + dq, dk, dv 24,576
+    expect(gib(e, "working set (attention backward)")).toBeCloseTo(((8192 + 32_772 + 8320 + 8192 + 24_576) * 32768) / GiB, 9);
+    // remat-aware keeps o and lse: the MLP phase no longer holds the attention inputs
+    const remat = 8192 + (2 * 8192 + 4) + 44_032 + 22_016 + 44_032 + 22_016;
+    expect(gib(estimateMemory(plan(32768, 1, "remat-aware")), "working set (MLP backward)")).toBeCloseTo((remat * 32768) / GiB, 9);
+    // none keeps everything: only the gradients dy, dgu and da
+    expect(gib(estimateMemory(plan(8192, 1, "none")), "working set (MLP backward)")).toBeCloseTo(
+      ((8192 + 44_032 + 22_016) * 8192) / GiB,
+      9,
     );
+    // tiled MLP (4096-token tiles): gu, a, da and dgu exist for one tile; dhn [T, C] whole; gu and a are
+    // never kept, even under none
+    const tiledNarrow = 8192 + (2 * 8192 + 4) + 8192;
+    const tiledWide = 44_032 + 22_016 + 44_032 + 22_016;
+    const t = estimateMemory(plan(32768, 1, "remat-aware", { mlpChunkTokens: 4096 }));
+    expect(gib(t, "working set (MLP backward)")).toBeCloseTo((tiledNarrow * 32768 + tiledWide * 4096) / GiB, 9);
+    const none = estimateMemory(plan(8192, 1, "none", { mlpChunkTokens: 1024 }));
+    expect(gib(none, "checkpoints")).toBeCloseTo(((131_720 - 66_048) * 8192 * 32) / GiB, 9);
   });
 
-  // The table's totals are states + checkpoints + its working set (1.5 x 131,584 B per token, the kept
-  // tensors counted again) + ring + 5 GiB (2 of FSDP transients, 3 of runtime), with no loss term (a
-  // chunked loss assumed free). Ours, with the table's working set in place of ours and no loss chunk,
-  // must give the table's totals up to its rounding (each of its terms to 0.05 GiB).
+  // The table's totals are states + checkpoints + its working set (1.5 x 131,584 B per token) + ring +
+  // 5 GiB (2 of FSDP transients, 3 of runtime), every term added. Ours keeps one phase at a time; with
+  // the table's working set and ring in place of our phases, the always-alive terms must give the
+  // table's totals up to its rounding (each of its terms to 0.05 GiB).
   test("totals reconcile with the table term by term", () => {
     const table: [number, number, number, number][] = [
       // S, P, total full, total remat-aware (GiB)
@@ -116,11 +128,28 @@ describe("terms against performance.md section 7 (Llama-2-7B)", () => {
         ["remat-aware", remat],
       ] as const) {
         const e = estimateMemory(plan(S, P, kind));
-        const tableWs = (1.5 * 131_584 * e.localTokens) / GiB;
-        const asTable = e.gpuBytes / GiB - gib(e, "loss chunk") - gib(e, "one layer's working set") + tableWs;
+        const always = e.gpu.filter((t) => t.phase === undefined).reduce((s, t) => s + t.bytes, 0) / GiB;
+        const ring = P > 1 ? gib(e, "DistAttn buffers") : 0;
+        const asTable = always + (1.5 * 131_584 * e.localTokens) / GiB + ring;
         expect(Math.abs(asTable - want)).toBeLessThan(0.2);
       }
     }
+  });
+
+  test("the peak is the always-alive terms plus the largest phase", () => {
+    for (const [S, P, kind] of [
+      [32768, 1, "full"],
+      [65536, 2, "remat-aware"],
+      [131072, 4, "none"],
+    ] as const) {
+      const e = estimateMemory(plan(S, P, kind, { deviceBytes: 1000 * GiB }));
+      const sumOf = (f: (t: (typeof e.gpu)[number]) => boolean) => e.gpu.filter(f).reduce((s, t) => s + t.bytes, 0);
+      const phases = (["loss", "MLP backward", "attention backward"] as const).map((p) => sumOf((t) => t.phase === p));
+      expect(e.gpuBytes).toBe(sumOf((t) => t.phase === undefined) + Math.max(...phases));
+    }
+    // at 64K on 2 ranks remat-aware peaks in the attention backward (its DistAttn buffers), full in the MLP's
+    expect(estimateMemory(plan(65536, 2, "remat-aware")).peakPhase).toBe("attention backward");
+    expect(estimateMemory(plan(65536, 2, "full")).peakPhase).toBe("MLP backward");
   });
 
   test("fits as the table says: 64K on one H200 with full recompute (tight), not remat-aware; 128K P=2 not on an H100", () => {
@@ -220,7 +249,8 @@ describe("auto", () => {
       "model states",
       "gathered weights",
       "layer gradients",
-      "one layer's working set",
+      "working set (MLP backward)",
+      "working set (attention backward)",
       "DistAttn buffers",
       "loss chunk",
       "runtime and allocator slack",
@@ -229,5 +259,6 @@ describe("auto", () => {
     ]) {
       expect(text).toContain(name);
     }
+    expect(text).toContain("[attention backward, the peak]");
   });
 });

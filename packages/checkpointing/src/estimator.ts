@@ -14,12 +14,18 @@
 //   streamed over PCIe: no whole-model gradient buffer (one micro-batch per step).
 // - Optimizer "none" (forward and backward only: benchmarks, the local weight source and gradient
 //   sink): every rank holds the whole model in bf16 and its whole f32 gradient, nothing gathered.
-// - Activations in bf16, rstd and lse in f32. The peak is at the start of the backward: every kept
-//   tensor, one layer's recomputed tensors plus the gradients in flight (half a layer's saved tensors,
-//   performance.md's 1.5x), the DistAttn buffers and the loss chunk, all at once.
+// - Activations in bf16, rstd and lse in f32. Every kept tensor is alive through the backward; on top
+//   of them one phase at a time, and the peak is the largest phase: the loss (the LM head's chunk of
+//   logits), a layer's MLP backward, or its attention backward (with the DistAttn buffers). A layer's
+//   backward follows packages/llama/src/layer.ts: attention inputs recomputed first only when attention
+//   itself is (full), then the MLP inputs, freed after the MLP backward, then the attention inputs.
+//   (performance.md's table instead takes 1.5 x a layer's saved tensors and adds every term.)
 // - Runtime and allocator slack (CUDA context, cuBLAS workspace, NCCL buffers, fragmentation): 3 GiB.
 
-import { type CheckpointPolicy, keptTensors, SAVED_NAMES, type SavedName } from "./policy.ts";
+import { type CheckpointPolicy, keptTensors, type SavedName } from "./policy.ts";
+
+/** The [T, ffn]-wide saved tensors: gate|up and SwiGLU. */
+const MLP_WIDE: readonly SavedName[] = ["gu", "a"];
 
 /** The model shape the estimate needs (a LlamaConfig is one). */
 export interface ModelShape {
@@ -67,13 +73,20 @@ export interface MemoryTerm {
   readonly bytes: number;
   /** How it is computed, in words and numbers. */
   readonly detail: string;
+  /** Alive only during this phase of the step (the peak takes the largest phase); absent: always. */
+  readonly phase?: Phase;
 }
+
+export type Phase = "loss" | "MLP backward" | "attention backward";
 
 export interface MemoryEstimate {
   readonly plan: MemoryPlan;
   readonly localTokens: number;
   readonly gpu: readonly MemoryTerm[];
   readonly host: readonly MemoryTerm[];
+  /** The phase whose terms make the GPU peak. */
+  readonly peakPhase: Phase;
+  /** Always-alive GPU terms + the largest phase's. */
   readonly gpuBytes: number;
   readonly hostBytes: number;
   readonly fits: boolean;
@@ -133,8 +146,6 @@ export function savedBytesPerToken(m: ModelShape, name: SavedName): number {
   }
 }
 
-const MLP_WIDE: readonly SavedName[] = ["gu", "a"];
-
 function sumBytes(m: ModelShape, names: readonly SavedName[]): number {
   return names.reduce((s, n) => s + savedBytesPerToken(m, n), 0);
 }
@@ -143,7 +154,65 @@ function positiveInt(v: number, what: string): void {
   if (!Number.isSafeInteger(v) || v <= 0) throw new MemoryEstimateError(`memory plan: ${what} must be a positive integer, got ${v}`);
 }
 
-const term = (name: string, bytes: number, detail: string): MemoryTerm => ({ name, bytes, detail });
+const term = (name: string, bytes: number, detail: string, phase?: Phase): MemoryTerm => ({
+  name,
+  bytes,
+  detail,
+  ...(phase === undefined ? {} : { phase }),
+});
+
+const PHASES: readonly Phase[] = ["loss", "MLP backward", "attention backward"];
+
+/** Always-alive terms plus the largest phase's terms. */
+function peakOf(terms: readonly MemoryTerm[]): { bytes: number; phase: Phase } {
+  const always = terms.filter((t) => t.phase === undefined).reduce((s, t) => s + t.bytes, 0);
+  let best: { bytes: number; phase: Phase } = { bytes: -1, phase: "loss" };
+  for (const phase of PHASES) {
+    const b = terms.filter((t) => t.phase === phase).reduce((s, t) => s + t.bytes, 0);
+    if (b > best.bytes) best = { bytes: b, phase };
+  }
+  return { bytes: always + best.bytes, phase: best.phase };
+}
+
+/**
+ * Bytes alive beyond the kept tensors during a layer's backward, in its two phases (layer.ts's order),
+ * for T local tokens, the [T, ffn] tensors existing for `wide` tokens at a time (T when untiled):
+ *   MLP backward:       dy, the recomputed attention inputs (full only) and attention output,
+ *                       the recomputed MLP inputs, dgu and max(da, dhn) (tiled: da and dgu per chunk,
+ *                       dhn whole);
+ *   attention backward: dh, the recomputed attention inputs and output, dO, dq, dk, dv.
+ */
+export function layerBackwardPhases(
+  m: ModelShape,
+  kept: readonly SavedName[],
+  T: number,
+  wide: number,
+): { mlp: { bytes: number; detail: string }; attention: { bytes: number; detail: string } } {
+  const b = (n: SavedName) => (kept.includes(n) ? 0 : savedBytesPerToken(m, n));
+  const sum = (ns: readonly SavedName[]) => ns.reduce((s, n) => s + b(n), 0);
+  const C2 = 2 * m.dim;
+  const q = 2 * m.heads * m.headDim;
+  const kv = 2 * m.kvHeads * m.headDim;
+  const da = 2 * m.ffn;
+  const dgu = 4 * m.ffn;
+  const attnIn = sum(["rstd1", "xn", "q", "k", "v"]);
+  const attnOut = sum(["o", "lse"]);
+  const attnInDuringMlp = attnOut > 0 ? attnIn : 0; // recomputed first only when attention itself is
+  const tiled = wide < T;
+  const narrow = C2 + attnInDuringMlp + attnOut + sum(["h", "rstd2", "hn"]) + (tiled ? C2 : 0);
+  const wideBytes = sum(MLP_WIDE) + dgu + (tiled ? da : Math.max(da, C2));
+  const mlp = narrow * T + wideBytes * wide;
+  const attention = (C2 + attnIn + attnOut + q + q + 2 * kv) * T;
+  return {
+    mlp: {
+      bytes: mlp,
+      detail: tiled
+        ? `${KiB(narrow)} per token + ${KiB(wideBytes)} per token of a ${wide}-token MLP tile (recomputed MLP inputs, gradients)`
+        : `${KiB(narrow + wideBytes)} per token (recomputed MLP inputs, gradients)`,
+    },
+    attention: { bytes: attention, detail: `${KiB(attention / T)} per token (dh, recomputed attention inputs, dO, dq, dk, dv)` },
+  };
+}
 const KiB = (b: number) => `${(b / 1024).toFixed(1)} KiB`;
 
 /** The estimate of one plan: every term on the GPU and the host, and whether it fits the budgets. */
@@ -203,41 +272,36 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
   }
 
   // activations
-  const kept = keptTensors(policy);
+  const tile = plan.mlpChunkTokens;
+  if (tile !== undefined) positiveInt(tile, "mlpChunkTokens");
+  const tiled = tile !== undefined && tile < T;
+  // a tiled MLP never keeps gate|up and SwiGLU: they exist one chunk of tokens at a time (layer.ts)
+  const kept = keptTensors(policy).filter((n) => !(tiled && MLP_WIDE.includes(n)));
   const keptPerToken = sumBytes(m, kept);
-  const allPerToken = sumBytes(m, SAVED_NAMES);
   const keptTotal = keptPerToken * T * L;
   const keptLine = `${kept.join(", ")}: ${KiB(keptPerToken)} per token per layer x ${T} tokens x ${L} layers`;
   let gpuKept = keptTotal;
   let hostKept = 0;
-  const offloadSlots = Math.min(L, 2) * keptPerToken * T; // the layer being copied out or in, and the next
   if (plan.offload === "host") {
-    gpuKept = offloadSlots;
+    gpuKept = Math.min(L, 2) * keptPerToken * T; // the layer being copied out or in, and the next
     hostKept = keptTotal;
   }
-  // the spill split is decided once everything else on the GPU is known (below)
+  // (the spill split is decided once everything else on the GPU is known, below)
 
-  // one layer's working set in the backward: its recomputed tensors + the gradients in flight
-  const mlpWide = sumBytes(m, MLP_WIDE);
-  const tile = plan.mlpChunkTokens;
-  if (tile !== undefined) positiveInt(tile, "mlpChunkTokens");
-  const tiled = tile !== undefined && tile < T && !MLP_WIDE.some((n) => kept.includes(n));
-  const wideTokens = tiled ? tile : T;
-  const workingSet = 1.5 * ((allPerToken - mlpWide) * T + mlpWide * wideTokens) - keptPerToken * T;
-  gpu.push(
-    term(
-      "one layer's working set",
-      workingSet,
-      `1.5 x ${KiB(allPerToken)} per token of saved tensors (recomputed + gradients in flight) - the kept ${KiB(keptPerToken)}` +
-        (tiled ? `, the [T, ffn] part for ${tile}-token MLP tiles` : ""),
-    ),
-  );
+  const ph = layerBackwardPhases(m, kept, T, tiled ? tile : T);
+  gpu.push(term("working set (MLP backward)", ph.mlp.bytes, ph.mlp.detail, "MLP backward"));
+  gpu.push(term("working set (attention backward)", ph.attention.bytes, ph.attention.detail, "attention backward"));
   if (mesh.cp > 1) {
     const q = m.heads * m.headDim;
     const kv = m.kvHeads * m.headDim;
     const perToken = 2 * 2 * kv * 2 + 2 * 2 * kv * 4 + q * 4;
     gpu.push(
-      term("DistAttn buffers", perToken * T, `K,V bf16 current + next, dK,dV f32 current + next, dQ f32: ${KiB(perToken)} per token`),
+      term(
+        "DistAttn buffers",
+        perToken * T,
+        `K,V bf16 current + next, dK,dV f32 current + next, dQ f32: ${KiB(perToken)} per token`,
+        "attention backward",
+      ),
     );
   }
   const chunk = Math.min(plan.lossChunkTokens ?? DEFAULT_LOSS_CHUNK_TOKENS, T);
@@ -245,8 +309,9 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
   gpu.push(
     term(
       "loss chunk",
-      8 * m.vocab * chunk + (2 * 2 * m.dim + 4) * T,
-      `f32 logits + their gradient for ${chunk} tokens x ${m.vocab} vocab, and the final norm's output and gradient [T, dim] bf16`,
+      8 * m.vocab * chunk + (3 * 2 * m.dim + 4) * T,
+      `f32 logits + their gradient for ${chunk} tokens x ${m.vocab} vocab; the last layer's output, the final norm's output and its gradient [T, dim] bf16`,
+      "loss",
     ),
   );
   gpu.push(
@@ -257,7 +322,7 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
     ),
   );
 
-  const otherGpu = gpu.reduce((s, t) => s + t.bytes, 0);
+  const otherGpu = peakOf(gpu).bytes;
   if (plan.offload === "spill") {
     const perLayer = keptPerToken * T;
     const free = Math.max(0, plan.deviceBytes - otherGpu);
@@ -277,7 +342,7 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
       ),
     );
 
-  const gpuBytes = gpu.reduce((s, t) => s + t.bytes, 0);
+  const { bytes: gpuBytes, phase: peakPhase } = peakOf(gpu);
   const hostBytes = host.reduce((s, t) => s + t.bytes, 0);
   const overflows: string[] = [];
   const largest = (ts: MemoryTerm[]) =>
@@ -285,13 +350,16 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
       .sort((a, b) => b.bytes - a.bytes)
       .map((t) => `${t.name} ${fmtGiB(t.bytes)}`)
       .join(", ");
-  if (gpuBytes > plan.deviceBytes) overflows.push(`GPU: needs ${fmtGiB(gpuBytes)} of ${fmtGiB(plan.deviceBytes)} (${largest(gpu)})`);
+  if (gpuBytes > plan.deviceBytes) {
+    const atPeak = gpu.filter((t) => t.phase === undefined || t.phase === peakPhase);
+    overflows.push(`GPU: needs ${fmtGiB(gpuBytes)} of ${fmtGiB(plan.deviceBytes)} (${largest(atPeak)})`);
+  }
   if (hostBytes > 0 && plan.hostBytes === undefined) {
     overflows.push(`host: needs ${fmtGiB(hostBytes)} but the plan gives no hostBytes (${largest(host)})`);
   } else if (plan.hostBytes !== undefined && hostBytes > plan.hostBytes) {
     overflows.push(`host: needs ${fmtGiB(hostBytes)} of ${fmtGiB(plan.hostBytes)} (${largest(host)})`);
   }
-  return { plan, localTokens: T, gpu, host, gpuBytes, hostBytes, fits: overflows.length === 0, overflows };
+  return { plan, localTokens: T, gpu, host, peakPhase, gpuBytes, hostBytes, fits: overflows.length === 0, overflows };
 }
 
 /** A readable table of an estimate's terms. */
@@ -304,8 +372,12 @@ export function formatEstimate(e: MemoryEstimate): string {
     ["host", e.host, e.hostBytes],
   ] as const) {
     if (terms.length === 0) continue;
-    for (const t of terms) lines.push(`  ${where.padEnd(4)} ${t.name.padEnd(28)} ${fmtGiB(t.bytes).padStart(10)}  ${t.detail}`);
-    lines.push(`  ${where.padEnd(4)} ${"total".padEnd(28)} ${fmtGiB(total).padStart(10)}`);
+    for (const t of terms) {
+      const when = t.phase === undefined ? "" : `[${t.phase}${t.phase === e.peakPhase ? ", the peak" : ""}] `;
+      lines.push(`  ${where.padEnd(4)} ${t.name.padEnd(32)} ${fmtGiB(t.bytes).padStart(10)}  ${when}${t.detail}`);
+    }
+    const how = where === "GPU" ? ` (always-alive terms + the ${e.peakPhase} phase)` : "";
+    lines.push(`  ${where.padEnd(4)} ${"peak".padEnd(32)} ${fmtGiB(total).padStart(10)}${how}`);
   }
   for (const o of e.overflows) lines.push(`  does not fit: ${o}`);
   return lines.join("\n");
