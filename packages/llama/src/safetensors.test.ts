@@ -1,5 +1,17 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decodeBf16, encodeBf16 } from "@lightseq/tensor";
@@ -109,6 +121,35 @@ describe("round trip", () => {
     expect(got[0]).toBe(want[0]!);
     expect(got[n - 1]).toBe(want[n - 1]!);
     expect(Buffer.compare(Buffer.from(got.buffer), Buffer.from(want.buffer))).toBe(0);
+  });
+
+  test("a tensor beyond 4 GiB in the file is read at its 64-bit offset (sparse file, nothing written in between)", () => {
+    const path = join(freshDir(), "far.safetensors");
+    const padBytes = 4.5 * 2 ** 30; // an I32 tensor of 4.5 GiB before the one we read
+    const header = {
+      pad: { dtype: "I32", shape: [padBytes / 4], data_offsets: [0, padBytes] },
+      far: { dtype: "F32", shape: [4], data_offsets: [padBytes, padBytes + 16] },
+    };
+    const json = new TextEncoder().encode(JSON.stringify(header));
+    const prefix = new Uint8Array(8);
+    new DataView(prefix.buffer).setBigUint64(0, BigInt(json.byteLength), true);
+    const fd = openSync(path, "w");
+    try {
+      writeSync(fd, prefix, 0, 8, 0);
+      writeSync(fd, json, 0, json.byteLength, 8);
+      const far = new Float32Array([1.5, -2, 3.25, 1e-3]);
+      writeSync(fd, new Uint8Array(far.buffer), 0, 16, 8 + json.byteLength + padBytes);
+    } finally {
+      closeSync(fd);
+    }
+    const f = SafetensorsFile.open(path);
+    try {
+      expect(f.info("far").fileOffset).toBeGreaterThan(2 ** 32);
+      expect([...f.readF32("far")]).toEqual([1.5, -2, 3.25, Math.fround(1e-3)]);
+    } finally {
+      f.close();
+    }
+    rmSync(path);
   });
 
   test("sharded: planned by bytes, index written, read back through the checkpoint", async () => {
