@@ -47,6 +47,29 @@ LS_API int64_t ls_sumsq_partials(void);
 LS_API int ls_sumsq_f32(const float* x, int64_t n, double* partials, float* out, cudaStream_t s);
 LS_API int ls_sumsq_bf16(const uint16_t* x, int64_t n, double* partials, float* out, cudaStream_t s);
 
+// Llama ops (llama_*.cu; packages/llama/src/ops/*.ts are the references and the callers). bf16
+// activations, f32 statistics and gradients of weights; T, C, V, F are int64_t, head counts int32_t.
+LS_API int ls_llama_embedding_fwd_bf16(const int32_t* tokens, const uint16_t* table, uint16_t* out, int64_t T, int64_t V, int64_t C,
+                                       cudaStream_t s);
+LS_API int ls_llama_embedding_bwd_bf16(const uint16_t* dx, const int32_t* perm, const int32_t* seg_tok, const int32_t* seg_start,
+                                       const int32_t* seg_slot, int64_t segments, const int32_t* multi_tok, const int32_t* multi_start,
+                                       int64_t multi, float* scratch, int64_t C, float* dtable, cudaStream_t s);
+LS_API int ls_llama_rmsnorm_fwd_bf16(const uint16_t* x, const uint16_t* w, uint16_t* y, float* rstd, int64_t T, int64_t C, float eps,
+                                     cudaStream_t s);
+LS_API int ls_llama_residual_rmsnorm_fwd_bf16(const uint16_t* x, const uint16_t* r, const uint16_t* w, uint16_t* h, uint16_t* y, float* rstd,
+                                              int64_t T, int64_t C, float eps, cudaStream_t s);
+LS_API int64_t ls_llama_rmsnorm_bwd_blocks(int64_t T);
+LS_API int ls_llama_rmsnorm_bwd_bf16(const uint16_t* x, const uint16_t* w, const float* rstd, const uint16_t* dy, const uint16_t* residual,
+                                     uint16_t* dx, float* partials, int64_t blocks, float* dw, int64_t T, int64_t C, cudaStream_t s);
+LS_API int ls_llama_rope_qkv_fwd_bf16(const uint16_t* qkv, const float* cos_t, const float* sin_t, uint16_t* q, uint16_t* k, uint16_t* v, int64_t T,
+                                      int32_t Hq, int32_t Hkv, int32_t D, cudaStream_t s);
+LS_API int ls_llama_rope_qkv_bwd_bf16(const uint16_t* dq, const uint16_t* dk, const uint16_t* dv, const float* cos_t, const float* sin_t,
+                                      uint16_t* dqkv, int64_t T, int32_t Hq, int32_t Hkv, int32_t D, cudaStream_t s);
+LS_API int ls_llama_swiglu_fwd_bf16(const uint16_t* gu, uint16_t* a, int64_t T, int64_t F, cudaStream_t s);
+LS_API int ls_llama_swiglu_bwd_bf16(const uint16_t* gu, const uint16_t* da, uint16_t* dgu, int64_t T, int64_t F, cudaStream_t s);
+LS_API int ls_llama_cross_entropy_f32(const float* logits, const int32_t* labels, float grad_scale, uint16_t* dlogits, float* row_loss, int64_t rows,
+                                      int64_t V, cudaStream_t s);
+
 // The block-attention entry points (ls_attn_*) are declared in attention.cuh, which includes this header.
 
 // Copy-engine point-to-point transfers between local GPUs (p2p.cu; host code, no kernels). Pointers

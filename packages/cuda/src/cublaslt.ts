@@ -76,7 +76,10 @@ export type MatmulDType = "f32" | "bf16";
 
 /** One row-major problem: out[b] = alpha * op(A[b]) @ op(B[b]) + beta * out[b], op(A) [m,k], op(B) [k,n]. */
 export interface MatmulProblem {
+  /** The operands' dtype. */
   dtype: MatmulDType;
+  /** C and D (the output): the operands' dtype (default) or f32 for bf16 operands (f32 accumulator stored as is). */
+  outDtype?: MatmulDType;
   m: number;
   n: number;
   k: number;
@@ -157,13 +160,15 @@ export class Matmul {
   }
 
   #plan(p: MatmulProblem): Plan {
-    const key = `${p.dtype}|${p.m}|${p.n}|${p.k}|${+p.transA}|${+p.transB}|${p.batch}|${p.strideA}|${p.strideB}|${+!!p.allowTf32}`;
+    const outDtype = p.outDtype ?? p.dtype;
+    const key = `${p.dtype}>${outDtype}|${p.m}|${p.n}|${p.k}|${+p.transA}|${+p.transB}|${p.batch}|${p.strideA}|${p.strideB}|${+!!p.allowTf32}`;
     const cached = this.#plans.get(key);
     if (cached) return cached;
     const lt = cublasLt();
     const dt = p.dtype === "bf16" ? CUDA_R_16BF : CUDA_R_32F;
+    const dtOut = outDtype === "bf16" ? CUDA_R_16BF : CUDA_R_32F;
     const compute = p.dtype === "f32" && p.allowTf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    const ctx = `${p.dtype} m=${p.m} n=${p.n} k=${p.k} transA=${p.transA} transB=${p.transB} batch=${p.batch}`;
+    const ctx = `${p.dtype}->${outDtype} m=${p.m} n=${p.n} k=${p.k} transA=${p.transA} transB=${p.transB} batch=${p.batch}`;
     checkLt(lt.cublasLtMatmulDescCreate(out64, compute, CUDA_R_32F), "cublasLtMatmulDescCreate", ctx);
     const desc = Number(out64[0]);
     // Library A = our B: stored row-major [k,n] (or [n,k] when transB) = column-major [n,k] ([k,n]).
@@ -173,7 +178,7 @@ export class Matmul {
     checkLt(lt.cublasLtMatmulDescSetAttribute(desc, DESC_TRANSB, i32buf, 4), "cublasLtMatmulDescSetAttribute(TRANSB)");
     const layoutA = p.transB ? this.#layout(dt, p.k, p.n, p.k, p.batch, p.strideB) : this.#layout(dt, p.n, p.k, p.n, p.batch, p.strideB);
     const layoutB = p.transA ? this.#layout(dt, p.m, p.k, p.m, p.batch, p.strideA) : this.#layout(dt, p.k, p.m, p.k, p.batch, p.strideA);
-    const layoutC = this.#layout(dt, p.n, p.m, p.n, p.batch, p.m * p.n);
+    const layoutC = this.#layout(dtOut, p.n, p.m, p.n, p.batch, p.m * p.n);
     checkLt(lt.cublasLtMatmulPreferenceCreate(out64), "cublasLtMatmulPreferenceCreate");
     const pref = Number(out64[0]);
     out64[0] = BigInt(WORKSPACE_BYTES);
@@ -214,6 +219,10 @@ export class Matmul {
       stream.handle,
     );
     if (st !== 0)
-      checkLt(st, "cublasLtMatmul", `${p.dtype} m=${p.m} n=${p.n} k=${p.k} transA=${p.transA} transB=${p.transB} batch=${p.batch}`);
+      checkLt(
+        st,
+        "cublasLtMatmul",
+        `${p.dtype}->${p.outDtype ?? p.dtype} m=${p.m} n=${p.n} k=${p.k} transA=${p.transA} transB=${p.transB} batch=${p.batch}`,
+      );
   }
 }

@@ -83,6 +83,35 @@ export const kernelSymbols = {
   // (acc_o, acc_lse, o_part, lse_part, Tq, Hq, D, stream)
   ls_attn_merge_f32: { args: attnMerge, returns: "i32" },
   ls_attn_merge_bf16: { args: attnMerge, returns: "i32" },
+  // Llama ops (kernels/src/llama_*.cu; packages/llama/src/ops/*.ts call them)
+  // (tokens, table, out, T, V, C, stream)
+  ls_llama_embedding_fwd_bf16: { args: ["ptr", "ptr", "ptr", "i64", "i64", "i64", "ptr"], returns: "i32" },
+  // (dx, perm, seg_tok, seg_start, seg_slot, segments, multi_tok, multi_start, multi, scratch, C, dtable, stream)
+  ls_llama_embedding_bwd_bf16: {
+    args: ["ptr", "ptr", "ptr", "ptr", "ptr", "i64", "ptr", "ptr", "i64", "ptr", "i64", "ptr", "ptr"],
+    returns: "i32",
+  },
+  // (x, w, y, rstd, T, C, eps, stream)
+  ls_llama_rmsnorm_fwd_bf16: { args: ["ptr", "ptr", "ptr", "ptr", "i64", "i64", "f32", "ptr"], returns: "i32" },
+  // (x, r, w, h, y, rstd, T, C, eps, stream)
+  ls_llama_residual_rmsnorm_fwd_bf16: { args: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "i64", "i64", "f32", "ptr"], returns: "i32" },
+  // (T) -> blocks of the backward (rows of its dw partials)
+  ls_llama_rmsnorm_bwd_blocks: { args: ["i64"], returns: "i64" },
+  // (x, w, rstd, dy, residual|null, dx, partials, blocks, dw, T, C, stream)
+  ls_llama_rmsnorm_bwd_bf16: {
+    args: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "i64", "ptr", "i64", "i64", "ptr"],
+    returns: "i32",
+  },
+  // (qkv, cos, sin, q, k, v, T, Hq, Hkv, D, stream)
+  ls_llama_rope_qkv_fwd_bf16: { args: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "i64", "i32", "i32", "i32", "ptr"], returns: "i32" },
+  // (dq, dk, dv, cos, sin, dqkv, T, Hq, Hkv, D, stream)
+  ls_llama_rope_qkv_bwd_bf16: { args: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "i64", "i32", "i32", "i32", "ptr"], returns: "i32" },
+  // (gu, a, T, F, stream)
+  ls_llama_swiglu_fwd_bf16: { args: ["ptr", "ptr", "i64", "i64", "ptr"], returns: "i32" },
+  // (gu, da, dgu, T, F, stream)
+  ls_llama_swiglu_bwd_bf16: { args: ["ptr", "ptr", "ptr", "i64", "i64", "ptr"], returns: "i32" },
+  // (logits f32, labels, grad_scale, dlogits bf16|null, row_loss f32, rows, V, stream)
+  ls_llama_cross_entropy_f32: { args: ["ptr", "ptr", "f32", "ptr", "ptr", "i64", "i64", "ptr"], returns: "i32" },
 } as const;
 
 /** The `kernels` argument of the attention calls (attention.cuh LS_ATTN_KERNELS_*). */

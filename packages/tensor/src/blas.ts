@@ -172,14 +172,14 @@ export function cpuMatmulInfo(): CpuMatmulInfo {
  * cpu.matmul's contract through sgemm: out[b] = alpha * op(A[b]) @ op(B[b]) + beta * out[b]. bf16
  * operands widen to f32 exactly, the result rounds once to bf16. Needs setCpuMatmul("blas") first.
  */
-export function blasMatmul(dtype: DType, a: HostArray, b: HostArray, out: HostArray, d: MatmulDims): void {
+export function blasMatmul(dtype: DType, a: HostArray, b: HostArray, out: HostArray, d: MatmulDims, outDtype: DType = dtype): void {
   const blas = lib;
   if (blas === null) throw new BlasError('blasMatmul: OpenBLAS is not loaded; call setCpuMatmul("blas") first');
   const { batch, m, n, k } = d;
   if (batch * m * n === 0) return;
   const A = asF32(dtype, a);
   const B = asF32(dtype, b);
-  const C = dtype === "f32" ? (out as Float32Array) : d.beta === 0 ? new Float32Array(out.length) : asF32(dtype, out);
+  const C = outDtype === "f32" ? (out as Float32Array) : d.beta === 0 ? new Float32Array(out.length) : asF32(outDtype, out);
   // Leading dimensions of the row-major storage; BLAS wants >= 1 even for empty operands.
   const lda = Math.max(1, d.transA ? m : k);
   const ldb = Math.max(1, d.transB ? k : n);
@@ -192,7 +192,7 @@ export function blasMatmul(dtype: DType, a: HostArray, b: HostArray, out: HostAr
     const cv = C.subarray(bt * m * n, (bt + 1) * m * n);
     blas.sgemm(ROW_MAJOR, ta, tb, m, n, k, d.alpha, av, lda, bv, ldb, d.beta, cv, Math.max(1, n));
   }
-  if (dtype === "bf16") for (let i = 0; i < C.length; i++) (out as Uint16Array)[i] = narrowBits(C[i] as number);
+  if (outDtype === "bf16") for (let i = 0; i < C.length; i++) (out as Uint16Array)[i] = narrowBits(C[i] as number);
 }
 
 function asF32(dtype: DType, x: HostArray): Float32Array {

@@ -119,9 +119,9 @@ export interface MatmulDims {
 
 /**
  * out[b] = alpha * op(A[b]) @ op(B[b]) + beta * out[b], row-major; op(A) is [m,k], op(B) is [k,n].
- * Accumulates in f64; the result is rounded once to the output dtype.
+ * Accumulates in f64; the result is rounded once to the output dtype (`outDtype`, default the operands').
  */
-export function matmul(dtype: DType, a: HostArray, b: HostArray, out: HostArray, d: MatmulDims): void {
+export function matmul(dtype: DType, a: HostArray, b: HostArray, out: HostArray, d: MatmulDims, outDtype: DType = dtype): void {
   const { m, n, k } = d;
   const A = toF32(dtype, a);
   const B = toF32(dtype, b);
@@ -142,9 +142,9 @@ export function matmul(dtype: DType, a: HostArray, b: HostArray, out: HostArray,
         }
       }
       for (let j = 0; j < n; j++) {
-        const prev = d.beta === 0 ? 0 : d.beta * readF32(dtype, out, oo + i * n + j);
+        const prev = d.beta === 0 ? 0 : d.beta * readF32(outDtype, out, oo + i * n + j);
         const v = d.alpha * (acc[j] as number) + prev;
-        if (dtype === "bf16") (out as Uint16Array)[oo + i * n + j] = narrowBits(v);
+        if (outDtype === "bf16") (out as Uint16Array)[oo + i * n + j] = narrowBits(v);
         else (out as Float32Array)[oo + i * n + j] = v;
       }
     }

@@ -146,6 +146,29 @@ describe.skipIf(noGpu)("cuda backend equals the CPU reference", () => {
     expectClose(gc, c, { rtol: 1e-5, atol: 1e-4 });
   }, 120_000);
 
+  test("matmul: bf16 operands into an f32 output (unrounded), beta = 1 accumulates, transposes and odd sizes", () => {
+    for (const [m, k, n] of [
+      [1, 1, 1],
+      [17, 33, 9],
+      [130, 257, 65],
+    ] as const) {
+      for (const transA of [false, true]) {
+        const a = T.randn(transA ? [k, m] : [m, k], { seed: fresh(), dtype: "bf16" });
+        const b = T.randn([n, k], { seed: fresh(), dtype: "bf16" });
+        const c0 = T.randn([m, n], { seed: fresh() });
+        const ref = T.to(c0, "cpu");
+        const got = onGpu(c0);
+        T.matmul(a, b, { transA, transB: true, out: ref, beta: 1 }).dispose();
+        T.matmul(onGpu(a), onGpu(b), { transA, transB: true, out: got, beta: 1 }).dispose();
+        // f32 output: f32-vs-f64 accumulation only (a bf16 output would be off by ~2^-9 relative)
+        expectClose(got, ref, { rtol: 1e-5, atol: 1e-5 * Math.sqrt(k), label: `bf16->f32 ${m}x${k}x${n} tA=${transA}` });
+        const fresh32 = T.matmul(onGpu(a), onGpu(b), { transA, transB: true, outDtype: "f32" });
+        expect(fresh32.dtype).toBe("f32");
+        expectClose(fresh32, T.matmul(a, b, { transA, transB: true, outDtype: "f32" }), { rtol: 1e-5, atol: 1e-5 * Math.sqrt(k) });
+      }
+    }
+  });
+
   test("after warm-up no allocation reaches the driver", () => {
     const alloc = DeviceAllocator.forDevice(0);
     const step = () => {

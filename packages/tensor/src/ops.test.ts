@@ -193,6 +193,20 @@ describe("matmul", () => {
     expect(vals(h)).toEqual([1, 2, 3, 4]);
   });
 
+  test("bf16 operands into an f32 output: unrounded, and beta = 1 accumulates", () => {
+    const a = T.fromArray([1, 1 / 3, 2, 3], [2, 2], { dtype: "bf16" });
+    const b = T.fromArray([1, 0, 0, 1], [2, 2], { dtype: "bf16" });
+    const c = T.matmul(a, b, { outDtype: "f32" });
+    expect(c.dtype).toBe("f32");
+    expect(vals(c)).toEqual(vals(a)); // bf16(1/3) = 0.333984375 exactly, no second rounding
+    const acc = T.full([2, 2], 1 / 1024);
+    T.matmul(a, b, { out: acc, beta: 1 }).dispose(); // outDtype follows out
+    expect(vals(acc)).toEqual(vals(a).map((v) => Math.fround(v + 1 / 1024)));
+    expect(() => T.matmul(T.zeros([2, 2]), T.zeros([2, 2]), { outDtype: "bf16" })).toThrow(
+      /matmul: outDtype: f32 operands give a f32 output, got bf16/,
+    );
+  });
+
   test("shape errors say which sizes disagree", () => {
     expect(() => T.matmul(T.zeros([2, 3]), T.zeros([4, 5]))).toThrow(/matmul: inner sizes differ: a \[2, 3\] has k=3, b \[4, 5\] has k=4/);
     expect(() => T.matmul(T.zeros([3]), T.zeros([3, 3]))).toThrow(/matmul: a: expected rank 2 or 3, got \[3\]/);

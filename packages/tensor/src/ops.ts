@@ -331,11 +331,18 @@ export interface MatmulOptions extends OpOptions {
   beta?: number;
   /** f32 only: allow TF32 tensor cores on the GPU. */
   allowTf32?: boolean;
+  /**
+   * Output dtype: the operands' (default) or, for bf16 operands, f32 (the f32 accumulator is stored
+   * unrounded; with beta = 1 this accumulates a bf16 product into an f32 gradient). Default: the dtype
+   * of `out` when given, else the operands'.
+   */
+  outDtype?: DType;
 }
 
 /**
  * op(a) @ op(b): a [m,k] or [batch,m,k]; b [k,n] or [batch,k,n] (or 2-D, shared by every batch);
- * out [m,n] or [batch,m,n]. bf16 or f32 operands, f32 accumulation, output in the operands' dtype.
+ * out [m,n] or [batch,m,n]. bf16 or f32 operands, f32 accumulation, output in the operands' dtype or
+ * (bf16 operands) in f32: see `outDtype`.
  */
 export function matmul(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tensor {
   assertTensor(a, "matmul: a");
@@ -363,8 +370,14 @@ export function matmul(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tensor {
   }
   const beta = o.beta ?? 0;
   if (beta !== 0 && o.out === undefined) throw new TensorError("matmul: beta != 0 needs an `out` tensor to accumulate into");
+  const outDtype = o.outDtype === undefined ? (o.out?.dtype ?? a.dtype) : assertDType(o.outDtype, "matmul: outDtype");
+  if (outDtype !== a.dtype && !(a.dtype === "bf16" && outDtype === "f32")) {
+    throw new TensorError(
+      `matmul: outDtype: ${a.dtype} operands give a ${a.dtype} output${a.dtype === "bf16" ? " or an f32 one" : ""}, got ${outDtype}`,
+    );
+  }
   const outShape = a.rank === 3 ? [batch, m, n] : [m, n];
-  const out = output(a, a.dtype, outShape, o, "matmul");
+  const out = output(a, outDtype, outShape, o, "matmul");
   const dims = {
     batch,
     m,
@@ -380,7 +393,7 @@ export function matmul(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tensor {
   if (a.device.kind === "cpu") {
     // The reference unless this process chose OpenBLAS (setCpuMatmul("blas")).
     const run = cpuMatmul() === "blas" ? blasMatmul : cpu.matmul;
-    run(a.dtype, a.data("a"), b.data("b"), out.data("out"), dims);
+    run(a.dtype, a.data("a"), b.data("b"), out.data("out"), dims, outDtype);
     return out;
   }
   if (m * n * batch === 0) return out;
@@ -392,7 +405,15 @@ export function matmul(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tensor {
     else scale(out, beta, { out, stream: s });
     return out;
   }
-  mm.run({ dtype: a.dtype as "f32" | "bf16", ...dims, allowTf32: o.allowTf32 ?? false }, a.ptr(), b.ptr(), out.ptr(), dims.alpha, beta, s);
+  mm.run(
+    { dtype: a.dtype as "f32" | "bf16", outDtype: outDtype as "f32" | "bf16", ...dims, allowTf32: o.allowTf32 ?? false },
+    a.ptr(),
+    b.ptr(),
+    out.ptr(),
+    dims.alpha,
+    beta,
+    s,
+  );
   return out;
 }
 

@@ -1,0 +1,439 @@
+// Memory estimator: the peak bytes one rank needs on its GPU and in host memory for a model shape,
+// a sequence length, a mesh (cp sequence-parallel ranks x dp replicas), a checkpoint policy, where the
+// kept tensors go (GPU, host, or GPU first then host) and where the optimizer state lives. Built from
+// named terms a user can read (shared/reference/performance.md section 7 derives the same terms by hand
+// for Llama-2-7B); `autoPolicy` picks the fastest plan that fits and says why, or refuses before any
+// allocation with the terms that broke it.
+//
+// Assumptions, per rank with R = cp * dp ranks and T = ceil(seqLen / cp) local tokens:
+// - ZeRO-3 over all R ranks (DESIGN.md section 4): each rank owns 1/R of every parameter as fp32
+//   master + Adam m + v + an fp32 gradient shard = 16 B/param / R; a layer's bf16 weights exist only
+//   gathered, two layers at a time (the current and the prefetched next), the embedding and head too.
+//   With the optimizer in host memory the GPU keeps a bf16 weight shard (2 B/param / R, or none when
+//   the weights stream from the host) and updates each layer as its gradients arrive, its state
+//   streamed over PCIe: no whole-model gradient buffer (one micro-batch per step).
+// - Optimizer "none" (forward and backward only: benchmarks, the local weight source and gradient
+//   sink): every rank holds the whole model in bf16 and its whole f32 gradient, nothing gathered.
+// - Activations in bf16, rstd and lse in f32. Every kept tensor is alive through the backward; on top
+//   of them one phase at a time, and the peak is the largest phase: the loss (the LM head's chunk of
+//   logits), a layer's MLP backward, or its attention backward (with the DistAttn buffers). A layer's
+//   backward follows packages/llama/src/layer.ts: attention inputs recomputed first only when attention
+//   itself is (full), then the MLP inputs, freed after the MLP backward, then the attention inputs.
+//   (performance.md's table instead takes 1.5 x a layer's saved tensors and adds every term.)
+// - Runtime and allocator slack (CUDA context, cuBLAS workspace, NCCL buffers, fragmentation): 3 GiB.
+
+import { type CheckpointPolicy, keptTensors, type SavedName } from "./policy.ts";
+
+/** The [T, ffn]-wide saved tensors: gate|up and SwiGLU. */
+const MLP_WIDE: readonly SavedName[] = ["gu", "a"];
+
+/** The model shape the estimate needs (a LlamaConfig is one). */
+export interface ModelShape {
+  readonly dim: number;
+  readonly layers: number;
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly ffn: number;
+  readonly vocab: number;
+  readonly tiedEmbeddings: boolean;
+}
+
+/** Where the tensors a policy keeps go: the GPU, pinned host memory, or the GPU first and the host beyond. */
+export type OffloadMode = "none" | "host" | "spill";
+
+export interface MemoryPlan {
+  readonly model: ModelShape;
+  /** Tokens of one sequence (all cp ranks together). */
+  readonly seqLen: number;
+  readonly mesh: { readonly cp: number; readonly dp: number };
+  readonly policy: CheckpointPolicy;
+  readonly offload: OffloadMode;
+  /**
+   * fp32 master + Adam m, v: sharded on the GPUs, or in each rank's pinned host memory; "none": no
+   * optimizer, whole bf16 weights and f32 gradients on every rank (forward/backward benchmarks).
+   */
+  readonly optimizer: "device" | "host" | "none";
+  /** With the optimizer on the host: a bf16 weight shard stays on the GPU (default), or streams from the host. */
+  readonly weights?: "device" | "host";
+  /** Device memory one rank may use. */
+  readonly deviceBytes: number;
+  /** Host memory one rank may use (pinned); required when anything lives on the host. */
+  readonly hostBytes?: number;
+  /** Tokens per chunk of the fused LM head + cross-entropy (default 2048). */
+  readonly lossChunkTokens?: number;
+  /** Tiled MLP: the [T, ffn] intermediates exist for this many tokens at a time (default: untiled). */
+  readonly mlpChunkTokens?: number;
+  /** Runtime and allocator slack (default 3 GiB). */
+  readonly runtimeBytes?: number;
+}
+
+export interface MemoryTerm {
+  readonly name: string;
+  readonly bytes: number;
+  /** How it is computed, in words and numbers. */
+  readonly detail: string;
+  /** Alive only during this phase of the step (the peak takes the largest phase); absent: always. */
+  readonly phase?: Phase;
+}
+
+export type Phase = "loss" | "MLP backward" | "attention backward";
+
+export interface MemoryEstimate {
+  readonly plan: MemoryPlan;
+  readonly localTokens: number;
+  readonly gpu: readonly MemoryTerm[];
+  readonly host: readonly MemoryTerm[];
+  /** The phase whose terms make the GPU peak. */
+  readonly peakPhase: Phase;
+  /** Always-alive GPU terms + the largest phase's. */
+  readonly gpuBytes: number;
+  readonly hostBytes: number;
+  readonly fits: boolean;
+  /** One line per budget exceeded, naming the largest terms; empty when it fits. */
+  readonly overflows: readonly string[];
+}
+
+export class MemoryEstimateError extends Error {
+  override name = "MemoryEstimateError";
+}
+
+const GiB = 2 ** 30;
+export const DEFAULT_RUNTIME_BYTES = 3 * GiB;
+export const DEFAULT_LOSS_CHUNK_TOKENS = 2048;
+
+export function fmtGiB(bytes: number): string {
+  return `${(bytes / GiB).toFixed(1)} GiB`;
+}
+
+/** Parameters of one decoder layer, of the embedding, and in total. */
+export function paramCounts(m: ModelShape): { layer: number; embed: number; head: number; total: number } {
+  const C = m.dim;
+  const qo = 2 * m.heads * m.headDim * C;
+  const kv = 2 * m.kvHeads * m.headDim * C;
+  const layer = 2 * C + qo + kv + 3 * m.ffn * C;
+  const embed = m.vocab * C;
+  const head = m.tiedEmbeddings ? 0 : m.vocab * C;
+  return { layer, embed, head, total: embed + head + C + m.layers * layer };
+}
+
+/** Bytes per local token of each saved tensor of one layer (activations bf16, rstd and lse f32). */
+export function savedBytesPerToken(m: ModelShape, name: SavedName): number {
+  const C = m.dim;
+  const q = m.heads * m.headDim;
+  const kv = m.kvHeads * m.headDim;
+  switch (name) {
+    case "x":
+    case "xn":
+    case "h":
+    case "hn":
+      return 2 * C;
+    case "rstd1":
+    case "rstd2":
+      return 4;
+    case "q":
+    case "o":
+      return 2 * q;
+    case "k":
+    case "v":
+      return 2 * kv;
+    case "lse":
+      return 4 * m.heads;
+    case "gu":
+      return 2 * 2 * m.ffn;
+    case "a":
+      return 2 * m.ffn;
+  }
+}
+
+function sumBytes(m: ModelShape, names: readonly SavedName[]): number {
+  return names.reduce((s, n) => s + savedBytesPerToken(m, n), 0);
+}
+
+function positiveInt(v: number, what: string): void {
+  if (!Number.isSafeInteger(v) || v <= 0) throw new MemoryEstimateError(`memory plan: ${what} must be a positive integer, got ${v}`);
+}
+
+const term = (name: string, bytes: number, detail: string, phase?: Phase): MemoryTerm => ({
+  name,
+  bytes,
+  detail,
+  ...(phase === undefined ? {} : { phase }),
+});
+
+const PHASES: readonly Phase[] = ["loss", "MLP backward", "attention backward"];
+
+/** Always-alive terms plus the largest phase's terms. */
+function peakOf(terms: readonly MemoryTerm[]): { bytes: number; phase: Phase } {
+  const always = terms.filter((t) => t.phase === undefined).reduce((s, t) => s + t.bytes, 0);
+  let best: { bytes: number; phase: Phase } = { bytes: -1, phase: "loss" };
+  for (const phase of PHASES) {
+    const b = terms.filter((t) => t.phase === phase).reduce((s, t) => s + t.bytes, 0);
+    if (b > best.bytes) best = { bytes: b, phase };
+  }
+  return { bytes: always + best.bytes, phase: best.phase };
+}
+
+/**
+ * Bytes alive beyond the kept tensors during a layer's backward, in its two phases (layer.ts's order),
+ * for T local tokens, the [T, ffn] tensors existing for `wide` tokens at a time (T when untiled):
+ *   MLP backward:       dy, the recomputed attention inputs (full only) and attention output,
+ *                       the recomputed MLP inputs, dgu and max(da, dhn) (tiled: da and dgu per chunk,
+ *                       dhn whole);
+ *   attention backward: dh, the recomputed attention inputs and output, dO, dq, dk, dv.
+ */
+export function layerBackwardPhases(
+  m: ModelShape,
+  kept: readonly SavedName[],
+  T: number,
+  wide: number,
+): { mlp: { bytes: number; detail: string }; attention: { bytes: number; detail: string } } {
+  const b = (n: SavedName) => (kept.includes(n) ? 0 : savedBytesPerToken(m, n));
+  const sum = (ns: readonly SavedName[]) => ns.reduce((s, n) => s + b(n), 0);
+  const C2 = 2 * m.dim;
+  const q = 2 * m.heads * m.headDim;
+  const kv = 2 * m.kvHeads * m.headDim;
+  const da = 2 * m.ffn;
+  const dgu = 4 * m.ffn;
+  const attnIn = sum(["rstd1", "xn", "q", "k", "v"]);
+  const attnOut = sum(["o", "lse"]);
+  const attnInDuringMlp = attnOut > 0 ? attnIn : 0; // recomputed first only when attention itself is
+  const tiled = wide < T;
+  const narrow = C2 + attnInDuringMlp + attnOut + sum(["h", "rstd2", "hn"]) + (tiled ? C2 : 0);
+  const wideBytes = sum(MLP_WIDE) + dgu + (tiled ? da : Math.max(da, C2));
+  const mlp = narrow * T + wideBytes * wide;
+  const attention = (C2 + attnIn + attnOut + q + q + 2 * kv) * T;
+  return {
+    mlp: {
+      bytes: mlp,
+      detail: tiled
+        ? `${KiB(narrow)} per token + ${KiB(wideBytes)} per token of a ${wide}-token MLP tile (recomputed MLP inputs, gradients)`
+        : `${KiB(narrow + wideBytes)} per token (recomputed MLP inputs, gradients)`,
+    },
+    attention: { bytes: attention, detail: `${KiB(attention / T)} per token (dh, recomputed attention inputs, dO, dq, dk, dv)` },
+  };
+}
+const KiB = (b: number) => `${(b / 1024).toFixed(1)} KiB`;
+
+/** The estimate of one plan: every term on the GPU and the host, and whether it fits the budgets. */
+export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
+  const { model: m, mesh, policy } = plan;
+  positiveInt(plan.seqLen, "seqLen");
+  positiveInt(mesh.cp, "mesh.cp");
+  positiveInt(mesh.dp, "mesh.dp");
+  positiveInt(plan.deviceBytes, "deviceBytes");
+  const R = mesh.cp * mesh.dp;
+  const T = Math.ceil(plan.seqLen / mesh.cp);
+  const L = m.layers;
+  const p = paramCounts(m);
+  const weightsOnHost = plan.optimizer === "host" && plan.weights === "host";
+  if (plan.weights === "host" && plan.optimizer !== "host") {
+    throw new MemoryEstimateError(
+      'memory plan: weights "host" streams the bf16 weights next to a host optimizer; use optimizer "host" too',
+    );
+  }
+  const gpu: MemoryTerm[] = [];
+  const host: MemoryTerm[] = [];
+
+  // model states
+  if (plan.optimizer === "none") {
+    gpu.push(term("bf16 weights", 2 * p.total, `2 B x ${p.total} params, whole on every rank`));
+    gpu.push(term("f32 gradients", 4 * p.total, `4 B x ${p.total} params, whole on every rank`));
+  } else if (plan.optimizer === "device") {
+    gpu.push(
+      term("model states", (16 * p.total) / R, `fp32 master + Adam m, v + fp32 gradient shard: 16 B x ${p.total} params / ${R} ranks`),
+    );
+  } else {
+    if (!weightsOnHost) gpu.push(term("bf16 weight shard", (2 * p.total) / R, `2 B x ${p.total} params / ${R} ranks`));
+    gpu.push(
+      term(
+        "optimizer stream buffers",
+        (2 * 12 * p.layer) / R,
+        `one layer's fp32 master + m + v shard in and out: 2 x 12 B x ${p.layer} / ${R}`,
+      ),
+    );
+    host.push(term("optimizer state", (12 * p.total) / R, `fp32 master + Adam m, v: 12 B x ${p.total} params / ${R} ranks, pinned`));
+    if (weightsOnHost) {
+      host.push(term("bf16 weights", (2 * p.total) / R, `2 B x ${p.total} params / ${R} ranks, pinned`));
+      gpu.push(
+        term("weight stream buffers", (2 * 2 * p.layer) / R, `one layer's bf16 shard, double-buffered: 2 x 2 B x ${p.layer} / ${R}`),
+      );
+    }
+  }
+  if (plan.optimizer !== "none") {
+    gpu.push(
+      term(
+        "gathered weights",
+        2 * (2 * p.layer) + 2 * (p.embed + p.head),
+        `bf16 of two layers (current + prefetched) and of the embedding${m.tiedEmbeddings ? " (tied head)" : " and head"}`,
+      ),
+    );
+    gpu.push(term("layer gradients", 4 * p.layer, `one layer's fp32 weight gradients before their reduce-scatter: 4 B x ${p.layer}`));
+  }
+
+  // activations
+  const tile = plan.mlpChunkTokens;
+  if (tile !== undefined) positiveInt(tile, "mlpChunkTokens");
+  const tiled = tile !== undefined && tile < T;
+  // a tiled MLP never keeps gate|up and SwiGLU: they exist one chunk of tokens at a time (layer.ts)
+  const kept = keptTensors(policy).filter((n) => !(tiled && MLP_WIDE.includes(n)));
+  const keptPerToken = sumBytes(m, kept);
+  const keptTotal = keptPerToken * T * L;
+  const keptLine = `${kept.join(", ")}: ${KiB(keptPerToken)} per token per layer x ${T} tokens x ${L} layers`;
+  let gpuKept = keptTotal;
+  let hostKept = 0;
+  if (plan.offload === "host") {
+    gpuKept = Math.min(L, 2) * keptPerToken * T; // the layer being copied out or in, and the next
+    hostKept = keptTotal;
+  }
+  // (the spill split is decided once everything else on the GPU is known, below)
+
+  const ph = layerBackwardPhases(m, kept, T, tiled ? tile : T);
+  gpu.push(term("working set (MLP backward)", ph.mlp.bytes, ph.mlp.detail, "MLP backward"));
+  gpu.push(term("working set (attention backward)", ph.attention.bytes, ph.attention.detail, "attention backward"));
+  if (mesh.cp > 1) {
+    const q = m.heads * m.headDim;
+    const kv = m.kvHeads * m.headDim;
+    const perToken = 2 * 2 * kv * 2 + 2 * 2 * kv * 4 + q * 4;
+    gpu.push(
+      term(
+        "DistAttn buffers",
+        perToken * T,
+        `K,V bf16 current + next, dK,dV f32 current + next, dQ f32: ${KiB(perToken)} per token`,
+        "attention backward",
+      ),
+    );
+  }
+  const chunk = Math.min(plan.lossChunkTokens ?? DEFAULT_LOSS_CHUNK_TOKENS, T);
+  positiveInt(chunk, "lossChunkTokens");
+  gpu.push(
+    term(
+      "loss chunk",
+      8 * m.vocab * chunk + (3 * 2 * m.dim + 4) * T,
+      `f32 logits + their gradient for ${chunk} tokens x ${m.vocab} vocab; the last layer's output, the final norm's output and its gradient [T, dim] bf16`,
+      "loss",
+    ),
+  );
+  gpu.push(
+    term(
+      "runtime and allocator slack",
+      plan.runtimeBytes ?? DEFAULT_RUNTIME_BYTES,
+      "CUDA context, cuBLAS workspace, NCCL buffers, fragmentation",
+    ),
+  );
+
+  const otherGpu = peakOf(gpu).bytes;
+  if (plan.offload === "spill") {
+    const perLayer = keptPerToken * T;
+    const free = Math.max(0, plan.deviceBytes - otherGpu);
+    const layersOnGpu = Math.max(Math.min(L, 2), Math.min(L, Math.floor(free / Math.max(perLayer, 1))));
+    gpuKept = layersOnGpu * perLayer;
+    hostKept = (L - layersOnGpu) * perLayer;
+    gpu.push(term("checkpoints", gpuKept, `${layersOnGpu} of ${L} layers on the GPU (spill: GPU first); ${keptLine}`));
+  } else {
+    gpu.push(term("checkpoints", gpuKept, plan.offload === "host" ? `two layers in flight to or from the host; ${keptLine}` : keptLine));
+  }
+  if (hostKept > 0)
+    host.push(
+      term(
+        "offloaded checkpoints",
+        hostKept,
+        plan.offload === "spill" ? "the layers beyond the GPU's share, pinned" : `${keptLine}, pinned`,
+      ),
+    );
+
+  const { bytes: gpuBytes, phase: peakPhase } = peakOf(gpu);
+  const hostBytes = host.reduce((s, t) => s + t.bytes, 0);
+  const overflows: string[] = [];
+  const largest = (ts: MemoryTerm[]) =>
+    [...ts]
+      .sort((a, b) => b.bytes - a.bytes)
+      .map((t) => `${t.name} ${fmtGiB(t.bytes)}`)
+      .join(", ");
+  if (gpuBytes > plan.deviceBytes) {
+    const atPeak = gpu.filter((t) => t.phase === undefined || t.phase === peakPhase);
+    overflows.push(`GPU: needs ${fmtGiB(gpuBytes)} of ${fmtGiB(plan.deviceBytes)} (${largest(atPeak)})`);
+  }
+  if (hostBytes > 0 && plan.hostBytes === undefined) {
+    overflows.push(`host: needs ${fmtGiB(hostBytes)} but the plan gives no hostBytes (${largest(host)})`);
+  } else if (plan.hostBytes !== undefined && hostBytes > plan.hostBytes) {
+    overflows.push(`host: needs ${fmtGiB(hostBytes)} of ${fmtGiB(plan.hostBytes)} (${largest(host)})`);
+  }
+  return { plan, localTokens: T, gpu, host, peakPhase, gpuBytes, hostBytes, fits: overflows.length === 0, overflows };
+}
+
+/** A readable table of an estimate's terms. */
+export function formatEstimate(e: MemoryEstimate): string {
+  const lines = [
+    `memory per rank (${e.plan.policy.kind}, offload ${e.plan.offload}, optimizer on ${e.plan.optimizer}, ${e.localTokens} local tokens):`,
+  ];
+  for (const [where, terms, total] of [
+    ["GPU", e.gpu, e.gpuBytes],
+    ["host", e.host, e.hostBytes],
+  ] as const) {
+    if (terms.length === 0) continue;
+    for (const t of terms) {
+      const when = t.phase === undefined ? "" : `[${t.phase}${t.phase === e.peakPhase ? ", the peak" : ""}] `;
+      lines.push(`  ${where.padEnd(4)} ${t.name.padEnd(32)} ${fmtGiB(t.bytes).padStart(10)}  ${when}${t.detail}`);
+    }
+    const how = where === "GPU" ? ` (always-alive terms + the ${e.peakPhase} phase)` : "";
+    lines.push(`  ${where.padEnd(4)} ${"peak".padEnd(32)} ${fmtGiB(total).padStart(10)}${how}`);
+  }
+  for (const o of e.overflows) lines.push(`  does not fit: ${o}`);
+  return lines.join("\n");
+}
+
+/**
+ * Candidates from fastest to slowest: no recompute; LightSeq's boundary (attention forward once per
+ * layer); the same with checkpoints spilled to the host (copies overlap compute); full recompute
+ * (attention forward twice); full with spill. `none` is never offloaded: its ~L x 130 KiB per token
+ * each way per step would bound the step by PCIe.
+ */
+const AUTO_ORDER: readonly { policy: CheckpointPolicy; offload: OffloadMode }[] = [
+  { policy: { kind: "none" }, offload: "none" },
+  { policy: { kind: "remat-aware" }, offload: "none" },
+  { policy: { kind: "remat-aware" }, offload: "spill" },
+  { policy: { kind: "full" }, offload: "none" },
+  { policy: { kind: "full" }, offload: "spill" },
+];
+
+export interface AutoChoice {
+  readonly policy: CheckpointPolicy;
+  readonly offload: OffloadMode;
+  readonly estimate: MemoryEstimate;
+  readonly reason: string;
+}
+
+const planName = (c: { policy: CheckpointPolicy; offload: OffloadMode }) =>
+  c.offload === "none" ? c.policy.kind : `${c.policy.kind} + ${c.offload} offload`;
+
+/**
+ * The fastest policy that fits, with the reason (what it needs, and why each faster one did not fit).
+ * Throws MemoryEstimateError when nothing fits, with the terms of the smallest candidate.
+ */
+export function autoPolicy(base: Omit<MemoryPlan, "policy" | "offload">): AutoChoice {
+  const tried: string[] = [];
+  let last: MemoryEstimate | null = null;
+  for (const c of AUTO_ORDER) {
+    if (c.offload !== "none" && base.hostBytes === undefined) continue; // no host budget: no offload
+    const e = estimateMemory({ ...base, ...c });
+    last = e;
+    if (e.fits) {
+      const why = tried.length === 0 ? "the fastest policy fits" : `faster ones do not fit: ${tried.join("; ")}`;
+      return {
+        ...c,
+        estimate: e,
+        reason: `${planName(c)}: ${fmtGiB(e.gpuBytes)} of ${fmtGiB(base.deviceBytes)} on the GPU${e.hostBytes > 0 ? `, ${fmtGiB(e.hostBytes)} on the host` : ""}; ${why}`,
+      };
+    }
+    tried.push(`${planName(c)} needs ${e.overflows.map((o) => o.split(" (")[0]).join(", ")}`);
+  }
+  const hints = ["more sequence-parallel ranks (cp)"];
+  if (base.optimizer === "device") hints.push('the optimizer on the host (optimizer "host")');
+  if (base.hostBytes === undefined) hints.push("a host budget (hostBytes) so checkpoints can spill");
+  if (base.mlpChunkTokens === undefined) hints.push("a tiled MLP (mlpChunkTokens)");
+  throw new MemoryEstimateError(
+    `no checkpoint policy fits ${base.seqLen} tokens on cp=${base.mesh.cp} x dp=${base.mesh.dp} ranks: ` +
+      `the smallest, ${last === null ? "?" : planName(last.plan)}, overflows ${last?.overflows.join("; ")}. Try ${hints.join(", or ")}`,
+  );
+}

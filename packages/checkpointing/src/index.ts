@@ -1,0 +1,4 @@
+export * from "./estimator.ts";
+export * from "./offload.ts";
+export * from "./policy.ts";
+export * from "./store.ts";
