@@ -47,6 +47,12 @@ LS_API int64_t ls_sumsq_partials(void);
 LS_API int ls_sumsq_f32(const float* x, int64_t n, double* partials, float* out, cudaStream_t s);
 LS_API int ls_sumsq_bf16(const uint16_t* x, int64_t n, double* partials, float* out, cudaStream_t s);
 
+// AdamW on flat f32 shards (adamw.cu): p, m, v updated in place, w = rne_bf16(p) unless w is null;
+// the scalars are the step's, already rounded to f32 (apps/trainer/src/optim/adamw.ts adamwScalars).
+LS_API int ls_adamw_f32(float* p, const float* g, float* m, float* v, uint16_t* w, int64_t n, float grad_scale, float decay,
+                        float one_minus_beta1, float beta2, float one_minus_beta2, float step_size, float bc2_sqrt, float eps,
+                        cudaStream_t s);
+
 // The block-attention entry points (ls_attn_*) are declared in attention.cuh, which includes this header.
 
 // Copy-engine point-to-point transfers between local GPUs (p2p.cu; host code, no kernels). Pointers

@@ -34,11 +34,16 @@ const kernelSymbols = {
   ls_sumsq_f32: { args: ["ptr", "i64", "ptr", "ptr", "ptr"], returns: "i32" },
   ls_sumsq_bf16: { args: ["ptr", "i64", "ptr", "ptr", "ptr"], returns: "i32" },
   ls_sumsq_partials: { args: [], returns: "i64" },
+  // (p, g, m, v, w, n, grad_scale, decay, 1-beta1, beta2, 1-beta2, step_size, sqrt(bc2), eps, stream)
+  ls_adamw_f32: {
+    args: ["ptr", "ptr", "ptr", "ptr", "ptr", "i64", "f32", "f32", "f32", "f32", "f32", "f32", "f32", "f32", "ptr"],
+    returns: "i32",
+  },
 } as const;
 
 export type Kernels = Bound<typeof kernelSymbols>;
 
-export const KERNELS_ABI_VERSION = 2;
+export const KERNELS_ABI_VERSION = 3;
 
 let lib: Kernels | null = null;
 
