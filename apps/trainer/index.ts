@@ -14,7 +14,7 @@ const cfg = r.config;
 console.log(`config (preset ${cfg.preset}):\n${formatConfig(cfg)}`);
 
 try {
-  const corpus = await prepareCorpus({ data: cfg.data, tokenizer: cfg.tokenizer, onProgress: (p) => console.error(formatProgress(p)) });
+  const corpus = await prepareCorpus({ data: cfg.data, tokenizer: cfg.tokenizer, onProgress: (p) => console.log(formatProgress(p)) });
   const seqs = new PackedSequences(corpus.file, cfg.seq, corpus.source.name);
   console.log(
     `data: ${corpus.source.name}, ${corpus.file.docStarts.length} documents, ${corpus.file.tokens.length} tokens ` +
