@@ -24,11 +24,33 @@ export interface BufferSpec {
   params: { name: string; numel: number }[];
 }
 
-interface BufferState {
+/** A buffer's place in one rank's state: its parameters, shard geometry and decay segments. */
+export interface BufferPlan {
   spec: BufferSpec;
   params: ParamRange[];
   layout: ShardLayout;
   segments: ShardSegment[];
+}
+
+/** The plan of every buffer for rank `rank` of `ranks` (shared by the CPU and CUDA states). */
+export function planBuffers(specs: readonly BufferSpec[], rank: number, ranks: number): BufferPlan[] {
+  const seen = new Set<string>();
+  return specs.map((spec) => {
+    if (seen.has(spec.name)) throw new RangeError(`buffer name "${spec.name}" given twice`);
+    seen.add(spec.name);
+    const params = flatLayout(spec.params);
+    const numel = params.reduce((a, p) => a + p.numel, 0);
+    const layout = shardLayout(numel, ranks, SHARD_ALIGN);
+    return { spec, params, layout, segments: shardSegments(layout, params, rank) };
+  });
+}
+
+/** The layout snapshot.ts records for these buffers. */
+export function planSnapshotLayout(plans: readonly BufferPlan[]): SnapshotLayout {
+  return { buffers: plans.map((b) => ({ name: b.spec.name, numel: b.layout.numel })), align: SHARD_ALIGN };
+}
+
+interface BufferState extends BufferPlan {
   master: Float32Array;
   m: Float32Array;
   v: Float32Array;
@@ -44,21 +66,10 @@ export class ShardedAdamW {
     readonly ranks: number,
     readonly hyper: AdamWHyper,
   ) {
-    this.buffers = specs.map((spec, i) => {
-      if (this.byName.has(spec.name)) throw new RangeError(`buffer name "${spec.name}" given twice`);
-      this.byName.set(spec.name, i);
-      const params = flatLayout(spec.params);
-      const numel = params.reduce((a, p) => a + p.numel, 0);
-      const layout = shardLayout(numel, ranks, SHARD_ALIGN);
-      return {
-        spec,
-        params,
-        layout,
-        segments: shardSegments(layout, params, rank),
-        master: new Float32Array(layout.shardLen),
-        m: new Float32Array(layout.shardLen),
-        v: new Float32Array(layout.shardLen),
-      };
+    this.buffers = planBuffers(specs, rank, ranks).map((plan, i) => {
+      this.byName.set(plan.spec.name, i);
+      const n = plan.layout.shardLen;
+      return { ...plan, master: new Float32Array(n), m: new Float32Array(n), v: new Float32Array(n) };
     });
   }
 
@@ -128,7 +139,7 @@ export class ShardedAdamW {
 
   /** The layout snapshot.ts records (buffers in order, the shard alignment). */
   snapshotLayout(): SnapshotLayout {
-    return { buffers: this.buffers.map((b) => ({ name: b.spec.name, numel: b.layout.numel })), align: SHARD_ALIGN };
+    return planSnapshotLayout(this.buffers);
   }
 
   /** master, m and v of every buffer, concatenated in order (what writeRankShards takes). */
