@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # AdamW on one GPU: our kernel and ShardedAdamWCuda bit for bit against the TS reference (the optimizer
-# tests), then both
-# against PyTorch's torch.optim.AdamW (CPU single-tensor, CUDA foreach, CUDA fused) on 1M elements x 10
-# steps. Expect: the test passes (not skipped); "our kernel vs our TS reference" 100% bit-equal; torch
+# tests), then both against PyTorch's torch.optim.AdamW (CPU single-tensor, CUDA foreach, CUDA fused)
+# on 1M elements x 10 steps. Expect: the test passes (not skipped); "our kernel vs our TS reference" 100% bit-equal; torch
 # within a few ulps (its CPU/CUDA kernels may fuse multiply-adds, ours round every op).
 # Usage (repository root, Bun and node_modules ready): source .device/setup.sh && bash scripts/gpu/adamw.sh
 set -uo pipefail
