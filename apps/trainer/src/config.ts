@@ -71,8 +71,21 @@ type Kind =
   | { t: "bool" }
   | { t: "enum"; values: readonly string[] };
 
-interface Field {
-  kind: Kind;
+/** The kinds a key of TypeScript type V may have (a boolean key cannot be given an integer kind, ...). */
+type KindFor<V> = [V] extends [boolean]
+  ? Extract<Kind, { t: "bool" }>
+  : [V] extends [number]
+    ? Extract<Kind, { t: "int" | "number" }>
+    : [V] extends [number | null]
+      ? Extract<Kind, { t: "int?" }>
+      : [V] extends [string]
+        ? Extract<Kind, { t: "string" | "enum" }>
+        : [V] extends [string | null]
+          ? Extract<Kind, { t: "path?" }>
+          : never;
+
+interface Field<V = unknown> {
+  kind: KindFor<V>;
   /** Command-line flag, without the leading dashes. */
   flag: string;
   help: string;
@@ -80,7 +93,7 @@ interface Field {
   meta?: string;
 }
 
-export const FIELDS: { readonly [K in keyof TrainConfig]: Field } = {
+export const FIELDS: { readonly [K in keyof TrainConfig]: Field<TrainConfig[K]> } = {
   preset: { kind: { t: "string" }, flag: "preset", meta: "NAME", help: "run preset (its values are the defaults shown)" },
   model: { kind: { t: "string" }, flag: "model", meta: "NAME", help: "model preset of @lightseq/llama (tiny, llama2-7b, llama3-8b, ...)" },
   seq: { kind: { t: "int", min: 2 }, flag: "seq", meta: "N", help: "tokens per sequence (suffix K = 1024: 32K)" },
