@@ -55,7 +55,7 @@ describe("flags", () => {
       data: "a.txt",
       minLr: 0,
     });
-    expect(flagsOf(["--resume=false", "--decay-steps", "null"])).toEqual({ resume: false, decaySteps: null });
+    expect(flagsOf(["--resume=false"])).toEqual({ resume: false });
     expect(flagsOf(["--decay-steps", "2k"])).toEqual({ decaySteps: 2048 });
   });
 
@@ -120,6 +120,10 @@ describe("config", () => {
     expect(c.seq).toBe(512);
     expect(c.steps).toBe(90);
     expect(resolveConfig({ machine: cpu, file: { preset: "llama2-7b-32k" } }).model).toBe("llama2-7b");
+    // --steps says where to stop, not the schedule: a run in two parts has the schedule of one run.
+    expect(resolveConfig({ machine: cpu, flags: { steps: 20 } }).decaySteps).toBe(
+      resolveConfig({ machine: cpu, flags: { steps: 30 } }).decaySteps,
+    );
   });
 
   test("config file: unknown keys and wrong types name the key and what was expected", () => {
@@ -136,7 +140,7 @@ describe("config", () => {
   test("config files through the CLI: applied under the flags; missing and malformed files are one line", async () => {
     const d = tmp();
     const good = join(d, "good.json");
-    writeFileSync(good, JSON.stringify({ steps: 5, warmup: 2, lr: 0.01, decaySteps: null }));
+    writeFileSync(good, JSON.stringify({ steps: 5, warmup: 2, lr: 0.01, decaySteps: 50 }));
     const r = await run(["--config", good, "--lr", "0.02"]);
     if (r.r.exit !== null) throw new Error(r.err);
     expect(r.r.config.steps).toBe(5);
@@ -157,7 +161,7 @@ describe("config", () => {
       [{ nprocs: 4, cp: 2, batch: 3 }, /--batch 3 must be a multiple of the data-parallel degree 2/],
       [{ seq: 6, cp: 4, nprocs: 4, batch: 1 }, /--seq 6 is too short for --cp 4/],
       [{ lr: 1e-4, minLr: 1e-3 }, /--min-lr 0.001 is above --lr 0.0001/],
-      [{ steps: 5, warmup: 10 }, /--warmup 10 is longer than the schedule \(5 steps\)/],
+      [{ decaySteps: 5, warmup: 10 }, /--warmup 10 is longer than the schedule \(--decay-steps 5\)/],
       [{ resume: true, initFrom: "hf" }, /--resume and --init-from exclude each other/],
     ];
     for (const [flags, msg] of bad) expect(() => resolveConfig({ machine: cpu, flags })).toThrow(msg);

@@ -30,10 +30,11 @@ export interface TrainConfig {
   warmup: number;
   minLr: number;
   /**
-   * Steps of the warmup + cosine schedule; null: `steps`. Fix it when a run is split in parts (`--steps 20`,
-   * then `--resume --steps 30`) so every part follows the schedule of the whole run.
+   * Steps of the warmup + cosine schedule: the preset's run length. `--steps` only says where this run
+   * stops, so a run split in parts (`--steps 20`, then `--resume --steps 30`) follows the same schedule
+   * as the run in one go; past decaySteps the rate stays at minLr.
    */
-  decaySteps: number | null;
+  decaySteps: number;
   weightDecay: number;
   beta1: number;
   beta2: number;
@@ -64,7 +65,6 @@ export class ConfigError extends Error {
 
 type Kind =
   | { t: "int"; min: number }
-  | { t: "int?"; min: number }
   | { t: "number"; min: number; max?: number }
   | { t: "string" }
   | { t: "path?" }
@@ -104,7 +104,12 @@ export const FIELDS: { readonly [K in keyof TrainConfig]: Field<TrainConfig[K]> 
   lr: { kind: { t: "number", min: 0 }, flag: "lr", meta: "X", help: "peak learning rate" },
   warmup: { kind: { t: "int", min: 0 }, flag: "warmup", meta: "N", help: "linear warmup steps" },
   minLr: { kind: { t: "number", min: 0 }, flag: "min-lr", meta: "X", help: "learning rate at the end of the cosine decay" },
-  decaySteps: { kind: { t: "int?", min: 1 }, flag: "decay-steps", meta: "N", help: "length of the lr schedule (null: --steps)" },
+  decaySteps: {
+    kind: { t: "int", min: 1 },
+    flag: "decay-steps",
+    meta: "N",
+    help: "steps of the warmup + cosine schedule (--steps only says where to stop)",
+  },
   weightDecay: {
     kind: { t: "number", min: 0 },
     flag: "weight-decay",
@@ -158,7 +163,6 @@ const common = {
   beta2: 0.95,
   eps: 1e-8,
   gradClip: 1.0,
-  decaySteps: null,
   policy: "auto",
   data: null,
   tokenizer: null,
@@ -176,6 +180,7 @@ export const PRESETS: Readonly<Record<string, Preset>> = {
     model: "tiny",
     seq: 256,
     steps: 200,
+    decaySteps: 200,
     cp: m.gpus > 0 ? m.gpus : 2,
     nprocs: m.gpus > 0 ? m.gpus : 2,
     batch: 1,
@@ -192,6 +197,7 @@ export const PRESETS: Readonly<Record<string, Preset>> = {
     model: "llama2-7b",
     seq: 32768,
     steps: 20,
+    decaySteps: 20,
     cp: Math.max(m.gpus, 1),
     nprocs: Math.max(m.gpus, 1),
     batch: 1,
@@ -208,6 +214,7 @@ export const PRESETS: Readonly<Record<string, Preset>> = {
     model: "llama3-8b",
     seq: 32768,
     steps: 20,
+    decaySteps: 20,
     cp: Math.max(m.gpus, 1),
     nprocs: Math.max(m.gpus, 1),
     batch: 1,
@@ -229,8 +236,6 @@ function expected(k: Kind): string {
   switch (k.t) {
     case "int":
       return `an integer >= ${k.min}`;
-    case "int?":
-      return `an integer >= ${k.min} (or null)`;
     case "number":
       return k.max === undefined ? `a number >= ${k.min}` : `a number in [${k.min}, ${k.max}]`;
     case "string":
@@ -251,9 +256,6 @@ export function checkValue(key: keyof TrainConfig, v: unknown, where: string): u
   switch (kind.t) {
     case "int":
       if (typeof v !== "number" || !Number.isSafeInteger(v) || v < kind.min) throw bad();
-      return v;
-    case "int?":
-      if (v !== null && (typeof v !== "number" || !Number.isSafeInteger(v) || v < kind.min)) throw bad();
       return v;
     case "number":
       if (typeof v !== "number" || !Number.isFinite(v) || v < kind.min || (kind.max !== undefined && v > kind.max)) throw bad();
@@ -278,9 +280,7 @@ export function parseFlagValue(key: keyof TrainConfig, text: string): unknown {
   const { kind, flag } = FIELDS[key];
   const where = `--${flag}`;
   switch (kind.t) {
-    case "int":
-    case "int?": {
-      if (kind.t === "int?" && text === "null") return null;
+    case "int": {
       const m = /^(\d+)([kKmM]?)$/.exec(text);
       const v = m ? Number(m[1]) * (m[2] ? (SUFFIX[m[2]] as number) : 1) : Number.NaN;
       if (!m) throw new ConfigError(`${where}: expected ${expected(kind)}, got "${text}"`);
@@ -376,9 +376,8 @@ export function checkConsistency(cfg: TrainConfig, m: Machine): void {
     throw new ConfigError(`--seq ${cfg.seq} is too short for --cp ${cfg.cp}: each rank needs 2 chunks of at least 1 token`);
   if (m.gpus > 0 && cfg.nprocs > m.gpus) throw new ConfigError(`--nprocs ${cfg.nprocs} is more than the ${m.gpus} GPUs of this machine`);
   if (cfg.minLr > cfg.lr) throw new ConfigError(`--min-lr ${cfg.minLr} is above --lr ${cfg.lr}`);
-  const horizon = cfg.decaySteps ?? cfg.steps;
-  if (cfg.warmup > horizon)
-    throw new ConfigError(`--warmup ${cfg.warmup} is longer than the schedule (${horizon} steps): lower it or set --decay-steps`);
+  if (cfg.warmup > cfg.decaySteps)
+    throw new ConfigError(`--warmup ${cfg.warmup} is longer than the schedule (--decay-steps ${cfg.decaySteps})`);
   if (cfg.resume && cfg.initFrom !== null)
     throw new ConfigError("--resume and --init-from exclude each other: a snapshot already holds the weights");
 }
