@@ -1,0 +1,27 @@
+import { expect, test } from "bun:test";
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { resolveConfig } from "./config.ts";
+import { checkResumable, runPaths, writeRunConfig } from "./run.ts";
+
+const base = resolveConfig({ machine: { gpus: 0 }, flags: { steps: 20 } });
+
+test("a resume may change where to stop, the mesh and where to write, nothing that changes the numbers", () => {
+  expect(() =>
+    checkResumable(base, { ...base, steps: 30, cp: 1, nprocs: 1, policy: "full", snapshotEvery: 5, resume: true }, 20),
+  ).not.toThrow();
+  expect(() => checkResumable(base, { ...base, steps: 30, lr: 1e-4, seq: 512 }, 20)).toThrow(
+    "--resume: the snapshot of step 20 was trained with --seq 256 (this run: 512), --lr 0.003 (this run: 0.0001); give the same values or start a new --out",
+  );
+  expect(() => checkResumable(base, { ...base, data: "mine.jsonl", steps: 30 }, 20)).toThrow(/--data null \(this run: "mine.jsonl"\)/);
+  expect(() => checkResumable(base, base, 20)).toThrow("--resume: the snapshot is at step 20, --steps 20 leaves nothing to do");
+});
+
+test("the run folder gets its resolved config", () => {
+  const dir = join(mkdtempSync(join(tmpdir(), "trainer-run-")), "run");
+  const p = writeRunConfig({ ...base, out: dir });
+  expect(p).toEqual(runPaths(dir));
+  expect(JSON.parse(readFileSync(p.config, "utf8"))).toEqual({ ...base, out: dir });
+  expect(readdirSync(dir)).toEqual(["train-config.json"]);
+});
