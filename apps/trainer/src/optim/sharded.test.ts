@@ -2,13 +2,14 @@ import { describe, expect, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { skipWithoutGpu } from "@lightseq/cuda";
+import { Event, skipWithoutGpu } from "@lightseq/cuda";
 import * as T from "@lightseq/tensor";
 import { finalizeSnapshot, latestComplete, loadRankShards, writeRankShards } from "../snapshot.ts";
 import type { AdamWHyper } from "./adamw.ts";
 import { ownedRange } from "./shard.ts";
 import { type BufferSpec, LAYER_PARAMS, ShardedAdamW } from "./sharded.ts";
 import { ShardedAdamWCuda } from "./sharded-cuda.ts";
+import { StreamedAdamW } from "./streamed.ts";
 
 const H: AdamWHyper = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
 const dims = { attnNorm: 16, wq: 256, wk: 64, wv: 64, wo: 256, mlpNorm: 16, wGate: 384, wUp: 384, wDown: 384 };
@@ -147,6 +148,41 @@ describe.skipIf(skipWithoutGpu())("ShardedAdamWCuda", () => {
       using again = new ShardedAdamWCuda(specs, r, 3, H);
       again.restore(a);
       expect(again.snapshotArrays()).toEqual(a);
+    }
+  }, 60_000);
+});
+
+describe.skipIf(skipWithoutGpu())("StreamedAdamW (state in pinned host memory)", () => {
+  test("equals the CPU state bit for bit with many small chunks, 2 and 3 slots; snapshot and restore round-trip", () => {
+    for (const slots of [2, 3]) {
+      const cpu = makeRanks(2)[1]!;
+      using gpu = new StreamedAdamW(specs, 1, 2, H, { chunk: 64, slots });
+      specs.forEach((s, b) => {
+        gpu.initFromFull(s.name, init[b]!);
+      });
+      const compute = T.currentStream(0);
+      const ready = Event.create(0);
+      for (let t = 1; t <= 3; t++) {
+        const keep: T.Tensor[] = [];
+        specs.forEach((s, b) => {
+          const g = gradShard(cpu, t, b);
+          cpu.step(s.name, g, t, H.lr, 0.8);
+          const dg = T.to(T.fromArray(g, [g.length]), "cuda:0");
+          ready.record(compute);
+          compute.wait(gpu.step(s.name, dg, t, H.lr, 0.8, ready));
+          keep.push(dg);
+        });
+        compute.synchronize();
+        for (const k of keep) k.dispose();
+      }
+      for (const s of specs)
+        expect([...(T.to(gpu.bf16(s.name), "cpu").data() as Uint16Array)]).toEqual([...T.encodeBf16(cpu.master(s.name))]);
+      const a = gpu.snapshotArrays();
+      expect(a).toEqual(cpu.snapshotArrays());
+      using again = new StreamedAdamW(specs, 1, 2, H, { chunk: 1 << 20 });
+      again.restore(a);
+      expect(again.snapshotArrays()).toEqual(a);
+      ready.dispose();
     }
   }, 60_000);
 });
