@@ -8,6 +8,7 @@ import {
   finalizeSnapshot,
   latestComplete,
   loadRankShards,
+  loadRankState,
   type Mesh,
   rankShardElements,
   type SnapshotLayout,
@@ -96,6 +97,18 @@ describe("snapshots", () => {
     expect(() => loadRankShards(info, 0, 1, other)).toThrow(
       "snapshot step 1 is of another model: its buffer 1 is layer1 (100 elements), this model's is layer1 (99 elements) (same --model needed)",
     );
+  });
+
+  test("a rank's own JSON state comes back to that rank, and only on as many ranks", () => {
+    const root = tmp();
+    for (let r = 0; r < 2; r++)
+      writeRankShards(root, 9, r, 2, layout, { master: shardsOf("master", r, 2), m: shardsOf("m", r, 2) }, { rng: { offset: 100 + r } });
+    const info = finalizeSnapshot(root, 9, { mesh: { cp: 2, dp: 1 }, layout, arrays: ["master", "m"], state: { step: 9 }, keep: 1 });
+    expect(loadRankState(info, 1, 2)).toEqual({ rng: { offset: 101 } });
+    expect(() => loadRankState(info, 0, 4)).toThrow(
+      "snapshot step 9 holds per-rank state of 2 ranks, which cannot be split over 4: resume on 2 ranks",
+    );
+    expect(loadRankState(write(tmp(), 1, { cp: 1, dp: 1 }), 0, 3)).toBeUndefined();
   });
 
   test("damaged snapshots are skipped with the reason, for the newest intact one", () => {

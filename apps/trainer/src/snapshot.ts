@@ -2,7 +2,8 @@
 //
 // What a snapshot holds: the ZeRO-3 shards of every rank (fp32 master weights and the AdamW moments,
 // each a concatenation of the rank's shard of every flat buffer of `layout`, in order, padding
-// included) and one JSON state shared by all ranks (step, data order position, RNG offsets, ...).
+// included), one JSON state shared by all ranks (step, data order position, RNG offsets, the config)
+// and, where a rank has state of its own (a per-rank RNG, say), that rank's JSON.
 //
 // Protocol (the barrier is the caller's communicator):
 //   1. every rank: writeRankShards()  - its files into DIR/snapshots/.tmp-step-N/, each fsynced, and
@@ -83,6 +84,7 @@ const tmpName = (step: number) => `.tmp-${stepName(step)}`;
 const rankPrefix = (rank: number) => `rank${String(rank).padStart(5, "0")}`;
 const arrayFile = (rank: number, name: string) => `${rankPrefix(rank)}.${name}.f32`;
 const listFile = (rank: number) => `${rankPrefix(rank)}.files.json`;
+const stateFile = (rank: number) => `${rankPrefix(rank)}.state.json`;
 
 function fsyncPath(path: string): void {
   const fd = openSync(path, "r");
@@ -128,7 +130,10 @@ export function snapshotsDir(runDir: string): string {
   return join(runDir, "snapshots");
 }
 
-/** Step 1 (every rank): this rank's arrays into the step's temp folder, fsynced, with their checksums. */
+/**
+ * Step 1 (every rank): this rank's arrays (and its own JSON state, when it has one) into the step's
+ * temp folder, fsynced, with their checksums.
+ */
 export function writeRankShards(
   root: string,
   step: number,
@@ -136,6 +141,7 @@ export function writeRankShards(
   ranks: number,
   layout: SnapshotLayout,
   arrays: Readonly<Record<string, Float32Array>>,
+  rankState?: unknown,
 ): FileRecord[] {
   const want = rankShardElements(layout, ranks);
   const tmp = join(root, tmpName(step));
@@ -148,6 +154,11 @@ export function writeRankShards(
     const bytes = bytesOf(a);
     writeDurable(join(tmp, arrayFile(rank, name)), bytes);
     records.push({ name: arrayFile(rank, name), bytes: bytes.length, sha256: sha256(bytes) });
+  }
+  if (rankState !== undefined) {
+    const bytes = new TextEncoder().encode(JSON.stringify(rankState));
+    writeDurable(join(tmp, stateFile(rank)), bytes);
+    records.push({ name: stateFile(rank), bytes: bytes.length, sha256: sha256(bytes) });
   }
   writeDurable(join(tmp, listFile(rank)), new TextEncoder().encode(JSON.stringify(records)));
   return records;
@@ -172,7 +183,10 @@ export function finalizeSnapshot(root: string, step: number, o: FinalizeOptions)
     if (!existsSync(list))
       throw new SnapshotError(`snapshot ${step}: rank ${r} wrote no ${listFile(r)} (did every rank finish writeRankShards?)`);
     const recs = JSON.parse(readFileSync(list, "utf8")) as FileRecord[];
-    const names = recs.map((f) => f.name).sort();
+    const names = recs
+      .map((f) => f.name)
+      .filter((n) => n !== stateFile(r))
+      .sort();
     const expected = o.arrays.map((a) => arrayFile(r, a)).sort();
     if (JSON.stringify(names) !== JSON.stringify(expected))
       throw new SnapshotError(`snapshot ${step}: rank ${r} wrote ${names.join(", ")}, expected ${expected.join(", ")}`);
@@ -314,6 +328,17 @@ export function loadRankShards(info: SnapshotInfo, rank: number, ranks: number, 
     out[name] = a;
   }
   return out;
+}
+
+/** Rank `rank`'s own JSON state (undefined when it wrote none); it belongs to one rank of one mesh, so another rank count is refused. */
+export function loadRankState(info: SnapshotInfo, rank: number, ranks: number): unknown {
+  const m = info.manifest;
+  if (!m.files.some((f) => f.name === stateFile(rank))) return undefined;
+  if (m.ranks !== ranks)
+    throw new SnapshotError(
+      `snapshot step ${m.step} holds per-rank state of ${m.ranks} ranks, which cannot be split over ${ranks}: resume on ${m.ranks} ranks`,
+    );
+  return JSON.parse(readFileSync(join(info.dir, stateFile(rank)), "utf8"));
 }
 
 /** A one-line account of how a snapshot's mesh relates to this run's (printed at resume). */
