@@ -1,9 +1,9 @@
 import { expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { resolveConfig } from "./config.ts";
-import { checkResumable, runPaths, writeRunConfig } from "./run.ts";
+import { checkFreshRunDir, checkResumable, runPaths, writeRunConfig } from "./run.ts";
 
 const base = resolveConfig({ machine: { gpus: 0 }, flags: { steps: 20 } });
 
@@ -24,4 +24,15 @@ test("the run folder gets its resolved config", () => {
   expect(p).toEqual(runPaths(dir));
   expect(JSON.parse(readFileSync(p.config, "utf8"))).toEqual({ ...base, out: dir });
   expect(readdirSync(dir)).toEqual(["train-config.json"]);
+});
+
+test("a fresh run refuses a folder with another run's snapshots", () => {
+  const dir = mkdtempSync(join(tmpdir(), "trainer-run-"));
+  expect(() => checkFreshRunDir({ ...base, out: join(dir, "new") })).not.toThrow();
+  mkdirSync(join(dir, "snapshots", "step-00000010"), { recursive: true });
+  mkdirSync(join(dir, "snapshots", "step-00000020"));
+  expect(() => checkFreshRunDir({ ...base, out: dir })).toThrow(
+    `--out ${dir} already holds snapshots (step-00000020): add --resume to continue that run, or give another --out`,
+  );
+  expect(() => checkFreshRunDir({ ...base, out: dir, resume: true })).not.toThrow();
 });

@@ -4,7 +4,7 @@
 // change the numbers (model, data, schedule, batch, seed, ...) must match for the resumed run to equal
 // the uninterrupted one, the others (where to stop, the mesh, where to write) may differ.
 
-import { mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError, FIELDS, type TrainConfig } from "./config.ts";
 
@@ -82,4 +82,18 @@ export function checkResumable(saved: TrainConfig, now: TrainConfig, snapshotSte
     );
   if (now.steps <= snapshotStep)
     throw new ConfigError(`--resume: the snapshot is at step ${snapshotStep}, --steps ${now.steps} leaves nothing to do`);
+}
+
+/**
+ * A fresh run (no --resume) must not start in a folder holding another run's snapshots: a later
+ * --resume would mix the two. Returns quietly for a new or snapshot-free folder.
+ */
+export function checkFreshRunDir(cfg: TrainConfig): void {
+  const snaps = runPaths(cfg.out).snapshots;
+  if (cfg.resume || !existsSync(snaps)) return;
+  const steps = readdirSync(snaps).filter((e) => /^step-\d{8}$/.test(e));
+  if (steps.length > 0)
+    throw new ConfigError(
+      `--out ${cfg.out} already holds snapshots (${steps.sort().at(-1)}): add --resume to continue that run, or give another --out`,
+    );
 }
