@@ -3,7 +3,8 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { resolveConfig } from "./config.ts";
-import { checkFreshRunDir, checkResumable, runPaths, writeRunConfig } from "./run.ts";
+import { checkFreshRunDir, checkResumable, type RunState, resumePoint, runPaths, writeRunConfig } from "./run.ts";
+import { finalizeSnapshot, writeRankShards } from "./snapshot.ts";
 
 const base = resolveConfig({ machine: { gpus: 0 }, flags: { steps: 20 } });
 
@@ -35,4 +36,20 @@ test("a fresh run refuses a folder with another run's snapshots", () => {
     `--out ${dir} already holds snapshots (step-00000020): add --resume to continue that run, or give another --out`,
   );
   expect(() => checkFreshRunDir({ ...base, out: dir, resume: true })).not.toThrow();
+});
+
+test("resumePoint: the newest complete snapshot's state, checked against the config; none is an error", () => {
+  const dir = mkdtempSync(join(tmpdir(), "trainer-run-"));
+  const cfg = { ...base, out: dir, resume: true, steps: 30 };
+  expect(() => resumePoint(cfg)).toThrow(`--resume: no complete snapshot in ${join(dir, "snapshots")}`);
+  const layout = { buffers: [{ name: "b", numel: 4 }], align: 8 };
+  const state: RunState = { step: 20, config: base, order: { seed: 1, count: 10, epoch: 2, next: 0 } };
+  writeRankShards(runPaths(dir).snapshots, 20, 0, 1, layout, { master: new Float32Array(8) });
+  finalizeSnapshot(runPaths(dir).snapshots, 20, { mesh: { cp: 1, dp: 1 }, layout, arrays: ["master"], state, keep: 2 });
+  mkdirSync(join(dir, "snapshots", "step-00000025")); // no manifest: skipped, named
+  const warned: string[] = [];
+  const r = resumePoint(cfg, (l) => warned.push(l));
+  expect(r.state).toEqual(state);
+  expect(warned).toEqual([`resume: skipping ${join(dir, "snapshots", "step-00000025")}: no manifest.json (incomplete)`]);
+  expect(() => resumePoint({ ...cfg, seed: 99 }, () => {})).toThrow(/--seed 1234 \(this run: 99\)/);
 });

@@ -7,6 +7,8 @@
 import { existsSync, mkdirSync, readdirSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError, FIELDS, type TrainConfig } from "./config.ts";
+import type { OrderState } from "./data/order.ts";
+import { latestComplete, type SnapshotInfo } from "./snapshot.ts";
 
 export interface RunPaths {
   dir: string;
@@ -96,4 +98,38 @@ export function checkFreshRunDir(cfg: TrainConfig): void {
     throw new ConfigError(
       `--out ${cfg.out} already holds snapshots (${steps.sort().at(-1)}): add --resume to continue that run, or give another --out`,
     );
+}
+
+/** The JSON state every snapshot carries (the manifest's `state`). */
+export interface RunState {
+  /** Optimizer steps done. */
+  step: number;
+  /** The resolved config the run was trained with. */
+  config: TrainConfig;
+  /** Data order position after `step` steps. */
+  order: OrderState;
+  /** Anything else the loop must restore exactly (RNG offsets, loss scale, ...). */
+  extra?: Record<string, unknown>;
+}
+
+function isRunState(x: unknown): x is RunState {
+  const s = x as RunState;
+  return typeof s === "object" && s !== null && Number.isSafeInteger(s.step) && typeof s.config === "object" && typeof s.order === "object";
+}
+
+/**
+ * Where --resume continues: the newest complete snapshot of DIR/snapshots (newer damaged ones are
+ * reported through `warn`), its state, checked against this run's config. No snapshot is an error.
+ */
+export function resumePoint(cfg: TrainConfig, warn: (line: string) => void = console.error): { info: SnapshotInfo; state: RunState } {
+  const dir = runPaths(cfg.out).snapshots;
+  const { found, skipped } = latestComplete(dir);
+  for (const s of skipped) warn(`resume: skipping ${s.dir}: ${s.problem}`);
+  if (!found)
+    throw new ConfigError(`--resume: no complete snapshot in ${dir}${skipped.length > 0 ? ` (${skipped.length} damaged, see above)` : ""}`);
+  const state = found.manifest.state;
+  if (!isRunState(state))
+    throw new ConfigError(`--resume: ${found.dir} was not written by the trainer (its state has no step, config and order)`);
+  checkResumable(state.config, cfg, state.step);
+  return { info: found, state };
 }
