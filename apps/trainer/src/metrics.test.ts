@@ -8,6 +8,7 @@ import {
   type LlamaShape,
   MetricsLog,
   paramCount,
+  peakMemoryBytes,
   type StepRecord,
   stepRecord,
   trainingFlopsPerSequence,
@@ -72,6 +73,14 @@ describe("FLOPs and MFU", () => {
       peakMemBytes: 0,
     });
     expect(two.tflops_per_gpu).toBeCloseTo(r.tflops_per_gpu / 2, 9);
+  });
+
+  test("peak memory of a CPU rank is its peak resident set", () => {
+    const before = peakMemoryBytes("cpu");
+    expect(before).toBeGreaterThan(process.memoryUsage().rss / 2);
+    const big = new Float64Array(32 << 20).fill(1); // 256 MiB touched
+    expect(peakMemoryBytes("cpu")).toBeGreaterThanOrEqual(before);
+    expect(peakMemoryBytes("cpu")).toBeGreaterThan(big.byteLength);
   });
 
   test("the step line has every field", () => {

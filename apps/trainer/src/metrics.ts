@@ -8,6 +8,16 @@
 
 import { appendFileSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { memoryReport } from "@lightseq/tensor";
+
+/**
+ * The step line's peak memory of this rank: on a GPU the allocator's peak of live allocations (what
+ * torch.cuda.max_memory_allocated reports), on the CPU the process's peak resident set.
+ */
+export function peakMemoryBytes(device: "cpu" | `cuda:${number}`): number {
+  if (device === "cpu") return process.resourceUsage().maxRSS * 1024; // maxRSS is in KiB
+  return memoryReport(device).peak;
+}
 
 /** Dense bf16 peak of an H100/H200 SXM (DESIGN.md section 9). */
 export const PEAK_BF16_FLOPS = 989e12;
