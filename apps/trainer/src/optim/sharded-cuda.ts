@@ -39,6 +39,9 @@ export class ShardedAdamWCuda implements Disposable {
         bf16: T.zeros(n, { dtype: "bf16", device }),
       };
     });
+    // The zero fills ran on the device's current stream; a step may come on another.
+    const d = T.parseDevice(device);
+    if (d.kind === "cuda") T.currentStream(d.index).synchronize();
   }
 
   private get(name: string): DeviceBuffer {
