@@ -75,6 +75,13 @@ describe("snapshots", () => {
     ]);
   });
 
+  test("a run resumed from an older snapshot replaces the later ones it did not reach", () => {
+    const root = tmp();
+    for (const step of [10, 20, 30]) write(root, step, { cp: 1, dp: 1 }, 3);
+    write(root, 15, { cp: 1, dp: 1 }, 1); // resumed from 10 (say 20 and 30 were damaged), keep 1
+    expect(readdirSync(root)).toEqual(["step-00000015"]);
+  });
+
   test("another mesh re-cuts the shards: 2 ranks -> 3, 1 and 4 give each rank exactly its new shard", () => {
     const root = tmp();
     const info = write(root, 5, { cp: 2, dp: 1 });

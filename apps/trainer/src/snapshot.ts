@@ -11,7 +11,8 @@
 //   2. barrier;
 //   3. rank 0: finalizeSnapshot()     - checks every rank's list, writes manifest.json (sizes,
 //      checksums, mesh, layout, state) last, fsyncs it and the folder, renames the folder to step-N,
-//      fsyncs DIR/snapshots, then deletes all but the newest `keep` snapshots and stale temp folders.
+//      fsyncs DIR/snapshots, then deletes later steps' snapshots (an abandoned run's), all but the
+//      newest `keep` of the others, and stale temp folders.
 // A crash anywhere before the rename leaves only a .tmp- folder, which latestComplete() never reads;
 // after it, the snapshot is whole. latestComplete() also re-checks sizes and checksums, skipping
 // (and naming) a damaged snapshot in favour of an older one.
@@ -212,15 +213,22 @@ export function finalizeSnapshot(root: string, step: number, o: FinalizeOptions)
   if (existsSync(dir)) rmSync(dir, { recursive: true, force: true }); // an older run's snapshot of the same step
   renameSync(tmp, dir);
   fsyncPath(root);
-  prune(root, o.keep);
+  prune(root, step, o.keep);
   return { dir, manifest };
 }
 
-/** Deletes complete snapshots past the newest `keep`, and temp folders of interrupted writes. */
-export function prune(root: string, keep: number): void {
+/**
+ * After writing the snapshot of `step`: deletes snapshots of later steps (left by a run that this one,
+ * resumed from an earlier snapshot, has replaced), all but the newest `keep` of the rest, and the temp
+ * folders of interrupted writes.
+ */
+export function prune(root: string, step: number, keep: number): void {
   const entries = readdirSync(root);
   const steps = entries.filter((e) => /^step-\d{8}$/.test(e)).sort();
-  for (const old of steps.slice(0, Math.max(0, steps.length - keep))) rmSync(join(root, old), { recursive: true, force: true });
+  const later = steps.filter((e) => Number(e.slice(5)) > step);
+  const upTo = steps.filter((e) => Number(e.slice(5)) <= step);
+  for (const old of [...later, ...upTo.slice(0, Math.max(0, upTo.length - keep))])
+    rmSync(join(root, old), { recursive: true, force: true });
   for (const t of entries.filter((e) => e.startsWith(".tmp-step-"))) rmSync(join(root, t), { recursive: true, force: true });
 }
 
