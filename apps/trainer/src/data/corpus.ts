@@ -9,6 +9,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { type DataSource, hashSource, readDocuments, resolveSource } from "./sources.ts";
 import { openTokenFile, type TokenFile, TokenFileWriter } from "./token-file.ts";
+import { tokenizeInWorkers } from "./tokenize-pool.ts";
 import { DataError, loadTokenizer, type TextTokenizer } from "./tokenizer.ts";
 
 /** Bump when the token stream for the same inputs changes (packing, BOS/EOS, text cleanup). */
@@ -48,6 +49,11 @@ export interface PrepareOptions {
   cacheDir?: string;
   /** Called about once a second while tokenizing, and once at the end. */
   onProgress?: (p: Progress) => void;
+  /**
+   * Tokenizer threads; default: one per core (at most 4) for inputs over 4 MB, else this thread (a
+   * worker costs its tokenizer's load time). The token file is the same bytes either way.
+   */
+  workers?: number;
 }
 
 /** The corpus of `data` under `tokenizer`, from the cache or tokenized now. */
@@ -78,14 +84,20 @@ export async function prepareCorpus(o: PrepareOptions): Promise<Corpus> {
       seconds: (now - t0) / 1000,
     });
   };
-  try {
+  const workers = o.workers ?? (bytesTotal > 4e6 ? Math.min(4, navigator.hardwareConcurrency) : 1);
+  async function* documents(): AsyncGenerator<string> {
     for (const f of source.files) {
-      for await (const doc of readDocuments(f)) {
-        w.addDocument(tokenizer.encode(doc));
-        report(false);
-      }
+      yield* readDocuments(f);
       files++;
       bytes += f.bytes;
+    }
+  }
+  async function* inThisThread(): AsyncGenerator<number[]> {
+    for await (const d of documents()) yield tokenizer.encode(d);
+  }
+  try {
+    for await (const ids of workers > 1 ? tokenizeInWorkers(o.tokenizer, documents(), { workers }) : inThisThread()) {
+      w.addDocument(ids);
       report(false);
     }
     if (w.documents === 0) throw new DataError(`${source.name}: no text in its ${source.files.length} file(s)`);

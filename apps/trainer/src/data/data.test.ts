@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parquetWriteBuffer } from "hyparquet-writer";
@@ -130,6 +130,18 @@ describe("token cache", () => {
     expect(changed.file.path).not.toBe(first.file.path);
   });
 
+  test("tokenizer threads write the same bytes as this thread", async () => {
+    const d = tmp();
+    const brown = resolveSource(null).files.slice(0, 6);
+    mkdirSync(join(d, "data"));
+    for (const f of brown) writeFileSync(join(d, "data", `${f.path.split("/").at(-1)}.txt`), brownText(readFileSync(f.path, "utf8")));
+    const one = await prepareCorpus({ data: join(d, "data"), tokenizer: null, cacheDir: join(d, "c1"), workers: 1 });
+    const two = await prepareCorpus({ data: join(d, "data"), tokenizer: null, cacheDir: join(d, "c2"), workers: 2 });
+    expect(two.built).toBe(true);
+    expect(one.file.docStarts.length).toBe(6);
+    expect(readFileSync(two.file.path).equals(readFileSync(one.file.path))).toBe(true);
+  }, 30_000);
+
   test("vocabularies past 65536 use u32 tokens; a truncated file is refused", () => {
     const d = tmp();
     const w = new TokenFileWriter(join(d, "big.tokens"), 128000, 128001, 128256);
@@ -138,7 +150,7 @@ describe("token cache", () => {
     const f = openTokenFile(join(d, "big.tokens"));
     expect(f.tokens).toBeInstanceOf(Uint32Array);
     expect([...f.tokens]).toEqual([128000, 70000, 5, 128255, 128001]);
-    const bytes = new Uint8Array(require("node:fs").readFileSync(join(d, "big.tokens")));
+    const bytes = new Uint8Array(readFileSync(join(d, "big.tokens")));
     writeFileSync(join(d, "cut.tokens"), bytes.subarray(0, bytes.length - 4));
     expect(() => openTokenFile(join(d, "cut.tokens"))).toThrow(/cut.tokens: \d+ bytes where the header implies \d+; delete it/);
   });

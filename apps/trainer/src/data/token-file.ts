@@ -62,11 +62,12 @@ export class TokenFileWriter {
   }
 
   /** Appends BOS, ids, EOS. An empty document is skipped. */
-  addDocument(ids: readonly number[]): void {
+  addDocument(ids: ArrayLike<number>): void {
     if (ids.length === 0) return;
     this.starts.push(this.tokens);
     this.push(this.bos);
-    for (const id of ids) {
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i] as number;
       if (id < 0 || id >= this.vocabSize) throw new DataError(`token id ${id} outside the vocabulary of ${this.vocabSize}`);
       this.push(id);
     }
