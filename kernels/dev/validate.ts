@@ -305,8 +305,8 @@ function sumsqCase(kind: "f32" | "bf16", n: number, shift: number): void {
 
 function validate(): void {
   console.log("validate");
-  if (k.ls_abi_version() !== 3) throw new Error(`ABI version ${k.ls_abi_version()}, expected 3`);
-  console.log(`  ok    ls_abi_version = 3, ls_sumsq_partials = ${k.ls_sumsq_partials()}`);
+  if (k.ls_abi_version() !== 4) throw new Error(`ABI version ${k.ls_abi_version()}, expected 4`);
+  console.log(`  ok    ls_abi_version = 4, ls_sumsq_partials = ${k.ls_sumsq_partials()}`);
   check(k.ls_noop(null), "ls_noop");
   sync();
 

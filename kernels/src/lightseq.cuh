@@ -70,6 +70,12 @@ LS_API int ls_llama_swiglu_bwd_bf16(const uint16_t* gu, const uint16_t* da, uint
 LS_API int ls_llama_cross_entropy_f32(const float* logits, const int32_t* labels, float grad_scale, uint16_t* dlogits, float* row_loss, int64_t rows,
                                       int64_t V, cudaStream_t s);
 
+// AdamW on flat f32 shards (adamw.cu): p, m, v updated in place, w = rne_bf16(p) unless w is null;
+// the scalars are the step's, already rounded to f32 (apps/trainer/src/optim/adamw.ts adamwScalars).
+LS_API int ls_adamw_f32(float* p, const float* g, float* m, float* v, uint16_t* w, int64_t n, float grad_scale, float decay,
+                        float one_minus_beta1, float beta2, float one_minus_beta2, float step_size, float bc2_sqrt, float eps,
+                        cudaStream_t s);
+
 // The block-attention entry points (ls_attn_*) are declared in attention.cuh, which includes this header.
 
 // Copy-engine point-to-point transfers between local GPUs (p2p.cu; host code, no kernels). Pointers

@@ -112,6 +112,11 @@ export const kernelSymbols = {
   ls_llama_swiglu_bwd_bf16: { args: ["ptr", "ptr", "ptr", "i64", "i64", "ptr"], returns: "i32" },
   // (logits f32, labels, grad_scale, dlogits bf16|null, row_loss f32, rows, V, stream)
   ls_llama_cross_entropy_f32: { args: ["ptr", "ptr", "f32", "ptr", "ptr", "i64", "i64", "ptr"], returns: "i32" },
+  // (p, g, m, v, w, n, grad_scale, decay, 1-beta1, beta2, 1-beta2, step_size, sqrt(bc2), eps, stream)
+  ls_adamw_f32: {
+    args: ["ptr", "ptr", "ptr", "ptr", "ptr", "i64", "f32", "f32", "f32", "f32", "f32", "f32", "f32", "f32", "ptr"],
+    returns: "i32",
+  },
 } as const;
 
 /** The `kernels` argument of the attention calls (attention.cuh LS_ATTN_KERNELS_*). */
@@ -121,7 +126,7 @@ export const ATTN_ERR = { kernelsUnknown: 20001, kernelsUnavailable: 20002 } as 
 
 export type Kernels = Bound<typeof kernelSymbols>;
 
-export const KERNELS_ABI_VERSION = 3;
+export const KERNELS_ABI_VERSION = 4;
 
 let lib: Kernels | null = null;
 
