@@ -45,7 +45,7 @@ test("more local ranks than the machine can host is refused up front; so is a ba
   expect(maxLocalRanks({ cores: 128, freeBytes: 1000 * GiB })).toBe(194); // 2 tokens per rank of 389
   expect(demoPlan({ ...box(0, "1000"), cores: 2, freeBytes: 24 * GiB })).toEqual({
     error:
-      "1000 local ranks is more than this machine can host: at most 16 (8 per core on 2 cores, ~100 MiB each of 24.0 GiB free, 2 tokens each of 389); ask for 16 or fewer",
+      "1000 local ranks is more than this machine can host: at most 16 (8 ranks per core on 2 cores, ~100 MiB each of 24.0 GiB free, and at least 2 of the 389 tokens each); ask for 16 or fewer",
   });
   for (const arg of ["x", "0", "-3", "2.5", ""])
     expect(demoPlan(box(0, arg))).toHaveProperty("error", expect.stringMatching(/^ranks: expected a positive integer/));

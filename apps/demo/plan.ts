@@ -4,7 +4,7 @@
 
 /** CPU ranks per core: 16 ranks on 2 cores run the demo in ~6 s; many more time out at the store. */
 export const RANKS_PER_CORE = 8;
-/** Resident memory of one CPU rank of the demo, rounded up (Bun runtime + the reference tensors). */
+/** Resident memory of one CPU rank of the demo (Bun runtime + the reference tensors: ~60 MiB measured), rounded up. */
 export const BYTES_PER_RANK = 100 * 2 ** 20;
 /** The sequence the CPU ranks split (rank.ts): zigzag cuts it into 2 chunks per rank of >= 1 token. */
 export const CPU_TOKENS = 389;
@@ -40,7 +40,7 @@ export function demoPlan(m: Machine): Plan {
   if (ranks > max) {
     const gib = (m.freeBytes / 2 ** 30).toFixed(1);
     return {
-      error: `${ranks} local ranks is more than this machine can host: at most ${max} (${RANKS_PER_CORE} per core on ${m.cores} cores, ~100 MiB each of ${gib} GiB free, 2 tokens each of ${CPU_TOKENS}); ask for ${max} or fewer`,
+      error: `${ranks} local ranks is more than this machine can host: at most ${max} (${RANKS_PER_CORE} ranks per core on ${m.cores} cores, ~100 MiB each of ${gib} GiB free, and at least 2 of the ${CPU_TOKENS} tokens each); ask for ${max} or fewer`,
     };
   }
   const why =

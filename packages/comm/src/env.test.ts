@@ -1,7 +1,17 @@
-// Reading the job from the environment: torchrun's variables, SLURM's, and clear errors.
+// Reading the environment: the job (torchrun's variables, SLURM's), timeouts and transports, and a
+// one-line EnvError naming the variable for every bad value.
 
 import { expect, test } from "bun:test";
-import { EnvError, firstSlurmHost, readDistEnv } from "./env.ts";
+import {
+  DEFAULT_COPY_ENGINE_CONFIG,
+  EnvError,
+  firstSlurmHost,
+  readCommEnv,
+  readCopyEngineConfig,
+  readDistEnv,
+  readP2PTransport,
+  readTimeoutMs,
+} from "./env.ts";
 
 test("no variables: a single process", () => {
   expect(readDistEnv({})).toMatchObject({ source: "single", rank: 0, worldSize: 1, localRank: 0, nnodes: 1, masterPort: 0 });
@@ -88,4 +98,71 @@ test("first host of a SLURM node list", () => {
   expect(firstSlurmHost("node1,node2")).toBe("node1");
   expect(firstSlurmHost("gpu[007-009,012],cpu3")).toBe("gpu007");
   expect(firstSlurmHost("rack[3,5]-n[1-2],x")).toBe("rack3-n1");
+});
+
+test("defaults: 60 s timeouts, unix sockets, NCCL send/recv, 16 MiB x 4 copy-engine slots", () => {
+  expect(readCommEnv({})).toEqual({
+    dist: readDistEnv({}),
+    timeoutMs: 60_000,
+    rendezvousTimeoutMs: undefined,
+    cpuTransport: "unix",
+    p2p: "nccl",
+    copyEngine: { chunkBytes: 16 * 2 ** 20, slots: 4 },
+    visibleDevices: "unset",
+    jobId: "default",
+  });
+  expect(
+    readCommEnv({
+      LIGHTSEQ_COMM_TIMEOUT_MS: "2500",
+      LIGHTSEQ_RENDEZVOUS_TIMEOUT_MS: "100",
+      LIGHTSEQ_CPU_TRANSPORT: "tcp",
+      CUDA_VISIBLE_DEVICES: "3",
+    }),
+  ).toMatchObject({ timeoutMs: 2500, rendezvousTimeoutMs: 100, cpuTransport: "tcp", visibleDevices: "3" });
+});
+
+test("every bad value is an EnvError, one line naming the variable", () => {
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ LIGHTSEQ_COMM_TIMEOUT_MS: "soon" }, /^LIGHTSEQ_COMM_TIMEOUT_MS: expected a positive number of milliseconds, got "soon"$/],
+    [{ LIGHTSEQ_COMM_TIMEOUT_MS: "0" }, /^LIGHTSEQ_COMM_TIMEOUT_MS: /],
+    [{ LIGHTSEQ_RENDEZVOUS_TIMEOUT_MS: "-5" }, /^LIGHTSEQ_RENDEZVOUS_TIMEOUT_MS: expected a positive number/],
+    [{ LIGHTSEQ_CPU_TRANSPORT: "udp" }, /^LIGHTSEQ_CPU_TRANSPORT: expected one of unix, tcp, got "udp"$/],
+    [{ LIGHTSEQ_P2P: "ce" }, /^LIGHTSEQ_P2P: expected one of nccl, copy-engine, got "ce"$/],
+    [{ LIGHTSEQ_P2P_SLOTS: "many" }, /^LIGHTSEQ_P2P_SLOTS: expected a number/],
+    [{ LIGHTSEQ_STORE_HOSTED: "yes" }, /^LIGHTSEQ_STORE_HOSTED="yes": expected 1/],
+    [{ RANK: "x", WORLD_SIZE: "2", MASTER_PORT: "1" }, /^RANK="x"/],
+  ];
+  for (const [env, pattern] of cases) {
+    let err: unknown;
+    try {
+      readCommEnv(env);
+    } catch (e) {
+      err = e;
+    }
+    expect(err, JSON.stringify(env)).toBeInstanceOf(EnvError);
+    expect((err as Error).message).toMatch(pattern);
+    expect((err as Error).message).not.toContain("\n");
+  }
+  expect(readTimeoutMs({ LIGHTSEQ_COMM_TIMEOUT_MS: "" })).toBe(60_000);
+});
+
+test("LIGHTSEQ_P2P picks the send/recv transport; default nccl; anything else is an error naming the choices", () => {
+  expect(readP2PTransport({})).toBe("nccl");
+  expect(readP2PTransport({ LIGHTSEQ_P2P: "" })).toBe("nccl");
+  expect(readP2PTransport({ LIGHTSEQ_P2P: "copy-engine" })).toBe("copy-engine");
+  expect(readP2PTransport({ LIGHTSEQ_P2P: "nccl" })).toBe("nccl");
+  expect(() => readP2PTransport({ LIGHTSEQ_P2P: "ce" })).toThrow(/LIGHTSEQ_P2P: expected one of nccl, copy-engine, got "ce"/);
+});
+
+test("copy-engine chunking: defaults 16 MiB x 4 slots; sizes round to whole 4 KiB pages; bad values are errors", () => {
+  expect(readCopyEngineConfig({})).toEqual(DEFAULT_COPY_ENGINE_CONFIG);
+  expect(DEFAULT_COPY_ENGINE_CONFIG).toEqual({ chunkBytes: 16 * 2 ** 20, slots: 4 });
+  expect(readCopyEngineConfig({ LIGHTSEQ_P2P_CHUNK_MIB: "1", LIGHTSEQ_P2P_SLOTS: "2" })).toEqual({ chunkBytes: 2 ** 20, slots: 2 });
+  expect(readCopyEngineConfig({ LIGHTSEQ_P2P_CHUNK_MIB: "0.001" }).chunkBytes).toBe(4096);
+  expect(readCopyEngineConfig({ LIGHTSEQ_P2P_CHUNK_MIB: "0.5" }).chunkBytes).toBe(2 ** 19);
+  expect(() => readCopyEngineConfig({ LIGHTSEQ_P2P_CHUNK_MIB: "-1" })).toThrow(
+    /LIGHTSEQ_P2P_CHUNK_MIB: expected a number in \(0, 1024\], got "-1"/,
+  );
+  expect(() => readCopyEngineConfig({ LIGHTSEQ_P2P_SLOTS: "1.5" })).toThrow(/LIGHTSEQ_P2P_SLOTS: expected an integer/);
+  expect(() => readCopyEngineConfig({ LIGHTSEQ_P2P_SLOTS: "many" })).toThrow(/LIGHTSEQ_P2P_SLOTS: expected a number/);
 });

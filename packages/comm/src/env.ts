@@ -1,6 +1,8 @@
-// Every environment variable the comm package reads, read here and nowhere else (initCommunicator
-// calls readCommEnv once; everything below it takes plain options). Every value is checked and a bad
-// one is an EnvError, one line naming the variable, what it holds and what was expected.
+// Every environment variable the comm package reads, read here (initCommunicator calls readCommEnv
+// once; everything below it takes plain options; the launcher, which builds the ranks' environment,
+// checks it with readCommEnv before starting them and reads CUDA_VISIBLE_DEVICES to hand out GPUs).
+// Every value is checked and a bad one is an EnvError, one line naming the variable, what it holds
+// and what was expected.
 //
 // Where this process sits in the job (readDistEnv): torchrun's variables (RANK, WORLD_SIZE,
 // LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, MASTER_ADDR, MASTER_PORT, as our launcher sets
@@ -95,7 +97,10 @@ function slurmTasksPerNode(env: Env): number | undefined {
 }
 
 export function readDistEnv(env: Env = process.env): DistEnv {
-  const storeHosted = env.LIGHTSEQ_STORE_HOSTED === "1";
+  const hosted = env.LIGHTSEQ_STORE_HOSTED;
+  if (hosted !== undefined && hosted !== "" && hosted !== "0" && hosted !== "1")
+    throw new EnvError(`LIGHTSEQ_STORE_HOSTED=${JSON.stringify(hosted)}: expected 1 (the launcher serves the store) or 0`);
+  const storeHosted = hosted === "1";
   const has = (k: string) => env[k] !== undefined && env[k] !== "";
   if (has("RANK") || has("WORLD_SIZE")) {
     if (!has("RANK")) throw new EnvError("WORLD_SIZE is set but RANK is not (set both, or neither for a single process)");

@@ -3,9 +3,10 @@
 // the CPU, instead of as a wrong call through bun:ffi on a GPU machine.
 
 import { expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { ATTN_ERR, ATTN_KERNELS, KERNELS_ABI_VERSION, kernelSymbols } from "./kernels.ts";
+import { ATTN_ERR, ATTN_KERNELS, KERNELS_ABI_VERSION, kernelSymbols, kernels, kernelsPath } from "./kernels.ts";
+import { CUDART, locateLibrary } from "./locate.ts";
 
 const src = join(import.meta.dir, "../../../kernels/src");
 
@@ -50,4 +51,17 @@ test("the attention kernel sets and refusal codes are the header's values", () =
     kernelsUnknown: value("LS_ATTN_ERR_KERNELS_UNKNOWN"),
     kernelsUnavailable: value("LS_ATTN_ERR_KERNELS_UNAVAILABLE"),
   });
+});
+
+// liblightseq.so holds every entry point the table declares (the experimental copy-engine transport's
+// among them), at the table's ABI version. Loading needs no GPU, only the library (CI builds it before
+// the tests): skipped, visibly, where it is not built.
+const built = kernelsPath().path !== "" && locateLibrary(CUDART).path !== null;
+
+test.skipIf(!built)("every declared entry point resolves, and the ABI version matches", () => {
+  expect(existsSync(kernelsPath().path)).toBe(true);
+  const k = kernels(); // dlopen fails on the first declared symbol the library lacks
+  expect(k.ls_abi_version()).toBe(KERNELS_ABI_VERSION);
+  for (const name of ["ls_p2p_init", "ls_p2p_send", "ls_p2p_recv", "ls_ipc_get_handle", "ls_stream_wait_u32"] as const)
+    expect(typeof k[name]).toBe("function");
 });
