@@ -397,7 +397,7 @@ function main(argv: string[]): Promise<number> | number {
   if (gpus.count < r.gpus)
     throw new UserError(`recipe ${r.name} needs ${r.gpus} GPUs, found ${gpus.count}${gpus.count === 0 ? ` (${gpus.reason})` : ""}`);
   mkdirSync(out, { recursive: true });
-  const build = Bun.spawnSync(["bun", "run", "build:kernels"], { stdout: "pipe", stderr: "pipe" });
+  const build = Bun.spawnSync(["bun", "kernels/build.ts"], { stdout: "pipe", stderr: "pipe" });
   const last = `${build.stdout.toString()}${build.stderr.toString()}`.trim().split("\n").pop();
   console.log(last);
   if (build.exitCode !== 0) {

@@ -10,7 +10,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT/adamw"
-bun run build:kernels 2>&1 | tail -2
+bun kernels/build.ts 2>&1 | tail -2
 LIGHTSEQ_REQUIRE_GPU=1 bun test apps/trainer/src/optim/ 2>&1 | tee "$OUT/adamw-test.log" | grep -E '^\((pass|fail|skip)\)|^ *[0-9]+ (pass|fail|skip)|error:'
 bun bench/adamw-inputs.ts "$OUT/adamw" 2>&1 | tail -2
 python3 bench/adamw_torch.py "$OUT/adamw" 2>&1 | tee "$OUT/adamw-torch.log"

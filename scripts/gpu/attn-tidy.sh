@@ -20,7 +20,7 @@ step "build; the attention lab (its own nvcc build of check.cu) runs beside it"
 mkdir -p "$OUT/lab"
 (OUT="$OUT/lab" timeout 170 bash kernels/dev/attention/run.sh --quick --no-time > "$OUT/lab.log" 2>&1; echo $? > "$OUT/lab.rc") &
 lab=$!
-timeout 120 bun run build:kernels > "$OUT/build.log" 2>&1 || fails+=("build")
+timeout 120 bun kernels/build.ts > "$OUT/build.log" 2>&1 || fails+=("build")
 tail -1 "$OUT/build.log"
 timeout 60 bun kernels/dev/validate.ts --no-bench --no-large > "$OUT/validate.log" 2>&1 || fails+=("validate.ts")
 grep -E "ls_abi_version|FAIL|fail|error" "$OUT/validate.log" | head -5
@@ -50,7 +50,7 @@ grep -c '"ok":true' "$OUT/distattn-p1.log" | sed 's/^/P = 1 equality cases ok (o
 timeout 60 bun packages/attention/bench/nocomm-rank.ts "$OUT/nocomm-cuda.json" 65536 2 zigzag 32 > "$OUT/nocomm-cuda.log" 2>&1 || fails+=("nocomm cuda")
 BENCH_BACKEND=cudnn timeout 60 bun packages/attention/bench/nocomm-rank.ts "$OUT/nocomm-cudnn.json" 65536 2 zigzag 32 \
   > "$OUT/nocomm-cudnn.log" 2>&1 || fails+=("nocomm cudnn")
-tail -1 "$OUT/nocomm-cuda.log" "$OUT/nocomm-cudnn.log"
+tail -n 1 "$OUT/nocomm-cuda.log" "$OUT/nocomm-cudnn.log"
 
 step "table (old: BENCHMARKS.md)"
 OUT="$OUT" bun -e '

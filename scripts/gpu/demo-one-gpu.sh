@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TURBO_TELEMETRY_DISABLED=1
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 
-bun run build:kernels 2>&1 | tail -1
+bun kernels/build.ts 2>&1 | tail -1
 gpus=$(bun -e 'import { probeGpus } from "@lightseq/cuda"; console.log(probeGpus().count)' 2>/dev/null)
 echo "visible GPUs: ${gpus:-?} (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)"
 

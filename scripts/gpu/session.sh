@@ -10,7 +10,7 @@ mkdir -p "$OUT/stages"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 start=$(date +%s)
-bun run build:kernels 2>&1 | tail -1
+bun kernels/build.ts 2>&1 | tail -1
 summary=""
 for spec in "$@"; do
   name=${spec%%:*}

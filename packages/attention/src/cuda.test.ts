@@ -212,7 +212,9 @@ describe.skipIf(noGpu)("cuda lower-level calls (DistAttn)", () => {
     const acc = pool.addAll(emptyPartial(T, H, D, { device: dev }));
     mergeIntoCuda(acc, part);
     mergeIntoCuda(acc, part);
-    expectRel(acc.o, part.o, "o", 1e-6);
+    // lse + ln 2 is an f32 near 800, whose spacing is 6.1e-5: the weights exp(lse_i - lse) carry up to
+    // that relative error (1.7e-5 measured on an H200). Without the shift they would be inf/NaN.
+    expectRel(acc.o, part.o, "o", 1e-4);
     expectRel(
       acc.lse,
       lseValues.map((l) => l + Math.LN2),
