@@ -73,10 +73,13 @@ console.log(
     `${warmup} warm-up steps before the first row of each length, 1 before the others, ${steps} timed; host budget ${(hostBytes / GiB).toFixed(0)} GiB pinned`,
 );
 
+// What the pool may take: the device's free memory before our first allocation, less 2 GiB for the
+// library workspaces that live outside it (cuBLASLt, cuDNN). Rows whose estimate exceeds it are skipped.
+const deviceBytes = memoryReport(dev).deviceFree - 2 * GiB;
 const params = initParams(cfg, { seed: 1, dtype: "bf16", device: dev });
 const grads = new LocalGradientSink(zeroParams(cfg, { device: dev }));
+const weights = new LocalWeightSource(params);
 const allocator = DeviceAllocator.forDevice(0);
-const deviceBytes = memoryReport(dev).deviceTotal;
 
 function tokensOf(T: number): Int32Array {
   const t = new Int32Array(T);
@@ -214,7 +217,7 @@ for (const T of tokenList) {
     const store = offload === "none" ? new LocalActivationStore() : new OffloadActivationStore({ layers, deviceLayers, stream });
     const model = new LlamaModel({
       config: cfg,
-      weights: new LocalWeightSource(params),
+      weights,
       attention: localAttention(attn.backend),
       store,
       policy,
@@ -265,6 +268,7 @@ for (const T of tokenList) {
     per.gainOverAttention = per.rematGainMs / (layers * per.attentionForwardMs);
   }
 }
+weights[Symbol.dispose]();
 params.dispose();
 grads[Symbol.dispose]();
 grads.grads.dispose();
