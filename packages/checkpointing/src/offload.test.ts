@@ -6,7 +6,7 @@
 
 import { expect, test } from "bun:test";
 import { fromArray, type Tensor, toFloat32Array } from "@lightseq/tensor";
-import { OffloadActivationStore, spillLayers } from "./offload.ts";
+import { OffloadActivationStore, spillLayers, storeForOffload } from "./offload.ts";
 import type { SavedName } from "./policy.ts";
 
 /** A layer's kept tensors as the model puts them: x [4, 8] f32, o [4, 8], lse two [2, 2] chunks. */
@@ -121,4 +121,12 @@ test("refusals: a name put twice, an empty lse list, a layer out of range, bad l
   expect(s.get(1, "x")).toBeUndefined();
   s.release(0);
   expect(s.bytes()).toBe(0);
+});
+
+test("storeForOffload: the estimator's modes as stores", () => {
+  expect(storeForOffload("none", { layers: 4 }).deviceLayers).toBe(4);
+  expect(storeForOffload("host", { layers: 4 }).deviceLayers).toBe(0);
+  expect(storeForOffload("spill", { layers: 4, deviceLayers: 3 }).deviceLayers).toBe(3);
+  expect(() => storeForOffload("spill", { layers: 4 })).toThrow('"spill" needs deviceLayers');
+  expect(() => storeForOffload("disk" as never, { layers: 4 })).toThrow('got "disk"');
 });

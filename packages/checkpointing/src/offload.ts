@@ -35,6 +35,7 @@
 
 import { Event, memcpyAsync, PinnedBuffer, Stream } from "@lightseq/cuda";
 import { currentStream, type Device, deviceName, empty, sameDevice, type Tensor, TensorError } from "@lightseq/tensor";
+import type { OffloadMode } from "./estimator.ts";
 import type { SavedName } from "./policy.ts";
 import type { ActivationStore, SavedValue } from "./store.ts";
 
@@ -489,5 +490,28 @@ export class OffloadActivationStore implements ActivationStore, Disposable {
     this.#report.slotBytes = 0;
     this.#mover = null;
     this.#device = null;
+  }
+}
+
+/**
+ * The store for one of the estimator's offload modes (MemoryPlan.offload): "none" keeps every layer on
+ * the device, "host" none of them, "spill" the last `deviceLayers` (the estimate's layers on the GPU).
+ */
+export function storeForOffload(
+  mode: OffloadMode,
+  o: { layers: number; deviceLayers?: number; stream?: Stream; segmentBytes?: number },
+): OffloadActivationStore {
+  const base = { layers: o.layers, stream: o.stream, segmentBytes: o.segmentBytes };
+  switch (mode) {
+    case "none":
+      return new OffloadActivationStore({ ...base, deviceLayers: o.layers });
+    case "host":
+      return new OffloadActivationStore({ ...base, deviceLayers: 0 });
+    case "spill":
+      if (o.deviceLayers === undefined)
+        throw new TensorError('storeForOffload: "spill" needs deviceLayers (how many of the last layers stay on the device)');
+      return new OffloadActivationStore({ ...base, deviceLayers: o.deviceLayers });
+    default:
+      throw new TensorError(`storeForOffload: expected offload "none", "host" or "spill", got ${JSON.stringify(mode satisfies never)}`);
   }
 }
