@@ -11,7 +11,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-bun run build:kernels 2>&1 | tail -1
+bun kernels/build.ts 2>&1 | tail -1
 timeout 60 env LIGHTSEQ_REQUIRE_GPU=1 bun test packages/checkpointing/src/offload.gpu.test.ts packages/llama/src/offload-model.gpu.test.ts \
   > "$OUT/checkpointing-test.log" 2>&1
 echo "offload GPU tests:"; grep -E '^\(fail\)|^\(pass\)|^ *[0-9]+ (pass|fail|skip)$|^error' "$OUT/checkpointing-test.log" | head -20
