@@ -8,7 +8,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-bun run build:kernels 2>&1 | tail -1
+bun kernels/build.ts 2>&1 | tail -1
 timeout 300 env LIGHTSEQ_REQUIRE_GPU=1 bun test packages/llama packages/checkpointing > "$OUT/llama-test.log" 2>&1
 echo "llama tests:"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)$|^error|^loss:|^gradient relative|^attention backend' "$OUT/llama-test.log" | head -30
 timeout 240 python3 packages/llama/bench/torch_llama_layer.py "$OUT/torch_layer.json" 2>&1 | tee "$OUT/torch_layer.log" | grep -vE '^\s' | tail -8

@@ -8,7 +8,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if ! bun run build:kernels > "$OUT/build.log" 2>&1; then echo "kernel build failed:"; tail -30 "$OUT/build.log"; exit 1; fi
+if ! bun kernels/build.ts > "$OUT/build.log" 2>&1; then echo "kernel build failed:"; tail -30 "$OUT/build.log"; exit 1; fi
 tail -1 "$OUT/build.log"
 timeout 180 env LIGHTSEQ_REQUIRE_GPU=1 bun test packages/llama/src/ops > "$OUT/test.log" 2>&1
 tests=$?

@@ -1,12 +1,12 @@
 // The offloading store's logic on the CPU (host "copies" into ArrayBuffer slots, the same code as
-// on CUDA): what goes where under a budget, every value back bit for bit, slots reused across steps,
+// on CUDA): what goes where (host, or spill: the last layers on the device), every value back bit for bit, slots reused across steps,
 // prefetch copies one layer at a time, the last layer put reused without a round trip, release frees
 // everything, and the refusals. The model-level equality (every policy, offload on and off, 1 and 2
 // ranks) is in packages/llama/src/offload-model.test.ts.
 
 import { expect, test } from "bun:test";
 import { fromArray, type Tensor, toFloat32Array } from "@lightseq/tensor";
-import { OffloadActivationStore } from "./offload.ts";
+import { OffloadActivationStore, spillLayers, storeForOffload } from "./offload.ts";
 import type { SavedName } from "./policy.ts";
 
 /** A layer's kept tensors as the model puts them: x [4, 8] f32, o [4, 8], lse two [2, 2] chunks. */
@@ -47,8 +47,8 @@ function step(s: OffloadActivationStore, L: number, stepNo: number, seen?: (laye
 }
 
 test("host offload: everything goes to the host, comes back bit for bit; slots are allocated once and reused by later steps", () => {
-  using s = new OffloadActivationStore({ deviceBudgetBytes: 0 });
   const L = 4;
+  using s = new OffloadActivationStore({ layers: L, deviceLayers: 0 });
   step(s, L, 0);
   const first = s.report();
   expect(first.slotAllocations).toBe(L * 4); // x, o and two lse chunks per layer
@@ -68,33 +68,27 @@ test("host offload: everything goes to the host, comes back bit for bit; slots a
   expect(r.peakHostBytes).toBe(L * LAYER_BYTES);
 });
 
-test("spill: the GPU budget fills first in put order, every later tensor goes to the host; a budget that fits all moves nothing", () => {
-  // Two layers and 64 bytes: layers 0 and 1 stay; layer 2's x (128 B) does not fit, and from there on
-  // everything spills, even layer 2's lse chunks (16 B each) that would fit the 64 B left: the GPU part
-  // stays one prefix of the put order.
-  using s = new OffloadActivationStore({ deviceBudgetBytes: 2 * LAYER_BYTES + 64 });
+test("spill: the last layers stay on the device, the first go to the host; at most max(deviceLayers, 2) layers on the device", () => {
   const L = 4;
-  const places: string[] = [];
-  step(s, L, 0, (i) => places.push(`${i}:${[...s.placement(i)].map(([n, p]) => `${n}=${p}`).join(",")}`));
-  expect(places.reverse()).toEqual([
-    "0:x=device,o=device,lse=device",
-    "1:x=device,o=device,lse=device",
-    "2:x=host,o=host,lse=host",
-    "3:x=host,o=host,lse=host",
-  ]);
-  const r = s.report();
-  expect([r.copiesOut, r.copiesIn, r.reused]).toEqual([2 * 4, 4, 4]);
-  // The budget is given back when the store empties: the next step places the same way.
-  step(s, L, 1);
-  expect(s.report().copiesOut).toBe(4 * 4);
-
-  using all = new OffloadActivationStore({ deviceBudgetBytes: Number.POSITIVE_INFINITY });
-  step(all, L, 0);
-  expect(all.report()).toMatchObject({ copiesOut: 0, copiesIn: 0, slotAllocations: 0, peakDeviceBytes: L * LAYER_BYTES });
+  for (const k of [1, 2, 3, 4]) {
+    using s = new OffloadActivationStore({ layers: L, deviceLayers: k });
+    const places: string[] = [];
+    step(s, L, 0, (i) => places.push(`${i}:${[...new Set(s.placement(i).values())].join(",")}`));
+    expect(places.reverse()).toEqual([0, 1, 2, 3].map((i) => `${i}:${i >= L - k ? "device" : "host"}`));
+    const r = s.report();
+    const hostLayers = L - k;
+    // The last host layer is retired (freed) when the first device layer is put, so every host layer comes back by a copy.
+    expect([r.copiesOut, r.copiesIn, r.reused]).toEqual([4 * hostLayers, 4 * hostLayers, 0]);
+    expect(r.peakDeviceBytes).toBe(Math.max(k, 2) * LAYER_BYTES);
+    expect(r.peakHostBytes).toBe(hostLayers * LAYER_BYTES);
+    expect(r.deviceBytes).toBe(0);
+  }
+  expect(spillLayers({ layers: 32, layerBytes: 3 * 2 ** 30, deviceBytes: 20 * 2 ** 30 })).toBe(6);
+  expect(spillLayers({ layers: 4, layerBytes: 1, deviceBytes: 100 })).toBe(4);
 });
 
 test("a tensor split at a slot boundary of several segments, and a slot grown for a larger tensor later", () => {
-  using s = new OffloadActivationStore({ deviceBudgetBytes: 0, segmentBytes: 24 });
+  using s = new OffloadActivationStore({ layers: 2, deviceLayers: 0, segmentBytes: 24 });
   const a = fromArray(
     Array.from({ length: 30 }, (_, i) => i * 0.5 - 3),
     [5, 6],
@@ -114,15 +108,25 @@ test("a tensor split at a slot boundary of several segments, and a slot grown fo
   expect(s.report()).toMatchObject({ slotAllocations: 3, slotBytes: 160 + 8 });
 });
 
-test("refusals: a name put twice, an empty lse list, a bad budget or segment size; unknown names are undefined", () => {
-  expect(() => new OffloadActivationStore({ deviceBudgetBytes: -1 })).toThrow("deviceBudgetBytes must be a non-negative integer");
-  expect(() => new OffloadActivationStore({ deviceBudgetBytes: 0, segmentBytes: 2 ** 33 })).toThrow("segmentBytes must be");
-  using s = new OffloadActivationStore({ deviceBudgetBytes: 0 });
+test("refusals: a name put twice, an empty lse list, a layer out of range, bad layer counts or segment size; unknown names are undefined", () => {
+  expect(() => new OffloadActivationStore({ layers: 0, deviceLayers: 0 })).toThrow("layers must be a positive integer");
+  expect(() => new OffloadActivationStore({ layers: 2, deviceLayers: 3 })).toThrow("deviceLayers must be an integer in [0, 2]");
+  expect(() => new OffloadActivationStore({ layers: 2, deviceLayers: 0, segmentBytes: 2 ** 33 })).toThrow("segmentBytes must be");
+  using s = new OffloadActivationStore({ layers: 2, deviceLayers: 0 });
   s.put(0, "x", fromArray([1], [1]));
   expect(() => s.put(0, "x", fromArray([1], [1]))).toThrow('layer 0 already holds "x"');
   expect(() => s.put(0, "lse", [])).toThrow("empty list");
+  expect(() => s.put(2, "x", fromArray([1], [1]))).toThrow("layer must be an integer in [0, 2) (the store was made for 2 layers), got 2");
   expect(s.get(0, "q" as SavedName)).toBeUndefined();
-  expect(s.get(7, "x")).toBeUndefined();
+  expect(s.get(1, "x")).toBeUndefined();
   s.release(0);
   expect(s.bytes()).toBe(0);
+});
+
+test("storeForOffload: the estimator's modes as stores", () => {
+  expect(storeForOffload("none", { layers: 4 }).deviceLayers).toBe(4);
+  expect(storeForOffload("host", { layers: 4 }).deviceLayers).toBe(0);
+  expect(storeForOffload("spill", { layers: 4, deviceLayers: 3 }).deviceLayers).toBe(3);
+  expect(() => storeForOffload("spill", { layers: 4 })).toThrow('"spill" needs deviceLayers');
+  expect(() => storeForOffload("disk" as never, { layers: 4 })).toThrow('got "disk"');
 });

@@ -15,10 +15,13 @@
 // A layer whose device tensors are still alive when its backward comes (the last layer put) uses them
 // as they are: no round trip.
 //
-// Placement (spill): a byte budget for kept tensors on the device. In put order, tensors stay on the
-// device while they fit; from the first one that does not, every later one goes to the host until the
-// store is empty again (the GPU first, the host beyond). Budget 0: everything to the host ("host"
-// offload); Infinity: nothing moves.
+// Placement (spill): the last `deviceLayers` of the model's `layers` keep their tensors on the device,
+// the first ones go to the host (0: everything to the host). The last layers are the ones kept because
+// their backward comes first: when the backward reaches the offloaded layers, the device ones are
+// released, so the device never holds more than max(deviceLayers, 2) layers of kept tensors (the
+// estimator's spill term: "layersOnGpu", at least two). Keeping the FIRST layers instead would hold
+// them through the whole backward beside the offloaded layers coming back. `spillLayers` turns a
+// byte budget into deviceLayers.
 //
 // Host slots are allocated once per (layer, name, index in the lse list) and reused by every later
 // step (reallocated only when a later tensor is larger): no page-locked allocation in the steady state.
@@ -32,15 +35,15 @@
 
 import { Event, memcpyAsync, PinnedBuffer, Stream } from "@lightseq/cuda";
 import { currentStream, type Device, deviceName, empty, sameDevice, type Tensor, TensorError } from "@lightseq/tensor";
+import type { OffloadMode } from "./estimator.ts";
 import type { SavedName } from "./policy.ts";
 import type { ActivationStore, SavedValue } from "./store.ts";
 
 export interface OffloadOptions {
-  /**
-   * Bytes of kept tensors that may stay on the device; the rest goes to host memory. 0 offloads
-   * everything, Infinity nothing.
-   */
-  deviceBudgetBytes: number;
+  /** Decoder layers of the model (layer indices put are 0 .. layers - 1). */
+  layers: number;
+  /** The last this many layers keep their tensors on the device; the others go to the host. */
+  deviceLayers: number;
   /**
    * CUDA: the stream the model computes on (and allocates its tensors on: they are freed on it);
    * default: the device's current stream, as the model's default.
@@ -72,6 +75,16 @@ export interface OffloadReport {
 }
 
 const GiB = 2 ** 30;
+
+/**
+ * The spill split for a device budget: how many of `layers` layers, each keeping `layerBytes`, stay on
+ * the device within `deviceBytes` (the rest go to the host).
+ */
+export function spillLayers(o: { layers: number; layerBytes: number; deviceBytes: number }): number {
+  if (!(o.layerBytes > 0)) throw new TensorError(`spillLayers: layerBytes must be positive, got ${o.layerBytes}`);
+  if (!(o.deviceBytes >= 0)) throw new TensorError(`spillLayers: deviceBytes must be non-negative, got ${o.deviceBytes}`);
+  return Math.min(o.layers, Math.floor(o.deviceBytes / o.layerBytes));
+}
 
 /** A host slot; its memory is the mover's business. */
 interface Slot {
@@ -230,16 +243,14 @@ interface Kept {
 const key = (layer: number, name: SavedName, k: number) => `${layer}/${name}/${k}`;
 
 export class OffloadActivationStore implements ActivationStore, Disposable {
-  readonly deviceBudgetBytes: number;
+  readonly layers: number;
+  readonly deviceLayers: number;
   readonly #stream: Stream | undefined;
   readonly #segmentBytes: number;
   readonly #layers = new Map<number, Map<SavedName, Kept>>();
   readonly #slots = new Map<string, Slot>();
   #device: Device | null = null;
   #mover: Mover | null = null;
-  /** Bytes placed on the device against the budget, and whether this fill has started spilling. */
-  #budgetUsed = 0;
-  #spilling = false;
   /** The layer of the last put (its originals stay alive until another layer is put). */
   #lastPut: number | null = null;
   readonly #report: OffloadReport = {
@@ -257,13 +268,17 @@ export class OffloadActivationStore implements ActivationStore, Disposable {
   };
 
   constructor(o: OffloadOptions) {
-    const b = o.deviceBudgetBytes;
-    if (!(b === Number.POSITIVE_INFINITY || (Number.isSafeInteger(b) && b >= 0)))
-      throw new TensorError(`offload store: deviceBudgetBytes must be a non-negative integer or Infinity, got ${b}`);
+    if (!Number.isSafeInteger(o.layers) || o.layers <= 0)
+      throw new TensorError(`offload store: layers must be a positive integer (the model's decoder layers), got ${o.layers}`);
+    if (!Number.isSafeInteger(o.deviceLayers) || o.deviceLayers < 0 || o.deviceLayers > o.layers)
+      throw new TensorError(
+        `offload store: deviceLayers must be an integer in [0, ${o.layers}] (layers kept on the device), got ${o.deviceLayers}`,
+      );
     const seg = o.segmentBytes ?? GiB;
     if (!Number.isSafeInteger(seg) || seg <= 0 || seg > 2 ** 32)
       throw new TensorError(`offload store: segmentBytes must be a positive integer of at most 4 GiB, got ${seg}`);
-    this.deviceBudgetBytes = b;
+    this.layers = o.layers;
+    this.deviceLayers = o.deviceLayers;
     this.#stream = o.stream;
     this.#segmentBytes = seg;
   }
@@ -315,8 +330,10 @@ export class OffloadActivationStore implements ActivationStore, Disposable {
   }
 
   put<K extends SavedName>(layer: number, name: K, value: SavedValue<K>): void {
-    if (!Number.isSafeInteger(layer) || layer < 0)
-      throw new TensorError(`offload store: layer must be a non-negative integer, got ${layer}`);
+    if (!Number.isSafeInteger(layer) || layer < 0 || layer >= this.layers)
+      throw new TensorError(
+        `offload store: layer must be an integer in [0, ${this.layers}) (the store was made for ${this.layers} layers), got ${layer}`,
+      );
     let names = this.#layers.get(layer);
     if (names?.has(name)) throw new TensorError(`offload store: layer ${layer} already holds "${name}" (release the layer first)`);
     const list = Array.isArray(value);
@@ -332,12 +349,9 @@ export class OffloadActivationStore implements ActivationStore, Disposable {
       names = new Map();
       this.#layers.set(layer, names);
     }
+    const onDevice = this.placementOf(layer) === "device";
     const entries: Entry[] = tensors.map((t, k) => {
-      if (!this.#spilling && this.#budgetUsed + t.bytes <= this.deviceBudgetBytes) {
-        this.#budgetUsed += t.bytes;
-        return { kind: "device", tensor: t };
-      }
-      this.#spilling = true;
+      if (onDevice) return { kind: "device", tensor: t };
       const slot = this.#slot(key(layer, name, k), t.bytes, m);
       m.copyOut(t, slot);
       this.#report.copiesOut++;
@@ -395,7 +409,6 @@ export class OffloadActivationStore implements ActivationStore, Disposable {
       for (const e of kept.entries) {
         if (e.kind === "device") {
           e.tensor.dispose();
-          this.#budgetUsed -= e.tensor.bytes;
           continue;
         }
         if (e.original !== null) {
@@ -411,10 +424,6 @@ export class OffloadActivationStore implements ActivationStore, Disposable {
       }
     this.#layers.delete(layer);
     if (this.#lastPut === layer) this.#lastPut = null;
-    if (this.#layers.size === 0) {
-      this.#budgetUsed = 0;
-      this.#spilling = false;
-    }
     this.#account();
   }
 
@@ -426,11 +435,16 @@ export class OffloadActivationStore implements ActivationStore, Disposable {
     return n;
   }
 
-  /** Where each kept tensor of `layer` lives (for an lse list: where its first element does). */
+  /** Where the tensors kept now for `layer` are (for an lse list: its first element). */
   placement(layer: number): Map<SavedName, Placement> {
     const out = new Map<SavedName, Placement>();
     for (const [name, kept] of this.#layers.get(layer) ?? []) out.set(name, (kept.entries[0] as Entry).kind);
     return out;
+  }
+
+  /** Where layer i's kept tensors go. */
+  placementOf(layer: number): Placement {
+    return layer >= this.layers - this.deviceLayers ? "device" : "host";
   }
 
   report(): OffloadReport {
@@ -476,5 +490,28 @@ export class OffloadActivationStore implements ActivationStore, Disposable {
     this.#report.slotBytes = 0;
     this.#mover = null;
     this.#device = null;
+  }
+}
+
+/**
+ * The store for one of the estimator's offload modes (MemoryPlan.offload): "none" keeps every layer on
+ * the device, "host" none of them, "spill" the last `deviceLayers` (the estimate's layers on the GPU).
+ */
+export function storeForOffload(
+  mode: OffloadMode,
+  o: { layers: number; deviceLayers?: number; stream?: Stream; segmentBytes?: number },
+): OffloadActivationStore {
+  const base = { layers: o.layers, stream: o.stream, segmentBytes: o.segmentBytes };
+  switch (mode) {
+    case "none":
+      return new OffloadActivationStore({ ...base, deviceLayers: o.layers });
+    case "host":
+      return new OffloadActivationStore({ ...base, deviceLayers: 0 });
+    case "spill":
+      if (o.deviceLayers === undefined)
+        throw new TensorError('storeForOffload: "spill" needs deviceLayers (how many of the last layers stay on the device)');
+      return new OffloadActivationStore({ ...base, deviceLayers: o.deviceLayers });
+    default:
+      throw new TensorError(`storeForOffload: expected offload "none", "host" or "spill", got ${JSON.stringify(mode satisfies never)}`);
   }
 }

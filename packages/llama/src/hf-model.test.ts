@@ -141,6 +141,8 @@ describe.skipIf(!present)("the CPU model against transformers (fixtures/hf-tiny)
       lossSum += l.lossSum;
       count += l.count;
     }
-    expect(Math.abs(lossSum / count - fx.loss) / fx.loss).toBeGreaterThan(1e-2);
+    // A random tiny model scores every label near ln(V), so a wrong shift moves the loss by ~0.5% only;
+    // the right one matches to ~1e-7 (the test above): 1e-3 separates the two.
+    expect(Math.abs(lossSum / count - fx.loss) / fx.loss).toBeGreaterThan(1e-3);
   });
 });

@@ -13,7 +13,7 @@
 // [Hq, Tc] tensor per local chunk of rows (DistAttn keeps one per chunk; the local one has one chunk).
 
 import type { AttentionBackend } from "@lightseq/attention";
-import type { SavedName } from "@lightseq/checkpointing";
+import type { ActivationStore, SavedName, SavedValue } from "@lightseq/checkpointing";
 import { fill, type Tensor, TensorError } from "@lightseq/tensor";
 import {
   disposeLayerViews,
@@ -173,21 +173,8 @@ export class LocalGradientSink implements GradientSink, Disposable {
 
 // ---- activations ---------------------------------------------------------------------------------
 
-/** lse is a list (one per local chunk of rows); every other saved tensor is one tensor. */
-export type SavedValue<K extends SavedName> = K extends "lse" ? Tensor[] : Tensor;
-
-export interface ActivationStore {
-  /** Keeps `value` for the backward of `layer`; the store takes ownership. */
-  put<K extends SavedName>(layer: number, name: K, value: SavedValue<K>): void;
-  /** What was put, or undefined; still owned by the store (valid until release). */
-  get<K extends SavedName>(layer: number, name: K): SavedValue<K> | undefined;
-  /** A hint: the backward of `layer` comes next (an offloading store starts copying it back). */
-  prefetch(layer: number): void;
-  /** Disposes everything kept for `layer`. */
-  release(layer: number): void;
-  /** Bytes held now. */
-  bytes(): number;
-}
+// ActivationStore and SavedValue are checkpointing's (store.ts): the offloading store lives there too.
+export type { ActivationStore, SavedValue };
 
 /** Keeps tensors where they are (device memory on the GPU). */
 export class LocalActivationStore implements ActivationStore {
