@@ -465,7 +465,8 @@ def main(argv: list[str]) -> int:
         dist.destroy_process_group()
         return 0
     result["init_s"] = time.perf_counter() - t_init
-    say(f"init {result['init_s']:.1f} s, {torch.cuda.memory_allocated() / GiB:.1f} GiB allocated")
+    say(f"init {result['init_s']:.1f} s, {torch.cuda.memory_allocated() / GiB:.1f} GiB allocated"
+        + ("" if args.data else f"; on random tokens the loss stays near ln V = {math.log(cfg.vocab_size):.2f}"))
 
     def train_step(step: int) -> torch.Tensor:  # [loss, grad norm] on the GPU
         inputs, labels = batches.get(step, dp_rank, dp)
