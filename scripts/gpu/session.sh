@@ -23,7 +23,9 @@ for spec in "$@"; do
   rc=$?
   summary+="== $name: exit $rc in $(( $(date +%s) - t0 )) s (cap $cap)"$'\n'
   summary+="$(tail -25 "$OUT/stages/$name.log")"$'\n'
+  # after every stage, so a call stopped by its time limit still brings back what finished
+  tar -C "$OUT" -czf "$OUT/stages.tar.gz.tmp" stages && mv "$OUT/stages.tar.gz.tmp" "$OUT/stages.tar.gz"
 done
-tar -C "$OUT" -czf "$OUT/stages.tar.gz" stages && rm -rf "$OUT/stages"
+rm -rf "$OUT/stages"
 echo "total $(( $(date +%s) - start )) s"
 printf '%s' "$summary"
