@@ -126,6 +126,11 @@ interface Row {
   estimateGiB?: number;
   /** peak / estimate. */
   ratio?: number;
+  /** The estimate's peak phase and its GPU terms (to see which one a mismatch comes from). */
+  estimatePhase?: string;
+  estimateTerms?: { name: string; GiB: number; phase?: string }[];
+  /** The estimate's pinned host bytes beside the store's measured peak (store.peakHostBytes). */
+  hostEstimateGiB?: number;
   /** Layers whose kept tensors stayed on the GPU (the last ones). */
   deviceLayers?: number;
   store?: OffloadReport;
@@ -244,6 +249,9 @@ for (const T of tokenList) {
         stepsMs: ms,
         peakGiB: peak / GiB,
         estimateGiB: est.gpuBytes / GiB,
+        estimatePhase: est.peakPhase,
+        estimateTerms: est.gpu.map((t) => ({ name: t.name, GiB: t.bytes / GiB, phase: t.phase })),
+        hostEstimateGiB: est.hostBytes / GiB,
         ratio: peak / est.gpuBytes,
         deviceLayers,
         store: store instanceof OffloadActivationStore ? store.report() : undefined,
@@ -289,13 +297,13 @@ for (const p of lengths)
 for (const r of rows.filter((x) => x.status === "skipped")) console.log(`  skipped T=${r.T} ${r.policy} offload ${r.offload}: ${r.reason}`);
 console.log(
   `\n${"T".padStart(7)} ${"policy".padEnd(12)} ${"offload".padEnd(7)} ${"step ms".padStart(9)} ${"vs GPU".padStart(7)} ` +
-    `${"peak GiB".padStart(9)} ${"est GiB".padStart(8)} ${"peak/est".padStart(8)} ${"host GiB".padStart(8)}  checks`,
+    `${"peak GiB".padStart(9)} ${"est GiB".padStart(8)} ${"peak/est".padStart(8)} ${"host GiB".padStart(8)} ${"host est".padStart(8)}  checks`,
 );
 for (const r of rows.filter((x) => x.status === "ok")) {
   const checks = [Math.abs((r.ratio as number) - 1) <= 0.1 ? "mem ok" : "MEM >10%"];
   if (r.vsOnGpu !== undefined) checks.push(r.vsOnGpu <= 1.05 ? "offload ok" : "OFFLOAD >5%");
   console.log(
     `${String(r.T).padStart(7)} ${r.policy.padEnd(12)} ${r.offload.padEnd(7)} ${f(r.stepMs, 1, 9)} ${f(r.vsOnGpu, 3, 7)} ` +
-      `${f(r.peakGiB, 2, 9)} ${f(r.estimateGiB, 2, 8)} ${f(r.ratio, 3, 8)} ${f(r.store ? r.store.peakHostBytes / GiB : undefined, 2, 8)}  ${checks.join(", ")}`,
+      `${f(r.peakGiB, 2, 9)} ${f(r.estimateGiB, 2, 8)} ${f(r.ratio, 3, 8)} ${f(r.store ? r.store.peakHostBytes / GiB : undefined, 2, 8)} ${f(r.hostEstimateGiB, 2, 8)}  ${checks.join(", ")}`,
   );
 }
