@@ -28,7 +28,7 @@ describe("presets", () => {
 
   test("overrides re-derive headDim; unknown preset and unknown override are errors", () => {
     const c = llamaPreset("tiny", { dim: 512 });
-    expect(c.headDim).toBe(64);
+    expect(c.headDim).toBe(128);
     expect(() => llamaPreset("llama-9b")).toThrow(/unknown Llama preset "llama-9b"; the presets are tiny/);
     expect(() => llamaPreset("tiny", { hidden: 3 } as never)).toThrow(/unknown field "hidden"/);
   });
@@ -37,8 +37,8 @@ describe("presets", () => {
 describe("validation", () => {
   const base = llamaPreset("tiny");
   const bad: [string, object, RegExp][] = [
-    ["kvHeads not dividing heads", { kvHeads: 3 }, /kvHeads \(3\) must divide heads \(8\)/],
-    ["heads not dividing dim", { dim: 250 }, /heads \(8\) must divide dim \(250\)/],
+    ["kvHeads not dividing heads", { kvHeads: 3 }, /kvHeads \(3\) must divide heads \(4\)/],
+    ["heads not dividing dim", { dim: 250 }, /heads \(4\) must divide dim \(250\)/],
     ["odd headDim", { headDim: 33 }, /headDim must be even/],
     ["zero layers", { layers: 0 }, /layers must be a positive integer, got 0/],
     ["fractional ffn", { ffn: 10.5 }, /ffn must be a positive integer/],

@@ -200,13 +200,14 @@ const LLAMA3_SCALING_3_2: Llama3RopeScaling = {
 const PRESETS = {
   /**
    * Trains on 2 CPU cores: ~1.2M layer parameters, the Llama-2 tokenizer's 32000-token vocabulary
-   * (the LM head GEMM dominates its step), GQA with 2 query heads per K/V head.
+   * (the LM head GEMM dominates its step), GQA with 2 query heads per K/V head. Heads of 64: the GPU
+   * attention kernels (ours and cuDNN) take head sizes 64 and 128, so the same preset runs on a GPU.
    */
   tiny: {
     dim: 256,
     layers: 4,
-    heads: 8,
-    kvHeads: 4,
+    heads: 4,
+    kvHeads: 2,
     ffn: 768,
     vocab: 32000,
     normEps: 1e-5,
