@@ -4,9 +4,13 @@
 //   dlogits = grad_scale * (exp(l - lse) - [j == y])   (bf16; skipped when dlogits is null)
 // A row with y == -100 gets loss 0 and a zero dlogits row (its logits are not read).
 // One block per row. Pass 1 keeps a running (max, sum) per thread, rescaling the sum when the max
-// grows, then merges them across the block in a fixed tree; pass 2 re-reads the row (from L2: a row is
-// 4V bytes, and the blocks in flight hold far less than L2) to write dlogits. 16-byte loads when
-// V % 8 == 0 and the pointers are 16-byte aligned, elements otherwise.
+// grows, then merges them across the block in a fixed tree; pass 2 re-reads the row to write dlogits.
+// That re-read must hit L2: the rows in flight must fit in it. At 512 threads x 4 blocks per SM they
+// did not (528 rows x 128 KB for V = 32000: 58% of copy bandwidth on an H200, the row read twice from
+// HBM), so blocks are 1024 threads, 2 per SM (264 rows in flight), and the second-pass loads and the
+// dlogits stores are evict-first (.cs) so they do not push the rows still to be re-read out of L2.
+// kernels/dev/cross_entropy/ holds the variants this was chosen among. 16-byte loads when V % 8 == 0
+// and the pointers are 16-byte aligned, elements otherwise.
 #include <cmath>
 
 #include "llama_common.cuh"
@@ -16,9 +20,8 @@ namespace {
 using ls::f32_to_bf16;
 using ls::load_pack;
 using ls::Pack;
-using ls::store_pack;
 
-constexpr int kThreads = 512;
+constexpr int kThreads = 1024;
 constexpr int kIgnore = -100;
 
 struct MaxSum {
@@ -62,6 +65,11 @@ __device__ MaxSum block_merge(MaxSum v) {
   return total;
 }
 
+// A 16-byte store that L2 may evict first (st.global.cs): dlogits are read next by the GEMMs, not here.
+__device__ __forceinline__ void store_streaming(uint16_t* p, const Pack<uint16_t, 8>& v) {
+  __stcs(reinterpret_cast<uint4*>(p), *reinterpret_cast<const uint4*>(&v));
+}
+
 // Adds n values already reduced to (their max, their sum of exp(x - max)).
 __device__ __forceinline__ void absorb(MaxSum& acc, const float* x, int n) {
   float mx = x[0];
@@ -72,7 +80,7 @@ __device__ __forceinline__ void absorb(MaxSum& acc, const float* x, int n) {
 }
 
 template <bool Vec>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     cross_entropy(const float* __restrict__ logits, const int32_t* __restrict__ labels, float grad_scale, uint16_t* __restrict__ dlogits,
                   float* __restrict__ row_loss, int64_t V) {
   const int64_t row = blockIdx.x;
@@ -86,7 +94,7 @@ __global__ void __launch_bounds__(kThreads)
       Pack<uint16_t, 8> z;
 #pragma unroll
       for (int j = 0; j < 8; ++j) z.v[j] = 0;
-      for (int64_t i = threadIdx.x * 8; i < V; i += static_cast<int64_t>(blockDim.x) * 8) store_pack<uint16_t, 8>(d + i, z);
+      for (int64_t i = threadIdx.x * 8; i < V; i += static_cast<int64_t>(blockDim.x) * 8) store_streaming(d + i, z);
     } else {
       for (int64_t i = threadIdx.x; i < V; i += blockDim.x) d[i] = 0;
     }
@@ -109,16 +117,16 @@ __global__ void __launch_bounds__(kThreads)
   if (d == nullptr) return;
   if (Vec) {
     for (int64_t i = threadIdx.x * 8; i < V; i += static_cast<int64_t>(blockDim.x) * 8) {
-      const Pack<float, 4> a = load_pack<float, 4>(l + i);
-      const Pack<float, 4> b = load_pack<float, 4>(l + i + 4);
-      const float x[8] = {a.v[0], a.v[1], a.v[2], a.v[3], b.v[0], b.v[1], b.v[2], b.v[3]};
+      const float4 a = __ldcs(reinterpret_cast<const float4*>(l + i));
+      const float4 b = __ldcs(reinterpret_cast<const float4*>(l + i + 4));
+      const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
       float g[8];
 #pragma unroll
       for (int j = 0; j < 8; ++j) g[j] = grad_scale * (__expf(x[j] - lse) - (i + j == y ? 1.0f : 0.0f));
-      store_pack<uint16_t, 8>(d + i, ls::llama::narrow8(g));
+      store_streaming(d + i, ls::llama::narrow8(g));
     }
   } else {
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) d[i] = f32_to_bf16(grad_scale * (__expf(l[i] - lse) - (i == y ? 1.0f : 0.0f)));
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) d[i] = f32_to_bf16(grad_scale * (__expf(__ldcs(l + i) - lse) - (i == y ? 1.0f : 0.0f)));
   }
 }
 

@@ -130,3 +130,26 @@ test("storeForOffload: the estimator's modes as stores", () => {
   expect(() => storeForOffload("spill", { layers: 4 })).toThrow('"spill" needs deviceLayers');
   expect(() => storeForOffload("disk" as never, { layers: 4 })).toThrow('got "disk"');
 });
+
+test("prefetch copies exactly the layer announced, once; a get without prefetch copies then; nothing copies twice", () => {
+  using s = new OffloadActivationStore({ layers: 4, deviceLayers: 0 });
+  for (let i = 0; i < 4; i++) putLayer(s, i, 0);
+  const copiesIn = () => s.report().copiesIn;
+  expect(copiesIn()).toBe(0);
+  s.prefetch(2);
+  expect(copiesIn()).toBe(4); // x, o and two lse chunks of layer 2
+  s.prefetch(2);
+  got(s, 2);
+  expect(copiesIn()).toBe(4);
+  got(s, 3); // the last layer put: still on the device, no copy
+  expect([copiesIn(), s.report().reused]).toEqual([4, 4]);
+  got(s, 1); // not announced: copied when asked
+  expect(copiesIn()).toBe(8);
+  s.release(3);
+  s.release(2);
+  s.release(1);
+  s.prefetch(1); // released: nothing left to copy
+  expect(copiesIn()).toBe(8);
+  s.release(0);
+  expect(s.report().deviceBytes).toBe(0);
+});

@@ -226,6 +226,7 @@ describe.skipIf(noGpu)("llama ops: CUDA equals the CPU reference", () => {
       [7, 64, 1001, 3], // V % 8 != 0: scalar row kernel
       [300, 128, 1000, 128],
       [4099, 32, 264, 1000],
+      [5, 16, 33000, 2], // a vocabulary above 32768 (Llama-3's is 128256)
     ] as const) {
       const label = `T=${T} C=${C} V=${V} chunk=${chunk} seed=${seed}`;
       const h = pair([T, C]);
