@@ -15,5 +15,5 @@ bun kernels/build.ts 2>&1 | tail -1
 timeout 60 env LIGHTSEQ_REQUIRE_GPU=1 bun test packages/checkpointing/src/offload.gpu.test.ts packages/llama/src/offload-model.gpu.test.ts \
   > "$OUT/checkpointing-test.log" 2>&1
 echo "offload GPU tests:"; grep -E '^\(fail\)|^\(pass\)|^ *[0-9]+ (pass|fail|skip)$|^error' "$OUT/checkpointing-test.log" | head -20
-timeout 270 bun packages/llama/bench/checkpointing-bench.ts "$OUT/checkpointing.json" --budget-s 230 2>&1 \
+timeout 270 bun packages/llama/bench/checkpointing-bench.ts "$OUT/checkpointing.json" --budget-s "${CKPT_BUDGET_S:-230}" 2>&1 \
   | tee "$OUT/checkpointing.log" | tail -40
