@@ -227,3 +227,15 @@ test("tied embeddings: the embedding's gradient is the lookup's plus the head's"
   expect(Math.max(...Array.from(got, Math.abs))).toBeGreaterThan(1e-2);
   for (const p of [tied, untiedInit, a.grads, b.grads]) p.dispose();
 });
+
+test("localModel uses the activation store it is given", async () => {
+  const cfg = tinyConfig();
+  using params = initParams(cfg, { seed: 2, std: TEST_STD });
+  using grads = zeroParams(cfg);
+  const store = new RecordingStore();
+  const model = localModel(params, { policy: { kind: "remat-aware" }, backend: referenceBackend, store });
+  await model.forwardBackward(sequenceBatch(seqTokens(11, cfg.vocab, 3)), new LocalGradientSink(grads), { gradScale: 1 });
+  expect([...store.puts.keys()]).toEqual([0, 1]);
+  expect(new Set(store.puts.get(1))).toEqual(new Set(["x", "o", "lse"]));
+  expect(store.bytes()).toBe(0);
+});

@@ -255,16 +255,26 @@ export class LlamaModel {
   }
 }
 
-/** The single-rank model: whole weights on their device, one block backend over the local sequence, tensors kept in place. */
+/**
+ * The single-rank model: whole weights on their device, one block backend over the local sequence;
+ * saved tensors kept in place unless another store is given (e.g. checkpointing's OffloadActivationStore).
+ */
 export function localModel(
   params: ModelParams,
-  o: { policy: CheckpointPolicy; backend: AttentionBackend; stream?: Stream; lossChunkTokens?: number; mlpChunkTokens?: number },
+  o: {
+    policy: CheckpointPolicy;
+    backend: AttentionBackend;
+    store?: ActivationStore;
+    stream?: Stream;
+    lossChunkTokens?: number;
+    mlpChunkTokens?: number;
+  },
 ): LlamaModel {
   return new LlamaModel({
     config: params.config,
     weights: new LocalWeightSource(params),
     attention: localAttention(o.backend),
-    store: new LocalActivationStore(),
+    store: o.store ?? new LocalActivationStore(),
     policy: o.policy,
     stream: o.stream,
     lossChunkTokens: o.lossChunkTokens,

@@ -28,6 +28,7 @@ import type { Communicator } from "@lightseq/comm";
 import type { Stream } from "@lightseq/cuda";
 import { axpy, type Tensor, TensorError, zeros } from "@lightseq/tensor";
 import {
+  type ActivationStore,
   type AttentionFn,
   type GradientSink,
   LocalActivationStore,
@@ -213,12 +214,13 @@ export interface ParallelModel {
 
 /**
  * The model over this rank's rows of an N-token sequence: DistAttn as its attention, whole weights
- * from `weights` (a ModelParams, or a sharded source from the trainer), tensors kept in place.
+ * from `weights` (a ModelParams, or a sharded source from the trainer), saved tensors kept in place
+ * unless another store is given (checkpointing's offloading store).
  */
 export function parallelize(
   params: ModelParams | { config: ModelParams["config"]; source: WeightSource },
   plan: SequenceParallelPlan,
-  o: { policy: CheckpointPolicy; lossChunkTokens?: number; mlpChunkTokens?: number },
+  o: { policy: CheckpointPolicy; store?: ActivationStore; lossChunkTokens?: number; mlpChunkTokens?: number },
 ): ParallelModel {
   const attention = distAttention(plan);
   const [config, weights] = "source" in params ? [params.config, params.source] : [params.config, new LocalWeightSource(params)];
@@ -226,7 +228,7 @@ export function parallelize(
     config,
     weights,
     attention,
-    store: new LocalActivationStore(),
+    store: o.store ?? new LocalActivationStore(),
     policy: o.policy,
     stream: plan.stream,
     lossChunkTokens: o.lossChunkTokens,
