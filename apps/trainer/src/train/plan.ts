@@ -5,7 +5,8 @@
 //
 // The estimator's "host" plan updates each layer as its gradients arrive and keeps no gradient
 // buffer; this trainer keeps the fp32 gradient shards on the GPU until the global norm is known (an
-// exact clip, and gradient accumulation over micro-batches), so 4 B/param / ranks is added here.
+// exact clip, and gradient accumulation over micro-batches): trainerExtraBytes adds that and the
+// other buffers of zero.ts to the estimate.
 
 import {
   type CheckpointPolicy,
@@ -15,7 +16,7 @@ import {
   MemoryEstimateError,
   parsePolicy,
 } from "@lightseq/checkpointing";
-import type { LlamaConfig } from "@lightseq/llama";
+import { type LlamaConfig, layerLayout } from "@lightseq/llama";
 import type { OptimizerPlace, Policy } from "../config.ts";
 import { paramCount } from "../metrics.ts";
 import type { StatePlace } from "./state.ts";
@@ -55,10 +56,22 @@ function estimate(i: PlanInput, kind: CheckpointPolicy["kind"], optimizer: "devi
     deviceBytes: i.deviceBytes,
     ...(optimizer === "host" ? { hostBytes: i.hostBytes } : {}),
   });
-  if (optimizer !== "host") return e;
-  const grads = (4 * paramCount(i.model)) / (i.cp * i.dp);
-  const gpuBytes = e.gpuBytes + grads;
+  if (!i.gpu) return e;
+  const gpuBytes = e.gpuBytes + trainerExtraBytes(i.model, optimizer, i.cp * i.dp);
   return { ...e, gpuBytes, fits: e.fits && gpuBytes <= i.deviceBytes };
+}
+
+/**
+ * What this trainer holds on a GPU beyond the estimator's terms: with the state on the device, the
+ * bf16 weight shard the AdamW kernel writes (2 B/param / R); with it on the host, the fp32 gradient
+ * shards kept until the norm is known (4 B/param / R); and zero.ts's third gathered layer, second
+ * layer-gradient buffer and the embedding's and head's f32 gradients.
+ */
+export function trainerExtraBytes(m: LlamaConfig, optimizer: "device" | "host", ranks: number): number {
+  const P = paramCount(m);
+  const layer = layerLayout(m).numel;
+  const nonLayer = m.vocab * m.dim * (m.tiedEmbeddings ? 1 : 2);
+  return ((optimizer === "device" ? 2 : 4) * P) / ranks + 2 * layer + 4 * layer + 4 * nonLayer;
 }
 
 function pickPolicy(

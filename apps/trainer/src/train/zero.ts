@@ -160,6 +160,8 @@ export class ZeroWeightSource implements WeightSource, Disposable {
       if (this.#nonLayerFlats.length === 0) {
         for (const n of names)
           this.#nonLayerFlats.push(zeros([this.state.layoutOf(n).padded], { dtype: this.#dtype, device: this.#device }));
+        // The zero fills ran on the compute stream; the gathers must not race them.
+        if (this.streams) this.#nonLayerReleased?.record(this.streams.compute);
       }
       if (this.streams) this.streams.comm.wait(this.#nonLayerReleased as Event);
       const flats = this.#nonLayerFlats;
@@ -181,6 +183,12 @@ export class ZeroWeightSource implements WeightSource, Disposable {
 
   /** The weights changed (an optimizer step): every gathered copy is stale. */
   invalidate(): void {
+    if (this.streams) {
+      // The next gathers read the shards the update (on the compute stream) is writing.
+      const e = Event.create(0).record(this.streams.compute);
+      this.streams.comm.wait(e);
+      e.dispose();
+    }
     for (const s of this.#slots) {
       if (s.inUse) throw new RangeError(`ZeRO weights: layer ${s.layer} still in use at the optimizer step`);
       s.layer = -1;
@@ -289,13 +297,19 @@ export class ZeroGradientSink implements GradientSink, Disposable {
       await this.comm.reduceScatter(flat, shard, "sum", o);
       return;
     }
-    let tmp = this.#tmp.get(name);
-    if (!tmp) {
-      tmp = zeros([shard.numel], { device: this.#device });
-      this.#tmp.set(name, tmp);
+    // GPU: one buffer for every later micro-batch's shard (the reduce-scatter and the add are ordered
+    // on the comm stream); CPU: one per buffer, as several reduce-scatters may be in flight.
+    const key = this.streams ? "" : name;
+    let tmp = this.#tmp.get(key);
+    if (!tmp || tmp.numel < shard.numel) {
+      tmp?.dispose();
+      const len = this.streams ? Math.max(...[...this.shards.values()].map((t) => t.numel)) : shard.numel;
+      tmp = zeros([len], { device: this.#device, stream: this.streams?.comm });
+      this.#tmp.set(key, tmp);
     }
-    await this.comm.reduceScatter(flat, tmp, "sum", o);
-    axpy(1, tmp, shard, o);
+    using part = tmp.narrow(0, shard.numel);
+    await this.comm.reduceScatter(flat, part, "sum", o);
+    axpy(1, part, shard, o);
   }
 
   #handOff(): void {
