@@ -15,7 +15,15 @@ import { basename, join, resolve } from "node:path";
 export const ROOT = resolve(import.meta.dir, "..");
 
 /** Every package a user can install, in dependency order, by folder. */
-export const PACKAGE_DIRS = ["kernels", "packages/cuda", "packages/tensor", "packages/comm", "packages/attention"] as const;
+export const PACKAGE_DIRS = [
+  "kernels",
+  "packages/cuda",
+  "packages/tensor",
+  "packages/comm",
+  "packages/attention",
+  "packages/checkpointing",
+  "packages/llama",
+] as const;
 
 export interface PackedPackage {
   name: string;

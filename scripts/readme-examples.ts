@@ -43,7 +43,9 @@ function sync(readme: string): void {
   if (next !== text) writeFileSync(readme, next);
 }
 
-export const READMES = ["cuda", "tensor", "comm", "attention"].map((p) => resolve(import.meta.dir, "..", "packages", p, "README.md"));
+export const READMES = ["cuda", "tensor", "comm", "attention", "checkpointing", "llama"].map((p) =>
+  resolve(import.meta.dir, "..", "packages", p, "README.md"),
+);
 
 if (import.meta.main) {
   if (process.argv.includes("--check")) {

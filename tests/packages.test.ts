@@ -44,6 +44,8 @@ describe("packed packages", () => {
       "@lightseq/tensor",
       "@lightseq/comm",
       "@lightseq/attention",
+      "@lightseq/checkpointing",
+      "@lightseq/llama",
     ]);
     for (const p of project.packages) {
       expect(p.files).toContain("package.json");
@@ -61,6 +63,10 @@ describe("packed packages", () => {
     const kernels = project.packages.find((p) => p.name === "@lightseq/kernels");
     expect(kernels?.files).toContain("src/lightseq.cuh");
     expect(project.packages.find((p) => p.name === "@lightseq/cuda")?.manifest.dependencies).toEqual({ "@lightseq/kernels": version });
+    // llama's test helpers live in src/ beside the code: the fixture loader and the ops' finite differences stay out.
+    const llama = project.packages.find((p) => p.name === "@lightseq/llama")?.files ?? [];
+    expect(llama).toEqual(expect.arrayContaining(["src/index.ts", "src/hf.ts", "src/safetensors.ts", "src/ops/rmsnorm.ts"]));
+    expect(llama.filter((f) => f === "src/hf-fixture.ts" || f === "src/ops/testing.ts")).toEqual([]);
   });
 });
 
@@ -76,7 +82,7 @@ describe("a project outside the repository", () => {
     for (const e of inReadmes) expect(`${e.readme}: ${e.file}\n${e.inReadme}`).toBe(`${e.readme}: ${e.file}\n${e.inFile}`);
     const shown = inReadmes.map((e) => join(e.readme.replace(/README\.md$/, ""), e.file).replace(`${ROOT}/`, ""));
     expect(shown.sort()).toEqual(project.examples.map((e) => e.source).sort());
-    expect(project.examples.length).toBeGreaterThanOrEqual(4);
+    expect(project.examples.length).toBeGreaterThanOrEqual(7);
   });
 
   const expected: Record<string, RegExp> = {
@@ -84,6 +90,12 @@ describe("a project outside the repository", () => {
     "packages/tensor/examples/matmul.ts": /on cpu \(OpenBLAS, .*\): max \|error\| .* vs the reference/,
     "packages/comm/examples/allreduce.ts": /rank 0 of 2 \(cpu backend, on cpu\): all-reduce sum = 3, 3, 3, 3/,
     "packages/attention/examples/attention.ts": /attention fwd\+bwd on cpu \(reference, f32\): o, dq, dk, dv match the reference/,
+    "packages/checkpointing/examples/estimate.ts":
+      /auto: remat-aware, offload none\. remat-aware: [\d.]+ GiB of 139\.0 GiB on the GPU; faster ones do not fit: none needs GPU[\s\S]*262144 tokens on one GPU: MemoryEstimateError: no checkpoint policy fits/,
+    "packages/llama/examples/train-step.ts":
+      /llama fwd\+bwd on cpu \(reference, f32\): loss 10\.\d+ over 127 labels \(ln 32000 = 10\.3735\), \|grad\| [\d.]+/,
+    "packages/llama/examples/hf-checkpoint.ts":
+      /saved 5 files to .*: config\.json, model-00001-of-00003\.safetensors, .*model\.safetensors\.index\.json\nloaded 39 tensors: config equal, every tensor the bf16 rounding of ours; loss/,
   };
 
   for (const [source, pattern] of Object.entries(expected)) {
@@ -105,15 +117,14 @@ describe("a project outside the repository", () => {
 
   test("the kernels library is looked for in the installed package, and the error says what to run", () => {
     const script = `import { kernelsPath, KERNELS_BUILD_HINT } from "@lightseq/cuda"; console.log(JSON.stringify({ ...kernelsPath(), hint: KERNELS_BUILD_HINT }));`;
-    const probe = (env: Record<string, string>) => {
-      const r = runIn(project.dir, [process.execPath, "-e", script], env);
-      return JSON.parse(r.out) as { path: string; tried: string[]; hint: string };
-    };
-    const installed = probe({ LIGHTSEQ_KERNELS_SO: "" });
-    expect(installed.path).toBe("");
-    expect(installed.tried).toContain(join(project.dir, "node_modules/@lightseq/kernels/build/liblightseq.so"));
-    expect(installed.hint).toContain("`bunx lightseq-build-kernels`");
-    const missing = probe({ LIGHTSEQ_KERNELS_SO: "/nonexistent/liblightseq.so" });
-    expect(missing).toMatchObject({ path: "", tried: ["$LIGHTSEQ_KERNELS_SO=/nonexistent/liblightseq.so (no such file)"] });
+    const installed = runIn(project.dir, [process.execPath, "-e", script], { LIGHTSEQ_KERNELS_SO: "" });
+    const found = JSON.parse(installed.out) as { path: string; tried: string[]; hint: string };
+    expect(found.path).toBe("");
+    expect(found.tried).toContain(join(project.dir, "node_modules/@lightseq/kernels/build/liblightseq.so"));
+    expect(found.hint).toContain("`bunx lightseq-build-kernels`");
+    // A path given that does not exist is an error naming the variable, not a silent search elsewhere.
+    const missing = runIn(project.dir, [process.execPath, "-e", script], { LIGHTSEQ_KERNELS_SO: "/nonexistent/liblightseq.so" });
+    expect(missing.code).toBe(1);
+    expect(missing.err).toContain("LibraryOverrideError: LIGHTSEQ_KERNELS_SO=/nonexistent/liblightseq.so: no such file");
   });
 });

@@ -2,8 +2,10 @@
 # The packages used from outside the repository on a GPU machine (issue 18): pack them and install the
 # tarballs offline into a fresh project in /tmp (scripts/outside-project.ts, as the CI test does), run
 # the documented kernels step there (`bunx lightseq-build-kernels`), then the README examples on the
-# GPU: the probe, a matmul (inputs drawn by our kernels, product by cuBLASLt) and block attention
-# forward+backward through our kernels and through cuDNN, each checked against the CPU reference.
+# GPU: the probe, a matmul (inputs drawn by our kernels, product by cuBLASLt), block attention
+# forward+backward through our kernels and through cuDNN, each checked against the CPU reference, and
+# one forward+backward of the small Llama (bf16, our llama op kernels, the attention "auto" picks),
+# whose loss must be near ln(vocab); then the CPU-only examples (estimator, HF checkpoint round trip).
 # Usage (device tool, carry [".device"]): source .device/setup.sh && bash scripts/gpu/outside-project.sh
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -35,7 +37,11 @@ step matmul-cuda bun examples/tensor/matmul.ts cuda:0
 step attention-cuda bun examples/attention/attention.ts cuda:0 cuda
 step attention-cudnn bun examples/attention/attention.ts cuda:0 cudnn
 step attention-auto bun examples/attention/attention.ts cuda:0
+step llama-cuda bun examples/llama/train-step.ts cuda:0
 step matmul-cpu bun examples/tensor/matmul.ts cpu
+step llama-cpu bun examples/llama/train-step.ts cpu
+step llama-hf bun examples/llama/hf-checkpoint.ts
+step estimate bun examples/checkpointing/estimate.ts
 
 cat "$OUT/probe.log"
 echo

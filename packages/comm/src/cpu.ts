@@ -30,7 +30,8 @@ import {
   splitMembers,
 } from "./communicator.ts";
 import { type ReduceResult, reduceInRankOrder } from "./cpu-reduce.ts";
-import { DTYPE_CODE, type Frame, FrameKind, Mesh, MeshFailure, tagOf } from "./mesh.ts";
+import { Mesh, MeshFailure } from "./mesh.ts";
+import { DTYPE_CODE, type Frame, FrameKind, tagOf } from "./mesh-wire.ts";
 
 type DT = keyof typeof DTYPE_CODE;
 

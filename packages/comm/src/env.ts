@@ -13,7 +13,7 @@
 
 import { UserError } from "@lightseq/cuda";
 import type { Transport } from "./mesh.ts";
-import { DEFAULT_JOB_ID, MAX_JOB_ID_CHARS } from "./store.ts";
+import { DEFAULT_JOB_ID, MAX_JOB_ID_CHARS } from "./store-wire.ts";
 
 export class EnvError extends UserError {
   override name = "EnvError";

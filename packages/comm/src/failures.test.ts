@@ -4,7 +4,7 @@
 import { expect, test } from "bun:test";
 import { initCommunicator } from "./init.ts";
 import { launch } from "./launch.ts";
-import { StoreServer } from "./store.ts";
+import { StoreServer } from "./store-server.ts";
 import { FIXTURES, freePort, runJob } from "./testing.ts";
 
 function errorLines(lines: string[]): string[] {

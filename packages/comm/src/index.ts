@@ -16,4 +16,6 @@ export { type BackendChoice, type InitOptions, initCommunicator, RendezvousError
 export { LaunchError, type LaunchOptions, type LaunchResult, launch, MULTICAST_OFF_ENV, parseLaunchArgs, type RankExit } from "./launch.ts";
 export { NcclCommunicator } from "./nccl.ts";
 export { NCCL_DTYPE, NCCL_OP, NcclError, ncclVersion } from "./nccl-ffi.ts";
-export { StoreClient, StoreError, StoreServer } from "./store.ts";
+export { StoreClient } from "./store-client.ts";
+export { StoreServer } from "./store-server.ts";
+export { StoreError } from "./store-wire.ts";

@@ -21,7 +21,8 @@ import { type DistEnv, type P2PTransport, readCommEnv } from "./env.ts";
 import { Mesh, type Transport } from "./mesh.ts";
 import { NcclCommunicator } from "./nccl.ts";
 import { nccl, ncclUniqueId } from "./nccl-ffi.ts";
-import { StoreClient, StoreServer } from "./store.ts";
+import { StoreClient } from "./store-client.ts";
+import { StoreServer } from "./store-server.ts";
 
 export type BackendChoice = "cpu" | "nccl" | "auto";
 

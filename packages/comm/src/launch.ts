@@ -22,7 +22,8 @@
 import { existsSync } from "node:fs";
 import { cliErrors, LIGHTSEQ_VERSION, probeGpus, UserError } from "@lightseq/cuda";
 import { jobIdFromEnv, readCommEnv } from "./env.ts";
-import { StoreError, StoreServer } from "./store.ts";
+import { StoreServer } from "./store-server.ts";
+import { StoreError } from "./store-wire.ts";
 
 /** Always set for every rank (see the header). */
 export const MULTICAST_OFF_ENV = { NCCL_NVLS_ENABLE: "0", TORCH_SYMM_MEM_DISABLE_MULTICAST: "1", NVSHMEM_DISABLE_NVLS: "1" } as const;

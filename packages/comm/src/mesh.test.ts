@@ -5,7 +5,8 @@
 
 import { expect, test } from "bun:test";
 import { meshHeader, meshHello, meshTarget, RawConn } from "./fixtures/raw-wire.ts";
-import { DTYPE_CODE, FrameKind, Mesh, MeshFailure, type Transport } from "./mesh.ts";
+import { Mesh, MeshFailure, type Transport } from "./mesh.ts";
+import { DTYPE_CODE, FrameKind } from "./mesh-wire.ts";
 
 let sessions = 0;
 const GiB = 2 ** 30;

@@ -1,91 +1,35 @@
-// The CPU backend's transport: one stream socket between every pair of ranks (a full mesh), and
-// length-prefixed frames on it. Unix domain sockets in Linux's abstract namespace by default: on the
+// The CPU backend's transport: one stream socket between every pair of ranks (a full mesh), carrying
+// the frames of mesh-wire.ts. Unix domain sockets in Linux's abstract namespace by default: on the
 // development VM they move 0.6-0.8 GiB/s against ~0.2 GiB/s for loopback TCP, and abstract names
-// leave no files behind. Loopback TCP stays available (`transport: "tcp"`, host 127.0.0.1).
-//
-// Why a full mesh and not a star through rank 0: point-to-point traffic (the ring exchanges of
-// DistAttn) goes straight to its peer, and the direct collectives of cpu.ts move 2(P-1)/P of the
-// buffer per rank, as a ring does, where a star would push P times the buffer through rank 0. At
-// P <= 8 that is at most 28 connections.
-//
-// Frame: a 16-byte header, then the payload.
-//   u32 payload bytes (low), u32 payload bytes (high), u32 communicator tag, u8 kind, u8 dtype, u16 0
-// The tag lets sub-communicators (split) share the connections; frames of one (tag, peer) pair are
-// received in the order they were sent (TCP keeps the order), which is the matching rule of NCCL.
-// The first frame on a connection is a `hello` from the connecting (higher) rank; the last one a
-// `bye` sent by destroy(). A connection that closes without `bye` means the peer died: the whole
-// mesh fails and every pending and later receive rejects.
-//
-// Headers are checked before anything is allocated for their payload. On a connection not yet
-// identified only a small hello is read (anything else: the connection is refused and closed). From
-// a peer, a header that disagrees with the receive posted for it (kind, dtype, size), or that is
-// absurd (unknown kind, a second hello, a payload no typed array could hold), fails the mesh with an
-// error naming the peer. A frame that comes before its receive is posted is read into a fresh buffer
-// (zero pages, committed as the bytes arrive) and checked when the receive is posted.
+// leave no files behind; loopback TCP stays available (`transport: "tcp"`, host 127.0.0.1). A full
+// mesh and not a star through rank 0, because point-to-point traffic (the ring exchanges of DistAttn)
+// goes straight to its peer, and the direct collectives of cpu.ts move 2(P-1)/P of the buffer per
+// rank, as a ring does, where a star would push P times the buffer through rank 0 (at P <= 8, at most
+// 28 connections). The first frame on a connection is a `hello` from the connecting (higher) rank,
+// the last one a `bye` sent by destroy(); a connection that closes without `bye` means the peer died:
+// the whole mesh fails and every pending and later receive rejects. Each header is checked
+// (mesh-wire.ts) before anything is allocated for its payload; a frame that comes before its receive
+// is posted is read into a fresh buffer (zero pages, committed as the bytes arrive) and checked when
+// the receive is posted.
 
 import { Packr } from "msgpackr";
+import {
+  type Expected,
+  type Frame,
+  FrameKind,
+  frameBytes,
+  HEADER_BYTES,
+  type Header,
+  headerProblem,
+  MAX_ABORT_BYTES,
+  MAX_HELLO_BYTES,
+  mismatch,
+  readHeader,
+  tagOf,
+} from "./mesh-wire.ts";
 
-const HEADER_BYTES = 16;
-/** The largest typed array (JSC: 4 GiB): a payload is one, so no peer can have sent more. */
-const MAX_PAYLOAD_BYTES = 2 ** 32;
-/** A hello holds a rank, a size and a session id. */
-const MAX_HELLO_BYTES = 4096;
-/** An abort holds one failure message (truncated to fit when sent). */
-const MAX_ABORT_BYTES = 64 * 1024;
 /** Payloads below this are copied behind their header and written with one call. */
 const COALESCE_BYTES = 64 * 1024;
-
-export const FrameKind = {
-  hello: 1,
-  bye: 2,
-  p2p: 3,
-  allReduce: 4,
-  allGather: 5,
-  reduceScatter: 6,
-  broadcast: 7,
-  barrier: 8,
-  split: 9,
-  abort: 10,
-} as const;
-export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
-const KNOWN_KINDS = new Set<number>(Object.values(FrameKind));
-
-export function frameKindName(k: number): string {
-  for (const [name, v] of Object.entries(FrameKind)) if (v === k) return name;
-  return `kind ${k}`;
-}
-
-/** The header's dtype byte of a data frame (0: no elements, e.g. barrier). */
-export const DTYPE_CODE = { f32: 1, bf16: 2, i32: 3 } as const;
-
-export function dtypeName(code: number): string {
-  if (code === 0) return "none";
-  for (const [name, v] of Object.entries(DTYPE_CODE)) if (v === code) return name;
-  return `dtype ${code}`;
-}
-
-/** What a receive expects of its frame; a frame that differs fails the mesh. */
-export interface Expected {
-  kind: FrameKind;
-  dtype: number;
-  bytes: number;
-  /** Where the payload lands, of `bytes` bytes (no intermediate buffer, no first-touch pages). */
-  into?: Uint8Array;
-}
-
-interface Header {
-  bytes: number;
-  tag: number;
-  kind: number;
-  dtype: number;
-}
-
-export interface Frame {
-  readonly tag: number;
-  readonly kind: number;
-  readonly dtype: number;
-  readonly payload: Uint8Array;
-}
 
 /** Why the mesh stopped working; the communicator wraps it into a CommError naming the operation. */
 export class MeshFailure extends Error {
@@ -204,13 +148,7 @@ class Conn {
         at += take;
         if (this.#headerFill < HEADER_BYTES) return;
         this.#headerFill = 0;
-        const h = new DataView(this.#header.buffer);
-        const header = {
-          bytes: h.getUint32(0, true) + h.getUint32(4, true) * 2 ** 32,
-          tag: h.getUint32(8, true),
-          kind: h.getUint8(12),
-          dtype: h.getUint8(13),
-        };
+        const header = readHeader(this.#header);
         const payload = this.mesh.payloadFor(this, header);
         if (payload === null) {
           this.#discarding = true;
@@ -471,7 +409,7 @@ export class Mesh {
 
   /**
    * Where the payload of a frame whose header just came on `conn` is read into, or null to read
-   * nothing more from it (module header): the posted receive's own buffer when the next receive in
+   * nothing more from it (the checks of mesh-wire.ts): the posted receive's own buffer when the next receive in
    * line gave one, else a fresh one. Nothing is allocated for a header that is refused.
    */
   payloadFor(conn: Conn, h: Header): Uint8Array | null {
@@ -483,7 +421,7 @@ export class Mesh {
       return null;
     }
     if (this.#failure !== null) return null;
-    const problem = this.#badHeader(peer, h);
+    const problem = headerProblem(peer, h, this.#inboxes.get(h.tag)?.[peer]?.waiters[0]?.want);
     if (problem !== null) {
       this.fail(new MeshFailure(problem, [peer]));
       return null;
@@ -498,24 +436,6 @@ export class Mesh {
       );
       return null;
     }
-  }
-
-  /** Why a header from identified `peer` cannot be right, or null. */
-  #badHeader(peer: number, h: Header): string | null {
-    const corrupt = "the stream is corrupt or not from a lightseq rank";
-    switch (h.kind) {
-      case FrameKind.hello:
-        return `rank ${peer} sent a second hello (${corrupt})`;
-      case FrameKind.bye:
-        return h.bytes === 0 ? null : `rank ${peer} sent a bye with a ${h.bytes}-byte payload (${corrupt})`;
-      case FrameKind.abort:
-        return h.bytes <= MAX_ABORT_BYTES ? null : `rank ${peer} sent an abort of ${h.bytes} bytes, over ${MAX_ABORT_BYTES} (${corrupt})`;
-    }
-    if (!KNOWN_KINDS.has(h.kind)) return `rank ${peer} sent a frame of unknown kind ${h.kind} (${corrupt})`;
-    if (h.bytes > MAX_PAYLOAD_BYTES)
-      return `rank ${peer} sent a frame header of ${h.bytes} bytes, more than any tensor holds (${MAX_PAYLOAD_BYTES}) (${corrupt})`;
-    const waiter = this.#inboxes.get(h.tag)?.[peer]?.waiters[0];
-    return waiter ? mismatch(peer, h, waiter.want) : null;
   }
 
   /** A whole data frame from `peer`: to the receive waiting for it, if it is the one expected, or queued. */
@@ -611,38 +531,9 @@ export class Mesh {
   }
 }
 
-/** Why a data frame from `peer` is not the one a receive expects, or null. */
-function mismatch(peer: number, h: Header, want: Expected): string | null {
-  if (h.kind === want.kind && h.dtype === want.dtype && h.bytes === want.bytes) return null;
-  return `mismatched call from rank ${peer}: it sent ${frameKindName(h.kind)} data (${dtypeName(h.dtype)}, ${h.bytes} bytes) where this rank expected ${frameKindName(want.kind)} (${dtypeName(want.dtype)}, ${want.bytes} bytes); every rank must issue the same operations in the same order`;
-}
-
-function frameBytes(tag: number, kind: number, dtype: number, payload: Uint8Array, withPayload = true): Uint8Array {
-  const out = new Uint8Array(HEADER_BYTES + (withPayload ? payload.byteLength : 0));
-  const h = new DataView(out.buffer);
-  const n = payload.byteLength;
-  h.setUint32(0, n % 2 ** 32, true);
-  h.setUint32(4, Math.floor(n / 2 ** 32), true);
-  h.setUint32(8, tag, true);
-  h.setUint8(12, kind);
-  h.setUint8(13, dtype);
-  if (withPayload) out.set(payload, HEADER_BYTES);
-  return out;
-}
-
 export function splitAddress(addr: string): [string, number] {
   const i = addr.lastIndexOf(":");
   const port = Number(addr.slice(i + 1));
   if (i <= 0 || !Number.isInteger(port)) throw new Error(`bad address ${JSON.stringify(addr)}: expected host:port`);
   return [addr.slice(0, i), port];
-}
-
-/** FNV-1a of a string: the tag of a sub-communicator, the same on every member. */
-export function tagOf(id: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < id.length; i++) {
-    h ^= id.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h;
 }

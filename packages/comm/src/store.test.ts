@@ -6,7 +6,9 @@ import { afterAll, expect, test } from "bun:test";
 import { join } from "node:path";
 import { jobIdFromEnv } from "./env.ts";
 import { RawStoreConn, storeFrame } from "./fixtures/raw-wire.ts";
-import { FrameReader, MAX_FRAME_BYTES, StoreClient, StoreError, StoreServer } from "./store.ts";
+import { StoreClient } from "./store-client.ts";
+import { StoreServer } from "./store-server.ts";
+import { FrameReader, MAX_FRAME_BYTES, StoreError } from "./store-wire.ts";
 import { FIXTURES, freePort } from "./testing.ts";
 
 const server = StoreServer.listen({ host: "127.0.0.1", port: 0 });

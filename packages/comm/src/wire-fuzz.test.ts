@@ -9,8 +9,11 @@
 import { expect, test } from "bun:test";
 import { Packr } from "msgpackr";
 import { meshHeader, meshHello, meshTarget, RawConn, RawStoreConn, storeFrame } from "./fixtures/raw-wire.ts";
-import { DTYPE_CODE, type Expected, FrameKind, Mesh, MeshFailure, type Transport } from "./mesh.ts";
-import { MAX_FRAME_BYTES, StoreClient, StoreServer } from "./store.ts";
+import { Mesh, MeshFailure, type Transport } from "./mesh.ts";
+import { DTYPE_CODE, type Expected, FrameKind } from "./mesh-wire.ts";
+import { StoreClient } from "./store-client.ts";
+import { StoreServer } from "./store-server.ts";
+import { MAX_FRAME_BYTES } from "./store-wire.ts";
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20261201) >>> 0;
 const STORE_CASES = 600;

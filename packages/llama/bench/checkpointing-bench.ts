@@ -17,7 +17,9 @@
 // Rows run in order of interest at each length: remat-aware and full on the GPU, then offloaded.
 //
 //   bun packages/llama/bench/checkpointing-bench.ts [out.json] [--tokens 32768,65536,131072] [--layers 4]
-//       [--warmup 2] [--steps 3] [--budget-s 270] [--mlp-chunk TOKENS]
+//       [--warmup 2] [--steps 3] [--budget-s 270] [--mlp-chunk TOKENS] [--cpu-smoke]
+// --cpu-smoke runs the same rows on the CPU with the tiny test model (f32, reference attention, no
+// memory peaks): a check of the bench's own logic where there is no GPU, not a measurement.
 
 import { hostname, totalmem } from "node:os";
 import { selectAttentionBackend } from "@lightseq/attention";
@@ -33,6 +35,7 @@ import {
 import { DeviceAllocator, deviceInfo, Event, requireDevice } from "@lightseq/cuda";
 import { currentStream, memoryReport, randn } from "@lightseq/tensor";
 import { llamaPreset } from "../src/config.ts";
+import { tinyConfig } from "../src/fixtures/tiny.ts";
 import { LocalActivationStore, LocalGradientSink, LocalWeightSource, localAttention } from "../src/interfaces.ts";
 import { LlamaModel, sequenceBatch } from "../src/model.ts";
 import { initParams, zeroParams } from "../src/weights.ts";
@@ -59,27 +62,33 @@ const mlpChunkTokens = flag("--mlp-chunk") === undefined ? undefined : intFlag("
 const started = performance.now();
 const elapsedS = () => (performance.now() - started) / 1000;
 
-requireDevice(0);
-const dev = "cuda:0";
-const stream = currentStream(0);
-const cfg = llamaPreset("llama2-7b", { layers });
+const smoke = args.includes("--cpu-smoke");
+if (!smoke) requireDevice(0);
+const dev = smoke ? "cpu" : "cuda:0";
+const stream = smoke ? undefined : currentStream(0);
+const sync = () => stream?.synchronize();
+const cfg = smoke ? tinyConfig({ layers }) : llamaPreset("llama2-7b", { layers });
+const dtype = smoke ? "f32" : "bf16";
 const LOSS_CHUNK = 2048;
 const GiB = 2 ** 30;
 const attn = selectAttentionBackend("auto", dev);
-const info = deviceInfo(0);
+const info = smoke ? { name: "cpu (--cpu-smoke)" } : deviceInfo(0);
 const hostBytes = Math.floor(0.6 * totalmem()); // pinned memory we allow ourselves on this host
 console.log(
-  `device: ${info.name} on ${hostname()}; Llama-2-7B shape cut to ${layers} layers, bf16, f32 gradients; ${attn.reason}; ` +
+  `device: ${info.name} on ${hostname()}; ${smoke ? "tiny test model" : "Llama-2-7B shape"} cut to ${layers} layers, ${dtype}, f32 gradients; ${attn.reason}; ` +
     `${warmup} warm-up steps before the first row of each length, 1 before the others, ${steps} timed; host budget ${(hostBytes / GiB).toFixed(0)} GiB pinned`,
 );
 
 // What the pool may take: the device's free memory before our first allocation, less 2 GiB for the
 // library workspaces that live outside it (cuBLASLt, cuDNN). Rows whose estimate exceeds it are skipped.
-const deviceBytes = memoryReport(dev).deviceFree - 2 * GiB;
-const params = initParams(cfg, { seed: 1, dtype: "bf16", device: dev });
+const deviceBytes = smoke ? 2 ** 40 : memoryReport(dev).deviceFree - 2 * GiB;
+const params = initParams(cfg, { seed: 1, dtype, device: dev });
 const grads = new LocalGradientSink(zeroParams(cfg, { device: dev }));
 const weights = new LocalWeightSource(params);
-const allocator = DeviceAllocator.forDevice(0);
+const resetPeak = () => {
+  if (!smoke) DeviceAllocator.forDevice(0).resetPeak();
+};
+const peakNow = () => (smoke ? 0 : memoryReport(dev).peak);
 
 function tokensOf(T: number): Int32Array {
   const t = new Int32Array(T);
@@ -93,23 +102,22 @@ function tokensOf(T: number): Int32Array {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
-/** One causal attention forward at T tokens (the backend the model uses), CUDA events, median of 3 after one warm-up. */
+/** One causal attention forward at T tokens (the backend the model uses): median of 3 after one warm-up (CUDA events; host clock on the CPU). */
 function attentionForwardMs(T: number): number {
-  const shape = [T, cfg.heads, cfg.headDim];
-  using q = randn(shape, { seed: 7, dtype: "bf16", device: dev, stream });
-  using k = randn([T, cfg.kvHeads, cfg.headDim], { seed: 8, dtype: "bf16", device: dev, stream });
-  using v = randn([T, cfg.kvHeads, cfg.headDim], { seed: 9, dtype: "bf16", device: dev, stream });
-  using e0 = Event.create(0, { timing: true });
-  using e1 = Event.create(0, { timing: true });
+  using q = randn([T, cfg.heads, cfg.headDim], { seed: 7, dtype, device: dev, stream });
+  using k = randn([T, cfg.kvHeads, cfg.headDim], { seed: 8, dtype, device: dev, stream });
+  using v = randn([T, cfg.kvHeads, cfg.headDim], { seed: 9, dtype, device: dev, stream });
   const ms: number[] = [];
   for (let r = 0; r < 4; r++) {
-    e0.record(stream);
+    const e = stream ? [Event.create(0, { timing: true }).record(stream)] : [];
+    const t0 = performance.now();
     const out = attn.backend.forward(q, k, v, { causal: true, stream });
-    e1.record(stream);
-    e1.synchronize();
+    if (stream) (e[1] = Event.create(0, { timing: true }).record(stream)).synchronize();
+    const t = stream ? (e[0] as Event).elapsedMs(e[1] as Event) : performance.now() - t0;
+    for (const x of e) x.dispose();
     out.o.dispose();
     out.lse.dispose();
-    if (r > 0) ms.push(e0.elapsedMs(e1));
+    if (r > 0) ms.push(t);
   }
   return median(ms);
 }
@@ -126,6 +134,11 @@ interface Row {
   estimateGiB?: number;
   /** peak / estimate. */
   ratio?: number;
+  /** The estimate's peak phase and its GPU terms (to see which one a mismatch comes from). */
+  estimatePhase?: string;
+  estimateTerms?: { name: string; GiB: number; phase?: string }[];
+  /** The estimate's pinned host bytes beside the store's measured peak (store.peakHostBytes). */
+  hostEstimateGiB?: number;
   /** Layers whose kept tensors stayed on the GPU (the last ones). */
   deviceLayers?: number;
   store?: OffloadReport;
@@ -227,23 +240,26 @@ for (const T of tokenList) {
     });
     try {
       for (let i = 0; i < warm; i++) await model.forwardBackward(batch, grads, { gradScale: 1 / T });
-      stream.synchronize();
-      allocator.resetPeak();
+      sync();
+      resetPeak();
       if (store instanceof OffloadActivationStore) store.resetPeaks();
       const ms: number[] = [];
       for (let i = 0; i < steps; i++) {
         const t0 = performance.now();
         await model.forwardBackward(batch, grads, { gradScale: 1 / T });
-        stream.synchronize();
+        sync();
         ms.push(performance.now() - t0);
       }
-      const peak = memoryReport(dev).peak;
+      const peak = peakNow();
       Object.assign(row, {
         status: "ok",
         stepMs: median(ms),
         stepsMs: ms,
         peakGiB: peak / GiB,
         estimateGiB: est.gpuBytes / GiB,
+        estimatePhase: est.peakPhase,
+        estimateTerms: est.gpu.map((t) => ({ name: t.name, GiB: t.bytes / GiB, phase: t.phase })),
+        hostEstimateGiB: est.hostBytes / GiB,
         ratio: peak / est.gpuBytes,
         deviceLayers,
         store: store instanceof OffloadActivationStore ? store.report() : undefined,
@@ -254,7 +270,7 @@ for (const T of tokenList) {
     } finally {
       if (store instanceof OffloadActivationStore) store[Symbol.dispose]();
       else for (let i = 0; i < layers; i++) store.release(i);
-      stream.synchronize();
+      sync();
     }
   }
   const find = (p: string, o: OffloadMode) => rows.find((r) => r.T === T && r.policy === p && r.offload === o && r.status === "ok");
@@ -289,13 +305,13 @@ for (const p of lengths)
 for (const r of rows.filter((x) => x.status === "skipped")) console.log(`  skipped T=${r.T} ${r.policy} offload ${r.offload}: ${r.reason}`);
 console.log(
   `\n${"T".padStart(7)} ${"policy".padEnd(12)} ${"offload".padEnd(7)} ${"step ms".padStart(9)} ${"vs GPU".padStart(7)} ` +
-    `${"peak GiB".padStart(9)} ${"est GiB".padStart(8)} ${"peak/est".padStart(8)} ${"host GiB".padStart(8)}  checks`,
+    `${"peak GiB".padStart(9)} ${"est GiB".padStart(8)} ${"peak/est".padStart(8)} ${"host GiB".padStart(8)} ${"host est".padStart(8)}  checks`,
 );
 for (const r of rows.filter((x) => x.status === "ok")) {
-  const checks = [Math.abs((r.ratio as number) - 1) <= 0.1 ? "mem ok" : "MEM >10%"];
+  const checks = smoke ? ["smoke: no peaks"] : [Math.abs((r.ratio as number) - 1) <= 0.1 ? "mem ok" : "MEM >10%"];
   if (r.vsOnGpu !== undefined) checks.push(r.vsOnGpu <= 1.05 ? "offload ok" : "OFFLOAD >5%");
   console.log(
     `${String(r.T).padStart(7)} ${r.policy.padEnd(12)} ${r.offload.padEnd(7)} ${f(r.stepMs, 1, 9)} ${f(r.vsOnGpu, 3, 7)} ` +
-      `${f(r.peakGiB, 2, 9)} ${f(r.estimateGiB, 2, 8)} ${f(r.ratio, 3, 8)} ${f(r.store ? r.store.peakHostBytes / GiB : undefined, 2, 8)}  ${checks.join(", ")}`,
+      `${f(r.peakGiB, 2, 9)} ${f(r.estimateGiB, 2, 8)} ${f(r.ratio, 3, 8)} ${f(r.store ? r.store.peakHostBytes / GiB : undefined, 2, 8)} ${f(r.hostEstimateGiB, 2, 8)}  ${checks.join(", ")}`,
   );
 }

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { type LlamaConfig, llamaPreset } from "./config.ts";
 import { hfTensorEntries, hfTensorName, saveHfCheckpoint } from "./hf.ts";
 import { fixtureTensor, type HfFixture, hfFixtureExists, IGNORE_LABEL, loadHfFixture } from "./hf-fixture.ts";
-import { type TensorData, type TensorSpec, writeSafetensors } from "./safetensors.ts";
+import { type TensorData, type TensorSpec, writeSafetensors } from "./safetensors-write.ts";
 
 const root = mkdtempSync(join(tmpdir(), "hf-fixture-test-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));

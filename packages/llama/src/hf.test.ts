@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { encodeBf16 } from "@lightseq/tensor";
-import { type LlamaConfig, llamaPreset, writeHfConfig } from "./config.ts";
+import { type LlamaConfig, llamaPreset } from "./config.ts";
 import {
   type HfTensorData,
   type HfTensorRef,
@@ -13,8 +13,9 @@ import {
   parseHfTensorName,
   saveHfCheckpoint,
 } from "./hf.ts";
+import { writeHfConfig } from "./hf-config.ts";
 import { convertHfCheckpoint } from "./hf-convert.ts";
-import { writeSafetensors } from "./safetensors.ts";
+import { writeSafetensors } from "./safetensors-write.ts";
 
 const root = mkdtempSync(join(tmpdir(), "hf-test-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));

@@ -21,8 +21,10 @@
 
 import { join } from "node:path";
 import { decodeBf16 } from "@lightseq/tensor";
-import { type HfDtypeName, type LlamaConfig, LlamaConfigError, readHfConfig, writeHfConfig } from "./config.ts";
-import { SafetensorsCheckpoint, SafetensorsError, type TensorSpec, writeShardedSafetensors } from "./safetensors.ts";
+import { type LlamaConfig, LlamaConfigError } from "./config.ts";
+import { type HfDtypeName, readHfConfig, writeHfConfig } from "./hf-config.ts";
+import { SafetensorsCheckpoint, SafetensorsError } from "./safetensors.ts";
+import { type TensorSpec, writeShardedSafetensors } from "./safetensors-write.ts";
 import type { LayerParamName } from "./weights.ts";
 
 export type NonLayerParamName = "embed" | "finalNorm" | "head";

@@ -1,6 +1,7 @@
 // The four interfaces that keep the model free of parallelism and memory placement (DESIGN.md
 // section 4), each with its plain local implementation. `parallelize.ts` supplies the distributed
-// attention; the trainer supplies sharded weights and gradients; offloading stores come later.
+// attention; the trainer supplies sharded weights and gradients; the offloading activation store is
+// checkpointing's (offload.ts), which also defines the ActivationStore interface (store.ts).
 //
 //   AttentionFn      forward(q, k, v) -> { o, lse }; backward({ q, k, v, o, lse }, dO) -> { dq, dk, dv }
 //                    over this rank's rows, causal over the whole (global) sequence

@@ -1,8 +1,8 @@
 // The tiny model in bf16 on the GPU with its kept tensors offloaded to pinned host memory (and spilled:
 // the last layer on the GPU) against the same model with them kept in place: the store only moves bytes, so the
-// forward is the same computation on the same bits and the loss must be equal exactly; the gradients
-// must be as close as two runs of the in-place model are to each other (equal, where the attention
-// backward is deterministic; within its own run-to-run noise where it accumulates with atomics).
+// forward is the same computation on the same bits, and the loss and the gradients must be as close as
+// two runs of the in-place model are to each other: equal where the kernels are deterministic, within
+// their own run-to-run noise where one accumulates with atomics (an attention backward may).
 // Skipped visibly without a GPU.
 
 import { describe, expect, test } from "bun:test";
@@ -80,7 +80,12 @@ describe.skipIf(noGpu)("tiny bf16 model on the GPU: offloaded = kept in place", 
       for (const deviceLayers of [0, 1]) {
         using store = new OffloadActivationStore({ layers: cfg.layers, deviceLayers });
         const got = await step(params, policy, store);
-        expect({ deviceLayers, loss: got.loss }).toEqual({ deviceLayers, loss: ref.loss });
+        // The same bits in, the same kernels: equal unless the in-place runs differ among themselves.
+        const lossNoise = Math.abs(again.loss.lossSum - ref.loss.lossSum);
+        expect({ deviceLayers, lossDiff: Math.abs(got.loss.lossSum - ref.loss.lossSum) <= 4 * lossNoise }).toEqual({
+          deviceLayers,
+          lossDiff: true,
+        });
         // 4x the measured run-to-run noise (0 when deterministic) + 1e-6 for an unlucky draw of atomics.
         expect({ deviceLayers, worst: worst(got, ref) <= 4 * noise + 1e-6 }).toEqual({ deviceLayers, worst: true });
         expect(store.report().copiesOut).toBeGreaterThan(0);

@@ -16,17 +16,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decodeBf16, encodeBf16 } from "@lightseq/tensor";
 import { encodeF16 } from "./f16.ts";
-import {
-  INDEX_FILE,
-  planShards,
-  SafetensorsCheckpoint,
-  SafetensorsError,
-  SafetensorsFile,
-  SafetensorsWriter,
-  type TensorSpec,
-  writeSafetensors,
-  writeShardedSafetensors,
-} from "./safetensors.ts";
+import { INDEX_FILE, SafetensorsCheckpoint, SafetensorsError, SafetensorsFile } from "./safetensors.ts";
+import { planShards, SafetensorsWriter, type TensorSpec, writeSafetensors, writeShardedSafetensors } from "./safetensors-write.ts";
 
 const root = mkdtempSync(join(tmpdir(), "safetensors-test-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
