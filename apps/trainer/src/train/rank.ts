@@ -44,225 +44,242 @@ import { planRun } from "./plan.ts";
 import { makeState } from "./state.ts";
 import { ZeroGradientSink, ZeroWeightSource, zeroStreams } from "./zero.ts";
 
-const [configPath, tokenPath] = process.argv.slice(2);
-if (!configPath || !tokenPath) throw new Error("usage: bun rank.ts DIR/train-config.json TOKEN_FILE (started by apps/trainer)");
-const cfg = (await Bun.file(configPath).json()) as TrainConfig;
+/** This rank's world rank once known (for the one line a failure prints). */
+let whoAmI = "rank ?";
 
-const gpu = process.env.LIGHTSEQ_TRAIN_DEVICE === "cuda";
-const world: Communicator = await initCommunicator({ backend: gpu ? "nccl" : "cpu" });
-const R = world.size;
-const rank = world.rank;
-const rank0 = rank === 0;
-const log = (s: string) => {
-  if (rank0) console.log(s);
-};
-const stop = new StopRequest({ log }).install();
-const cp = cfg.cp;
-const dp = R / cp;
-if (!Number.isInteger(dp)) throw new Error(`--cp ${cp} does not divide the ${R} ranks`);
-const replica = Math.floor(rank / cp);
-const cpRank = rank % cp;
-// Ranks of one replica form the sequence-parallel group; DistAttn's traffic has its own communicator.
-const cpComm = (await world.split(replica, cpRank)) as Communicator;
+async function main(): Promise<void> {
+  const [configPath, tokenPath] = process.argv.slice(2);
+  if (!configPath || !tokenPath) throw new Error("usage: bun rank.ts DIR/train-config.json TOKEN_FILE (started by apps/trainer)");
+  const cfg = (await Bun.file(configPath).json()) as TrainConfig;
 
-const model = llamaPreset(cfg.model);
-const device = gpu ? "cuda:0" : "cpu";
-let compute: Stream | null = null;
-if (gpu) {
-  compute = currentStream(0);
-} else {
-  setCpuMatmul("blas");
-  const m = cpuMatmulInfo();
-  log(`cpu matmul: ${m.mode}${m.blas ? ` (${m.blas.flavor}, ${m.blas.threads} thread(s), ${m.blas.path})` : ""}`);
-}
-const attention = gpu ? selectAttentionBackend("auto", device) : { backend: referenceBackend, reason: "attention: reference (cpu ranks)" };
-log(attention.reason);
+  const gpu = process.env.LIGHTSEQ_TRAIN_DEVICE === "cuda";
+  const world: Communicator = await initCommunicator({ backend: gpu ? "nccl" : "cpu" });
+  const R = world.size;
+  const rank = world.rank;
+  const rank0 = rank === 0;
+  whoAmI = `rank ${rank}`;
+  const log = (s: string) => {
+    if (rank0) console.log(s);
+  };
+  const stop = new StopRequest({ log }).install();
+  const cp = cfg.cp;
+  const dp = R / cp;
+  if (!Number.isInteger(dp)) throw new Error(`--cp ${cp} does not divide the ${R} ranks`);
+  const replica = Math.floor(rank / cp);
+  const cpRank = rank % cp;
+  // Ranks of one replica form the sequence-parallel group; DistAttn's traffic has its own communicator.
+  const cpComm = (await world.split(replica, cpRank)) as Communicator;
 
-const deviceBytes = gpu ? memoryReport(device).deviceTotal : Math.floor(totalmem() / Math.max(1, R));
-const plan = planRun({
-  model,
-  seq: cfg.seq,
-  cp,
-  dp,
-  policy: cfg.policy,
-  optimizer: cfg.optimizer,
-  gpu,
-  deviceBytes,
-  hostBytes: Math.floor((0.85 * totalmem()) / Math.max(1, R)),
-});
-log(`policy ${cfg.policy === "auto" ? "auto -> " : ""}${plan.reason}`);
-
-const specs = bufferSpecs(model);
-const hyper = { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay };
-const state = makeState(plan.state, specs, rank, R, hyper, compute);
-const streams = compute ? zeroStreams(compute) : null;
-const weights = new ZeroWeightSource(model, world, state, streams);
-const grads = new ZeroGradientSink(
-  model,
-  world,
-  state,
-  specs.map((s) => s.name),
-  streams,
-);
-const pm = parallelize(
-  { config: model, source: weights },
-  { comm: cpComm, schedule: "zigzag", N: cfg.seq, backend: attention.backend, stream: compute ?? undefined },
-  { policy: plan.policy },
-);
-log(`attention: ${pm.attention.name}; ZeRO-3 over ${R} rank(s) (cp ${cp} x dp ${dp}), ${specs.length} buffers`);
-
-const seqs = new PackedSequences(openTokenFile(tokenPath), cfg.seq);
-const paths = runPaths(cfg.out);
-let startStep = 0;
-let order: SequenceOrder;
-if (cfg.resume) {
-  const { found } = latestComplete(snapshotsDir(cfg.out));
-  if (!found) throw new Error(`--resume: no complete snapshot in ${snapshotsDir(cfg.out)}`);
-  state.restore(loadRankShards(found, rank, R, state.snapshotLayout()));
-  const s = found.manifest.state as RunState;
-  startStep = s.step;
-  order = new SequenceOrder(seqs.count, cfg.seed, s.order);
-  log(`resumed from ${found.dir} (step ${s.step}, mesh cp ${found.manifest.mesh.cp} x dp ${found.manifest.mesh.dp})`);
-} else {
-  if (cfg.initFrom !== null) {
-    await initFromHf(cfg.initFrom, model, specs, state);
-    log(`weights from ${cfg.initFrom}`);
+  const model = llamaPreset(cfg.model);
+  const device = gpu ? "cuda:0" : "cpu";
+  let compute: Stream | null = null;
+  if (gpu) {
+    compute = currentStream(0);
   } else {
-    for (const s of specs) state.initFromFull(s.name, initialBuffer(model, s.name, cfg.seed, device));
+    setCpuMatmul("blas");
+    const m = cpuMatmulInfo();
+    log(`cpu matmul: ${m.mode}${m.blas ? ` (${m.blas.flavor}, ${m.blas.threads} thread(s), ${m.blas.path})` : ""}`);
   }
-  order = new SequenceOrder(seqs.count, cfg.seed);
-}
-const metrics = rank0 ? (cfg.resume ? MetricsLog.resume(paths.dir, startStep) : MetricsLog.create(paths.dir)) : null;
-const points = metrics ? metrics.read().map((r) => ({ step: r.step, loss: r.loss })) : [];
+  const attention = gpu
+    ? selectAttentionBackend("auto", device)
+    : { backend: referenceBackend, reason: "attention: reference (cpu ranks)" };
+  log(attention.reason);
 
-/** Every rank's numbers, all-gathered as f32 pairs (hi + lo) and summed or maxed here in f64: the same on every rank. */
-async function combine(values: number[]): Promise<number[][]> {
-  const n = values.length;
-  const mine = new Float32Array(2 * n);
-  for (const [i, v] of values.entries()) {
-    mine[2 * i] = Math.fround(v);
-    mine[2 * i + 1] = v - Math.fround(v);
-  }
-  using t = fromArray(mine, [2 * n], { device });
-  using all = empty([2 * n * R], { device });
-  await world.allGather(t, all);
-  const a = toFloat32Array(all);
-  return Array.from({ length: R }, (_, r) =>
-    Array.from({ length: n }, (_, i) => (a[2 * (r * n + i)] as number) + (a[2 * (r * n + i) + 1] as number)),
+  const deviceBytes = gpu ? memoryReport(device).deviceTotal : Math.floor(totalmem() / Math.max(1, R));
+  const plan = planRun({
+    model,
+    seq: cfg.seq,
+    cp,
+    dp,
+    policy: cfg.policy,
+    optimizer: cfg.optimizer,
+    gpu,
+    deviceBytes,
+    hostBytes: Math.floor((0.85 * totalmem()) / Math.max(1, R)),
+  });
+  log(`policy ${cfg.policy === "auto" ? "auto -> " : ""}${plan.reason}`);
+
+  const specs = bufferSpecs(model);
+  const hyper = { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay };
+  const state = makeState(plan.state, specs, rank, R, hyper, compute);
+  const streams = compute ? zeroStreams(compute) : null;
+  const weights = new ZeroWeightSource(model, world, state, streams);
+  const grads = new ZeroGradientSink(
+    model,
+    world,
+    state,
+    specs.map((s) => s.name),
+    streams,
   );
-}
+  const pm = parallelize(
+    { config: model, source: weights },
+    { comm: cpComm, schedule: "zigzag", N: cfg.seq, backend: attention.backend, stream: compute ?? undefined },
+    { policy: plan.policy },
+  );
+  log(`attention: ${pm.attention.name}; ZeRO-3 over ${R} rank(s) (cp ${cp} x dp ${dp}), ${specs.length} buffers`);
 
-const ranges = localRanges(pm.attention.schedule, placeSequence(pm.attention.schedule, cfg.seq), cpRank);
-const progress = new StepProgress(model.layers, { out: log });
-let forwardDone = 0;
-let backwardDone = 0;
-weights.onLayer = () => {
-  if (backwardDone === 0) progress.layerDone("forward", ++forwardDone);
-};
-grads.onLayerDone = () => progress.layerDone("backward", ++backwardDone);
+  const seqs = new PackedSequences(openTokenFile(tokenPath), cfg.seq);
+  const paths = runPaths(cfg.out);
+  let startStep = 0;
+  let order: SequenceOrder;
+  if (cfg.resume) {
+    const { found } = latestComplete(snapshotsDir(cfg.out));
+    if (!found) throw new Error(`--resume: no complete snapshot in ${snapshotsDir(cfg.out)}`);
+    state.restore(loadRankShards(found, rank, R, state.snapshotLayout()));
+    const s = found.manifest.state as RunState;
+    startStep = s.step;
+    order = new SequenceOrder(seqs.count, cfg.seed, s.order);
+    log(`resumed from ${found.dir} (step ${s.step}, mesh cp ${found.manifest.mesh.cp} x dp ${found.manifest.mesh.dp})`);
+  } else {
+    if (cfg.initFrom !== null) {
+      await initFromHf(cfg.initFrom, model, specs, state);
+      log(`weights from ${cfg.initFrom}`);
+    } else {
+      for (const s of specs) state.initFromFull(s.name, initialBuffer(model, s.name, cfg.seed, device));
+    }
+    order = new SequenceOrder(seqs.count, cfg.seed);
+  }
+  const metrics = rank0 ? (cfg.resume ? MetricsLog.resume(paths.dir, startStep) : MetricsLog.create(paths.dir)) : null;
+  const points = metrics ? metrics.read().map((r) => ({ step: r.step, loss: r.loss })) : [];
 
-async function snapshot(step: number): Promise<void> {
-  const t0 = performance.now();
-  const root = snapshotsDir(cfg.out);
-  const layout = state.snapshotLayout();
-  writeRankShards(root, step, rank, R, layout, state.snapshotArrays());
-  await world.barrier();
-  if (rank0) {
-    const runState: RunState = { step, config: cfg, order: order.state() };
-    const info = finalizeSnapshot(root, step, {
-      mesh: { cp, dp },
-      layout,
-      arrays: ["master", "m", "v"],
-      state: runState,
-      keep: cfg.keepSnapshots,
-    });
-    log(`snapshot ${info.dir} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  /** Every rank's numbers, all-gathered as f32 pairs (hi + lo) and summed or maxed here in f64: the same on every rank. */
+  async function combine(values: number[]): Promise<number[][]> {
+    const n = values.length;
+    const mine = new Float32Array(2 * n);
+    for (const [i, v] of values.entries()) {
+      mine[2 * i] = Math.fround(v);
+      mine[2 * i + 1] = v - Math.fround(v);
+    }
+    using t = fromArray(mine, [2 * n], { device });
+    using all = empty([2 * n * R], { device });
+    await world.allGather(t, all);
+    const a = toFloat32Array(all);
+    return Array.from({ length: R }, (_, r) =>
+      Array.from({ length: n }, (_, i) => (a[2 * (r * n + i)] as number) + (a[2 * (r * n + i) + 1] as number)),
+    );
   }
-  await world.barrier();
-}
 
-let lastPlot = 0;
-let stoppedBy: string | null = null;
-let step = startStep;
-for (; step < cfg.steps; step++) {
-  const t0 = performance.now();
-  progress.begin(step + 1);
-  grads.beginStep();
-  const mine = sequencesForStep(order, cfg.batch, dp, replica).map((i) => seqs.chunks(i, ranges));
-  let localLabels = 0;
-  for (const b of mine) for (const l of b.labels) if (l >= 0) localLabels++;
-  // Each sequence's labels are split over its cp ranks: the sum over every rank is the batch's count.
-  const count = (await combine([localLabels])).reduce((a, [c]) => a + (c as number), 0);
-  let lossSum = 0;
-  for (const b of mine) {
-    forwardDone = 0;
-    backwardDone = 0;
-    const r = await pm.model.forwardBackward(b, grads, { gradScale: 1 / count });
-    lossSum += r.lossSum;
+  const ranges = localRanges(pm.attention.schedule, placeSequence(pm.attention.schedule, cfg.seq), cpRank);
+  const progress = new StepProgress(model.layers, { out: log });
+  let forwardDone = 0;
+  let backwardDone = 0;
+  weights.onLayer = () => {
+    if (backwardDone === 0) progress.layerDone("forward", ++forwardDone);
+  };
+  grads.onLayerDone = () => progress.layerDone("backward", ++backwardDone);
+
+  async function snapshot(step: number): Promise<void> {
+    const t0 = performance.now();
+    const root = snapshotsDir(cfg.out);
+    const layout = state.snapshotLayout();
+    writeRankShards(root, step, rank, R, layout, state.snapshotArrays());
+    await world.barrier();
+    if (rank0) {
+      const runState: RunState = { step, config: cfg, order: order.state() };
+      const info = finalizeSnapshot(root, step, {
+        mesh: { cp, dp },
+        layout,
+        arrays: ["master", "m", "v"],
+        state: runState,
+        keep: cfg.keepSnapshots,
+      });
+      log(`snapshot ${info.dir} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+    }
+    await world.barrier();
   }
-  grads.settle();
-  let sq = 0;
-  for (const shard of grads.shards.values()) {
-    using s = sumOfSquares(shard, { stream: compute ?? undefined });
-    sq += toFloat32Array(s, { stream: compute ?? undefined })[0] as number;
-  }
-  const mem = peakMemoryBytes(gpu ? "cuda:0" : "cpu") / 2 ** 20;
-  const all = await combine([lossSum, sq, stop.requested ? 1 : 0, mem]);
-  const total = (k: number) => all.reduce((a, v) => a + (v[k] as number), 0);
-  const norm = globalNorm(total(1));
-  const clip = clipCoefficient(norm, cfg.gradClip);
-  const lr = lrAt(step, cfg);
-  for (const s of specs) state.step(s.name, grads.shards.get(s.name) as Tensor, step + 1, lr, clip);
-  state.stepsDone();
-  weights.invalidate();
-  compute?.synchronize();
-  const seconds = (performance.now() - t0) / 1000;
-  const loss = total(0) / count;
-  if (metrics) {
-    const rec = stepRecord({
-      step: step + 1,
-      loss,
-      lr,
-      gradNorm: norm,
-      sequences: cfg.batch,
-      seq: cfg.seq,
-      seconds,
-      ranks: R,
-      shape: model,
-      peakMemBytes: Math.max(...all.map((v) => v[3] as number)) * 2 ** 20,
-    });
-    console.log(formatStepLine(rec, cfg.steps));
-    metrics.append(rec);
-    points.push({ step: rec.step, loss: rec.loss });
-    if (performance.now() - lastPlot > 2000 || step + 1 === cfg.steps) {
-      writeLossPlot(paths.dir, points, { title: `${cfg.model}, ${cfg.seq} tokens x ${cfg.batch}` });
-      lastPlot = performance.now();
+
+  let lastPlot = 0;
+  let stoppedBy: string | null = null;
+  let step = startStep;
+  for (; step < cfg.steps; step++) {
+    const t0 = performance.now();
+    progress.begin(step + 1);
+    grads.beginStep();
+    const mine = sequencesForStep(order, cfg.batch, dp, replica).map((i) => seqs.chunks(i, ranges));
+    let localLabels = 0;
+    for (const b of mine) for (const l of b.labels) if (l >= 0) localLabels++;
+    // Each sequence's labels are split over its cp ranks: the sum over every rank is the batch's count.
+    const count = (await combine([localLabels])).reduce((a, [c]) => a + (c as number), 0);
+    let lossSum = 0;
+    for (const b of mine) {
+      forwardDone = 0;
+      backwardDone = 0;
+      const r = await pm.model.forwardBackward(b, grads, { gradScale: 1 / count });
+      lossSum += r.lossSum;
+    }
+    grads.settle();
+    let sq = 0;
+    for (const shard of grads.shards.values()) {
+      using s = sumOfSquares(shard, { stream: compute ?? undefined });
+      sq += toFloat32Array(s, { stream: compute ?? undefined })[0] as number;
+    }
+    const mem = peakMemoryBytes(gpu ? "cuda:0" : "cpu") / 2 ** 20;
+    const all = await combine([lossSum, sq, stop.requested ? 1 : 0, mem]);
+    const total = (k: number) => all.reduce((a, v) => a + (v[k] as number), 0);
+    const norm = globalNorm(total(1));
+    const clip = clipCoefficient(norm, cfg.gradClip);
+    const lr = lrAt(step, cfg);
+    for (const s of specs) state.step(s.name, grads.shards.get(s.name) as Tensor, step + 1, lr, clip);
+    state.stepsDone();
+    weights.invalidate();
+    compute?.synchronize();
+    const seconds = (performance.now() - t0) / 1000;
+    const loss = total(0) / count;
+    if (metrics) {
+      const rec = stepRecord({
+        step: step + 1,
+        loss,
+        lr,
+        gradNorm: norm,
+        sequences: cfg.batch,
+        seq: cfg.seq,
+        seconds,
+        ranks: R,
+        shape: model,
+        peakMemBytes: Math.max(...all.map((v) => v[3] as number)) * 2 ** 20,
+      });
+      console.log(formatStepLine(rec, cfg.steps));
+      metrics.append(rec);
+      points.push({ step: rec.step, loss: rec.loss });
+      if (performance.now() - lastPlot > 2000 || step + 1 === cfg.steps) {
+        writeLossPlot(paths.dir, points, { title: `${cfg.model}, ${cfg.seq} tokens x ${cfg.batch}` });
+        lastPlot = performance.now();
+      }
+    }
+    const stopping = total(2) > 0;
+    if (stopping) stoppedBy = stop.requested ?? "a stop request on another rank";
+    const done = step + 1;
+    const due = cfg.snapshots && cfg.snapshotEvery > 0 && done % cfg.snapshotEvery === 0;
+    if ((stopping && cfg.snapshots) || (due && done < cfg.steps)) await snapshot(done);
+    if (stopping) {
+      step++;
+      break;
     }
   }
-  const stopping = total(2) > 0;
-  if (stopping) stoppedBy = stop.requested ?? "a stop request on another rank";
-  const done = step + 1;
-  const due = cfg.snapshots && cfg.snapshotEvery > 0 && done % cfg.snapshotEvery === 0;
-  if ((stopping && cfg.snapshots) || (due && done < cfg.steps)) await snapshot(done);
-  if (stopping) {
-    step++;
-    break;
+
+  if (stoppedBy !== null) {
+    log(`stopped at step ${step} (${stoppedBy}); resume with --resume`);
+  } else {
+    if (cfg.snapshots && step > startStep) await snapshot(step);
+    if (cfg.export) {
+      const files = await exportHf(paths.hf, model, specs, state, world);
+      log(`exported ${files.length} files to ${paths.hf}`);
+    }
+    if (metrics) writeLossPlot(paths.dir, points, { title: `${cfg.model}, ${cfg.seq} tokens x ${cfg.batch}` });
   }
+  log(
+    `run folder ${paths.dir} on ${hostname()}: metrics.jsonl, loss.png${cfg.snapshots ? ", snapshots/" : ""}${stoppedBy === null && cfg.export ? ", hf/" : ""}`,
+  );
+  await world.barrier();
+  stop.uninstall();
 }
 
-if (stoppedBy !== null) {
-  log(`stopped at step ${step} (${stoppedBy}); resume with --resume`);
-} else {
-  if (cfg.snapshots && step > startStep) await snapshot(step);
-  if (cfg.export) {
-    const files = await exportHf(paths.hf, model, specs, state, world);
-    log(`exported ${files.length} files to ${paths.hf}`);
-  }
-  if (metrics) writeLossPlot(paths.dir, points, { title: `${cfg.model}, ${cfg.seq} tokens x ${cfg.batch}` });
+try {
+  await main();
+  process.exit(0);
+} catch (e) {
+  // One line: the launcher prefixes it with the rank and names the first rank that failed.
+  console.error(`${whoAmI}: ${(e as Error).message}`);
+  if (process.env.LIGHTSEQ_TRAIN_TRACE === "1") console.error((e as Error).stack);
+  process.exit(1);
 }
-log(
-  `run folder ${paths.dir} on ${hostname()}: metrics.jsonl, loss.png${cfg.snapshots ? ", snapshots/" : ""}${stoppedBy === null && cfg.export ? ", hf/" : ""}`,
-);
-await world.barrier();
-stop.uninstall();
-process.exit(0);
