@@ -5,7 +5,7 @@
 
 import { initLayer, initOffsets, LAYER_PARAMS, type LlamaConfig, layerLayout } from "@lightseq/llama";
 import type { HfTensorRef } from "@lightseq/llama/hf";
-import { randn, type Tensor, toFloat32Array } from "@lightseq/tensor";
+import { full, randn, type Tensor } from "@lightseq/tensor";
 import type { BufferSpec } from "../optim/sharded.ts";
 
 export type NonLayerName = "embed" | "finalNorm" | "head";
@@ -26,20 +26,15 @@ export function bufferSpecs(cfg: LlamaConfig): BufferSpec[] {
   return specs;
 }
 
-/** The seeded initial values of one buffer (weights.ts's init: identical for every device and mesh; drawn on `device`). */
-export function initialBuffer(cfg: LlamaConfig, name: string, seed: number, device: "cpu" | "cuda:0" = "cpu"): Float32Array {
+/** The seeded initial values of one buffer (weights.ts's init: identical for every device and mesh), drawn on `device`. */
+export function initialTensor(cfg: LlamaConfig, name: string, seed: number, device: "cpu" | "cuda:0" = "cpu"): Tensor {
   const m = /^layer(\d+)$/.exec(name);
-  const take = (t: Tensor) => {
-    const a = toFloat32Array(t);
-    t.dispose();
-    return a;
-  };
-  if (m) return take(initLayer(cfg, Number(m[1]), { seed, device }));
+  if (m) return initLayer(cfg, Number(m[1]), { seed, device });
   const VC = cfg.vocab * cfg.dim;
   const at = initOffsets(cfg);
-  if (name === "embed") return take(randn([VC], { seed, std: INIT_STD, offset: at.embed, device }));
-  if (name === "finalNorm") return new Float32Array(cfg.dim).fill(1);
-  if (name === "head") return take(randn([VC], { seed, std: INIT_STD, offset: at.head, device }));
+  if (name === "embed") return randn([VC], { seed, std: INIT_STD, offset: at.embed, device });
+  if (name === "finalNorm") return full([cfg.dim], 1, { device });
+  if (name === "head") return randn([VC], { seed, std: INIT_STD, offset: at.head, device });
   throw new RangeError(`no buffer "${name}" in a Llama model`);
 }
 

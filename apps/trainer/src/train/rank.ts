@@ -38,7 +38,7 @@ import { StepProgress } from "../progress.ts";
 import { type RunState, runPaths } from "../run.ts";
 import { StopRequest } from "../signals.ts";
 import { finalizeSnapshot, latestComplete, loadRankShards, snapshotsDir, writeRankShards } from "../snapshot.ts";
-import { bufferSpecs, initialBuffer } from "./buffers.ts";
+import { bufferSpecs, initialTensor } from "./buffers.ts";
 import { exportHf, initFromHf } from "./hf-io.ts";
 import { planRun } from "./plan.ts";
 import { makeState } from "./state.ts";
@@ -135,7 +135,10 @@ async function main(): Promise<void> {
       await initFromHf(cfg.initFrom, model, specs, state);
       log(`weights from ${cfg.initFrom}`);
     } else {
-      for (const s of specs) state.initFromFull(s.name, initialBuffer(model, s.name, cfg.seed, device));
+      for (const s of specs) {
+        using t = initialTensor(model, s.name, cfg.seed, device);
+        state.initFromTensor(s.name, t);
+      }
     }
     order = new SequenceOrder(seqs.count, cfg.seed);
   }

@@ -6,7 +6,7 @@
 // buffer's shard from its reduce-scattered f32 gradient shard, on the compute stream's order.
 
 import { Event, type Stream } from "@lightseq/cuda";
-import { type Tensor, zeros } from "@lightseq/tensor";
+import { cast, copy, type Tensor, toFloat32Array, zeros } from "@lightseq/tensor";
 import type { AdamWHyper } from "../optim/adamw.ts";
 import type { ShardLayout } from "../optim/shard.ts";
 import { type BufferSpec, ShardedAdamW } from "../optim/sharded.ts";
@@ -22,6 +22,8 @@ export interface ShardedState extends Disposable {
   /** This rank's current weights of a buffer (shardLen elements): bf16 on a GPU, f32 on the CPU. */
   weightShard(name: string): Tensor;
   initFromFull(name: string, full: Float32Array): void;
+  /** The same from a whole buffer already in a tensor (on the GPU, the device state takes its slice there). */
+  initFromTensor(name: string, full: Tensor): void;
   /** AdamW step t of one buffer; `grad` is its f32 gradient shard on the state's device. */
   step(name: string, grad: Tensor, t: number, lr: number, gradScale: number): void;
   /** After the last step() of an optimizer step: the compute stream waits for every update. */
@@ -58,6 +60,10 @@ class CpuState implements ShardedState {
     this.#publish(name);
   }
 
+  initFromTensor(name: string, full: Tensor): void {
+    this.initFromFull(name, toFloat32Array(full));
+  }
+
   step(name: string, grad: Tensor, t: number, lr: number, gradScale: number): void {
     this.#opt.step(name, grad.data() as Float32Array, t, lr, gradScale);
     this.#publish(name);
@@ -89,7 +95,7 @@ class DeviceState implements ShardedState {
 
   constructor(
     specs: readonly BufferSpec[],
-    rank: number,
+    readonly rank: number,
     ranks: number,
     hyper: AdamWHyper,
     readonly compute: Stream,
@@ -107,6 +113,23 @@ class DeviceState implements ShardedState {
 
   initFromFull(name: string, full: Float32Array): void {
     this.#opt.initFromFull(name, full);
+  }
+
+  /** Device to device: the rank's slice into the fp32 master and its bf16 rounding into the weight shard (m, v stay zero). */
+  initFromTensor(name: string, full: Tensor): void {
+    const l = this.#opt.layoutOf(name);
+    if (full.numel !== l.numel || full.dtype !== "f32")
+      throw new RangeError(`buffer "${name}": expected f32 [${l.numel}], got ${full.describe()}`);
+    const start = this.rank * l.shardLen;
+    const len = Math.max(0, Math.min(l.shardLen, l.numel - start));
+    if (len === 0) return;
+    using flat = full.reshape([l.numel]);
+    using src = flat.narrow(start, len);
+    using master = this.#opt.master(name).narrow(0, len);
+    copy(master, src, this.compute);
+    using rounded = cast(src, "bf16", { stream: this.compute });
+    using bf16 = this.#opt.bf16(name).narrow(0, len);
+    copy(bf16, rounded, this.compute);
   }
 
   step(name: string, grad: Tensor, t: number, lr: number, gradScale: number): void {
@@ -166,6 +189,10 @@ class HostState implements ShardedState {
   initFromFull(name: string, full: Float32Array): void {
     this.#opt.initFromFull(name, full);
     this.#opt.opt.synchronize();
+  }
+
+  initFromTensor(name: string, full: Tensor): void {
+    this.initFromFull(name, toFloat32Array(full));
   }
 
   step(name: string, grad: Tensor, t: number, lr: number, gradScale: number): void {
