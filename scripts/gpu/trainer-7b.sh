@@ -41,7 +41,7 @@ run small-a 150 "${SMALL[@]}" --steps 6 --snapshots=false --out "$RUNS/small-a"
 rca=$?
 hf_line="not run"
 if [ $rca -eq 0 ]; then
-  timeout 120 bun scripts/gpu/trainer-hf-loss.ts "$RUNS/small-a" 512 "$OUT/small-ours.json" 2>&1 | tail -2
+  timeout 180 bun scripts/gpu/trainer-hf-loss.ts "$RUNS/small-a" 512 "$OUT/small-ours.json" 2>&1 | tail -2
   hf_line=$(timeout 120 python3 scripts/gpu/trainer-hf-loss.py "$RUNS/small-a/hf" "$OUT/small-ours.json" 2>&1 | grep -v -i warn | tail -1)
   echo "$hf_line"
 fi
