@@ -153,10 +153,12 @@ async function main(): Promise<void> {
       mine[2 * i] = Math.fround(v);
       mine[2 * i + 1] = v - Math.fround(v);
     }
-    using t = fromArray(mine, [2 * n], { device });
-    using all = empty([2 * n * R], { device });
-    await world.allGather(t, all);
-    const a = toFloat32Array(all);
+    // On a GPU every collective of the world communicator runs on the comm stream, in one order.
+    const stream = streams?.comm;
+    using t = fromArray(mine, [2 * n], { device, stream });
+    using all = empty([2 * n * R], { device, stream });
+    await world.allGather(t, all, stream ? { stream } : {});
+    const a = toFloat32Array(all, { stream });
     return Array.from({ length: R }, (_, r) =>
       Array.from({ length: n }, (_, i) => (a[2 * (r * n + i)] as number) + (a[2 * (r * n + i) + 1] as number)),
     );
