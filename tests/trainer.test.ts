@@ -185,20 +185,7 @@ describe("meshes", () => {
     // Measured on 2 cores: 1.5e-8 relative at step 3 (cp=4 against cp=1), dp=2 equal to cp=1 within
     // 1e-15. 1e-6 leaves ~70x room and is far below a real error (a wrong label or position moves the
     // loss by more than 1e-3).
-    const base = [
-      "--seq",
-      "64",
-      "--batch",
-      "2",
-      "--steps",
-      "3",
-      "--warmup",
-      "1",
-      "--decay-steps",
-      "30",
-      "--snapshots=false",
-      "--export=false",
-    ];
+    const base = ["--seq", "64", "--batch", "2", "--warmup", "1", "--decay-steps", "30", "--snapshots=false", "--export=false"];
     const meshes = [
       ["--nprocs", "1", "--cp", "1"],
       ["--nprocs", "2", "--cp", "2"],
@@ -207,7 +194,7 @@ describe("meshes", () => {
     ];
     const all = meshes.map((m, i) => {
       const out = join(dir, `mesh-${i}`);
-      const r = run([...base, ...m, "--out", out]);
+      const r = run([...base, ...m, "--steps", "3", "--out", out]);
       expect(r.code).toBe(0);
       return losses(out);
     });
@@ -215,7 +202,18 @@ describe("meshes", () => {
     expect(ref).toHaveLength(3);
     for (const l of all.slice(1))
       for (const [j, v] of l.entries()) expect(Math.abs(v - (ref[j] as number)) / (ref[j] as number)).toBeLessThan(1e-6);
-  }, 120_000);
+
+    // A snapshot of cp=2 resumed on one rank: the shards are re-cut, and step 3 continues as above.
+    const moved = join(dir, "mesh-moved");
+    const a = run([...base.filter((x) => x !== "--snapshots=false"), "--steps", "2", "--nprocs", "2", "--cp", "2", "--out", moved]);
+    expect(a.code).toBe(0);
+    const b = run([...base, "--steps", "3", "--resume", "--nprocs", "1", "--cp", "1", "--out", moved]);
+    expect(b.code).toBe(0);
+    expect(b.out).toMatch(/resumed from .*step-00000002 \(step 2, mesh cp 2 x dp 1\)/);
+    const l = losses(moved);
+    expect(l).toHaveLength(3);
+    expect(Math.abs((l[2] as number) - (ref[2] as number)) / (ref[2] as number)).toBeLessThan(1e-6);
+  }, 150_000);
 });
 
 describe("mistakes are one line and exit 2", () => {
