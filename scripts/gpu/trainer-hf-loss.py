@@ -17,7 +17,7 @@ from transformers import LlamaForCausalLM
 hf_dir, ours_path = sys.argv[1], sys.argv[2]
 ours = json.load(open(ours_path))
 dev = "cuda" if torch.cuda.is_available() else "cpu"
-model = LlamaForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32, attn_implementation="eager").to(dev)
+model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").to(dev)
 model.eval()
 ids = torch.tensor([ours["tokens"]], device=dev)
 with torch.no_grad():
