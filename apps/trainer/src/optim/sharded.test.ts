@@ -148,6 +148,9 @@ describe.skipIf(skipWithoutGpu())("ShardedAdamWCuda", () => {
       using again = new ShardedAdamWCuda(specs, r, 3, H);
       again.restore(a);
       expect(again.snapshotArrays()).toEqual(a);
+      // The bf16 shard a restore (or an init) uploads is the master's rounding, as the kernel writes it.
+      for (const s of specs)
+        expect([...(T.to(again.bf16(s.name), "cpu").data() as Uint16Array)]).toEqual([...T.encodeBf16(cpu.master(s.name))]);
     }
   }, 60_000);
 });
@@ -182,6 +185,9 @@ describe.skipIf(skipWithoutGpu())("StreamedAdamW (state in pinned host memory)",
       using again = new StreamedAdamW(specs, 1, 2, H, { chunk: 1 << 20 });
       again.restore(a);
       expect(again.snapshotArrays()).toEqual(a);
+      again.opt.synchronize();
+      for (const s of specs)
+        expect([...(T.to(again.bf16(s.name), "cpu").data() as Uint16Array)]).toEqual([...T.encodeBf16(cpu.master(s.name))]);
       ready.dispose();
     }
   }, 60_000);

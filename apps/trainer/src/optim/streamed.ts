@@ -148,7 +148,7 @@ export class StreamedAdamW implements Disposable {
   }
 
   private uploadBf16(b: HostBuffer): void {
-    const host = T.fromArray(T.encodeBf16(this.views(b).master), [b.layout.shardLen], { dtype: "bf16" });
+    const host = T.fromArray(this.views(b).master, [b.layout.shardLen], { dtype: "bf16" });
     T.copy(b.bf16, host, this.opt);
     host.dispose();
   }
