@@ -45,6 +45,13 @@ export interface PlanInput {
   hostBytes: number;
 }
 
+/**
+ * Share of a GPU's memory a plan may fill: the rest is kept for what no term counts exactly
+ * (allocator fragmentation over many steps, library workspaces grown on first use). A step that
+ * passes and a later one that runs out is the failure this avoids (issue 14).
+ */
+const GPU_USABLE = 0.95;
+
 function estimate(i: PlanInput, kind: CheckpointPolicy["kind"], optimizer: "device" | "host"): MemoryEstimate {
   const e = estimateMemory({
     model: i.model,
@@ -58,7 +65,7 @@ function estimate(i: PlanInput, kind: CheckpointPolicy["kind"], optimizer: "devi
   });
   if (!i.gpu) return e;
   const gpuBytes = e.gpuBytes + trainerExtraBytes(i.model, optimizer, i.cp * i.dp);
-  return { ...e, gpuBytes, fits: e.fits && gpuBytes <= i.deviceBytes };
+  return { ...e, gpuBytes, fits: e.fits && gpuBytes <= GPU_USABLE * i.deviceBytes };
 }
 
 /**
@@ -95,7 +102,9 @@ export function planRun(i: PlanInput): RunPlan {
   for (const place of places) {
     const p = pickPolicy(i, place);
     if (p === null) {
-      notes.push(`optimizer ${place}: no policy fits in ${fmtGiB(i.deviceBytes)}`);
+      notes.push(
+        `with the optimizer state ${place === "host" ? "on the host" : "on the device"} no policy fits in ${fmtGiB((i.gpu ? GPU_USABLE : 1) * i.deviceBytes)}`,
+      );
       continue;
     }
     const state: StatePlace = i.gpu ? place : "cpu";
@@ -111,7 +120,7 @@ export function planRun(i: PlanInput): RunPlan {
     return {
       policy: parsePolicy(p.kind),
       state,
-      reason: `${p.kind}${opt}: ${fmtGiB(p.e.gpuBytes)} of ${fmtGiB(i.deviceBytes)} ${where}; ${why}`,
+      reason: `${p.kind}${opt}: ${fmtGiB(p.e.gpuBytes)} of ${i.gpu ? `${fmtGiB(GPU_USABLE * i.deviceBytes)} usable (${fmtGiB(i.deviceBytes)})` : fmtGiB(i.deviceBytes)} ${where}; ${why}`,
     };
   }
   throw new MemoryEstimateError(
