@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The trainer on one H200 (issue 13's GPU acceptance), in one device call of about 8 minutes:
-#   7b     llama2-7b at 32K tokens, 20 steps on the Brown corpus (Llama-2 tokenizer), --optimizer auto
-#          (the estimator's choice, printed at start), no snapshots (a 7B state is 81 GB) and no export:
-#          loss falling, tokens/s and MFU per step                                   est ~5 min
-#   small  tinyllama-1.1b at 2K tokens: 6 steps uninterrupted with the export (run A); our loss and
-#          transformers' on a held-out sequence of the export (f32 on both sides); then 3 steps + a
-#          snapshot and --resume to 6 (run B): B's losses against A's                est ~2.5 min
+#   gpu-test  tests/trainer.gpu.test.ts: the tiny model, optimizer state on the device and on the host,
+#             equal losses                                                          est ~40 s
+#   7b        llama2-7b at 32K tokens, 20 steps on the Brown corpus (Llama-2 tokenizer), --optimizer auto
+#             (the estimator's choice, printed at start: the state streamed from pinned host memory),
+#             no snapshots (a 7B state is 81 GB) and no export: loss falling, tokens/s and MFU per step
+#                                                                                     est ~4.5 min
+#   small     tinyllama-1.1b at 2K tokens: 4 steps uninterrupted with the export (run A); our loss and
+#             transformers' on a held-out sequence of the export (f32 on both sides); then 2 steps + a
+#             snapshot and --resume to 4 (run B): B's losses against A's             est ~2 min
 # Each run is capped (timeout). Writes $OUT/<run>.log and metrics; the table comes last.
 # Usage (device tool, repository root): source .device/setup.sh && bash scripts/gpu/trainer-7b.sh
 set -uo pipefail
@@ -32,12 +35,15 @@ run() {
   return $rc
 }
 
+timeout 150 bun test tests/trainer.gpu.test.ts > "$OUT/gpu-test.log" 2>&1
+rcg=$?
+grep -E "^\(pass|^\(fail|^\(skip|error:|Expected|Received" "$OUT/gpu-test.log" | head -12
 run 7b 330 --preset llama2-7b-32k --steps 20 --decay-steps 20 --warmup 2 --optimizer auto \
   --snapshots=false --export=false --out "$RUNS/7b"
 rc7=$?
 
-SMALL=(--model tinyllama-1.1b --seq 2048 --batch 1 --lr 3e-4 --min-lr 3e-5 --warmup 2 --decay-steps 6 --nprocs 1 --cp 1 --keep-snapshots 1)
-run small-a 150 "${SMALL[@]}" --steps 6 --snapshots=false --out "$RUNS/small-a"
+SMALL=(--model tinyllama-1.1b --seq 2048 --batch 1 --lr 3e-4 --min-lr 3e-5 --warmup 2 --decay-steps 4 --nprocs 1 --cp 1 --keep-snapshots 1)
+run small-a 150 "${SMALL[@]}" --steps 4 --snapshots=false --out "$RUNS/small-a"
 rca=$?
 hf_line="not run"
 if [ $rca -eq 0 ]; then
@@ -45,8 +51,9 @@ if [ $rca -eq 0 ]; then
   hf_line=$(timeout 120 python3 scripts/gpu/trainer-hf-loss.py "$RUNS/small-a/hf" "$OUT/small-ours.json" 2>&1 | grep -v -i warn | tail -1)
   echo "$hf_line"
 fi
-run small-b 120 "${SMALL[@]}" --steps 3 --export=false --out "$RUNS/small-b"
-run small-b-resume 150 "${SMALL[@]}" --steps 6 --resume --export=false --out "$RUNS/small-b"
+run small-b 120 "${SMALL[@]}" --steps 2 --export=false --out "$RUNS/small-b"
+run small-b-resume 150 "${SMALL[@]}" --steps 4 --resume --export=false --out "$RUNS/small-b"
+cp "$RUNS/small-b/metrics.jsonl" "$OUT/small-b.metrics.jsonl" 2>/dev/null
 rm -rf "$RUNS/small-b/snapshots"
 
 python3 - "$OUT" <<'EOF'
@@ -67,7 +74,7 @@ a, b = rows("small-a"), rows("small-b")
 if a and b:
     same = [x["loss"] == y["loss"] for x, y in zip(a, b)]
     diffs = [abs(x["loss"] - y["loss"]) for x, y in zip(a, b)]
-    print(f"\nresume: run B (3 steps, snapshot, --resume to 6) vs run A (6 steps): {len(b)} steps, equal at steps {[i + 1 for i, s in enumerate(same) if s]}, max |diff| {max(diffs):.2e}")
+    print(f"\nresume: run B (2 steps, snapshot, --resume to 4) vs run A (4 steps): {len(b)} steps, equal at steps {[i + 1 for i, s in enumerate(same) if s]}, max |diff| {max(diffs):.2e}")
 EOF
 echo "transformers check: ${hf_line}"
-echo "total $((SECONDS - t_start)) s; 7b exit $rc7"
+echo "gpu test exit $rcg; 7b exit $rc7; total $((SECONDS - t_start)) s"
