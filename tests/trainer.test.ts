@@ -17,6 +17,8 @@ import { join } from "node:path";
 const ROOT = join(import.meta.dir, "..");
 const TRAINER = join(ROOT, "apps/trainer/index.ts");
 const dir = mkdtempSync(join(tmpdir(), "trainer-e2e-"));
+/** CPU ranks on any machine: with no GPU visible the trainer starts CPU processes (the launcher's and the ranks' probe). */
+const env = { ...process.env, CUDA_VISIBLE_DEVICES: "" };
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 /** Small and quick: 128 tokens a sequence, schedule of 30 steps. */
@@ -31,7 +33,7 @@ interface Run {
 }
 
 function run(args: string[]): Run {
-  const p = Bun.spawnSync(["bun", TRAINER, ...args], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+  const p = Bun.spawnSync(["bun", TRAINER, ...args], { cwd: ROOT, env, stdout: "pipe", stderr: "pipe" });
   return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString().trimEnd() };
 }
 
@@ -111,7 +113,7 @@ describe("a run", () => {
 describe("stopping", () => {
   test("SIGKILL while a snapshot is being written: --resume continues from the previous one", async () => {
     const out = join(dir, "killed");
-    const p = Bun.spawn(["bun", TRAINER, ...SMALL, "--steps", "30", "--out", out], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+    const p = Bun.spawn(["bun", TRAINER, ...SMALL, "--steps", "30", "--out", out], { cwd: ROOT, env, stdout: "pipe", stderr: "pipe" });
     const snaps = join(out, "snapshots");
     // Snapshot 3 complete, then the moment snapshot 6's temp folder appears: kill the launcher (the
     // ranks run with --no-orphans and die with it).
@@ -140,6 +142,7 @@ describe("stopping", () => {
     const out = join(dir, "term");
     const p = Bun.spawn(["bun", TRAINER, ...BASE, "--steps", "30", "--snapshot-every", "0", "--out", out], {
       cwd: ROOT,
+      env,
       stdout: "pipe",
       stderr: "pipe",
     });
@@ -159,7 +162,7 @@ describe("stopping", () => {
 
   test("a rank that dies: the others stop, the launcher names it and exits non-zero", async () => {
     const out = join(dir, "dead");
-    const p = Bun.spawn(["bun", TRAINER, ...SMALL, "--steps", "30", "--out", out], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+    const p = Bun.spawn(["bun", TRAINER, ...SMALL, "--steps", "30", "--out", out], { cwd: ROOT, env, stdout: "pipe", stderr: "pipe" });
     const err = new Response(p.stderr).text();
     const deadline = Date.now() + 50_000;
     while (Date.now() < deadline && !(existsSync(join(out, "metrics.jsonl")) && metrics(out).length >= 2)) await Bun.sleep(20);

@@ -8,7 +8,8 @@ import { join } from "node:path";
 const dir = mkdtempSync(join(tmpdir(), "trainer-main-"));
 const run = (...args: string[]) => {
   const p = Bun.spawnSync(["bun", join(import.meta.dir, "index.ts"), ...args], {
-    env: { ...process.env, LIGHTSEQ_CACHE: join(dir, "cache") },
+    // CUDA_VISIBLE_DEVICES empty: CPU ranks (the defaults of a machine without a GPU) on any machine.
+    env: { ...process.env, LIGHTSEQ_CACHE: join(dir, "cache"), CUDA_VISIBLE_DEVICES: "" },
   });
   return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString().trimEnd() };
 };
