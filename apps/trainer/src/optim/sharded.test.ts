@@ -192,3 +192,19 @@ describe.skipIf(skipWithoutGpu())("StreamedAdamW (state in pinned host memory)",
     }
   }, 60_000);
 });
+
+describe.skipIf(skipWithoutGpu())("StreamedAdamW.initFromDevice", () => {
+  test("equals initFromFull: the same master shard, zero moments, the same bf16 shard", () => {
+    using a = new StreamedAdamW(specs, 1, 2, H, { chunk: 64 });
+    using b = new StreamedAdamW(specs, 1, 2, H, { chunk: 64 });
+    specs.forEach((s, i) => {
+      a.initFromFull(s.name, init[i]!);
+      using full = T.to(T.fromArray(init[i]!, [init[i]!.length]), "cuda:0");
+      b.initFromDevice(s.name, full);
+    });
+    a.opt.synchronize();
+    expect(b.snapshotArrays()).toEqual(a.snapshotArrays());
+    for (const s of specs)
+      expect([...(T.to(b.bf16(s.name), "cpu").data() as Uint16Array)]).toEqual([...(T.to(a.bf16(s.name), "cpu").data() as Uint16Array)]);
+  });
+});

@@ -192,7 +192,8 @@ class HostState implements ShardedState {
   }
 
   initFromTensor(name: string, full: Tensor): void {
-    this.initFromFull(name, toFloat32Array(full));
+    if (full.device.kind === "cuda") this.#opt.initFromDevice(name, full);
+    else this.initFromFull(name, toFloat32Array(full));
   }
 
   step(name: string, grad: Tensor, t: number, lr: number, gradScale: number): void {
