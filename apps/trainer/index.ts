@@ -47,7 +47,16 @@ try {
       const { info, state } = resumePoint(cfg);
       console.log(`resume: ${info.dir} (step ${state.step})`);
     }
-    if (cfg.initFrom !== null) await loadHfCheckpoint(cfg.initFrom, model, () => {});
+    if (cfg.initFrom !== null) {
+      // loadHfCheckpoint checks config.json and every tensor's name, shape and dtype before it hands
+      // over the first one: stop there, the ranks read the values.
+      const checked = new Error("checked");
+      await loadHfCheckpoint(cfg.initFrom, model, () => {
+        throw checked;
+      }).catch((e) => {
+        if (e !== checked) throw e;
+      });
+    }
   }
   const corpus = await prepareCorpus({
     data: cfg.data,
