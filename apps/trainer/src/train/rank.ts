@@ -169,7 +169,8 @@ async function main(): Promise<void> {
   let forwardDone = 0;
   let backwardDone = 0;
   weights.onLayer = () => {
-    if (backwardDone === 0) progress.layerDone("forward", ++forwardDone);
+    // The forward asks for each layer once; the backward's requests come after it.
+    if (forwardDone < model.layers) progress.layerDone("forward", ++forwardDone);
   };
   grads.onLayerDone = () => progress.layerDone("backward", ++backwardDone);
 
