@@ -264,7 +264,9 @@ async function main(): Promise<void> {
   }
 
   if (stoppedBy !== null) {
-    log(`stopped at step ${step} (${stoppedBy}); resume with --resume`);
+    log(
+      `stopped at step ${step} (${stoppedBy})${cfg.snapshots ? "; resume with --resume" : " (--snapshots=false: nothing to resume from)"}`,
+    );
   } else {
     if (cfg.snapshots && step > startStep) await snapshot(step);
     if (cfg.export) {
