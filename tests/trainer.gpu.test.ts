@@ -9,7 +9,7 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { hasGpu } from "@lightseq/cuda";
+import { skipWithoutGpu } from "@lightseq/cuda";
 
 const ROOT = join(import.meta.dir, "..");
 const dir = mkdtempSync(join(tmpdir(), "trainer-gpu-"));
@@ -32,7 +32,7 @@ function train(optimizer: "device" | "host"): number[] {
     .map((l) => (JSON.parse(l) as { loss: number }).loss);
 }
 
-test.skipIf(!hasGpu())(
+test.skipIf(skipWithoutGpu())(
   "one GPU: the device and the host optimizer learn and give the same losses",
   () => {
     const device = train("device");
