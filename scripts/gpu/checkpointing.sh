@@ -8,7 +8,7 @@
 # (128K alone ~150 s), ~4.8 min with the tests; the bench starts no group that would end past
 # CKPT_BUDGET_S (default 250) so the table always comes out. Table last; JSON and logs in $OUT.
 # Usage (repository root): source .device/setup.sh && bash scripts/gpu/checkpointing.sh
-#   CKPT_BUDGET_S=150 CKPT_TOKENS=131072 bash scripts/gpu/checkpointing.sh   # the 128K rows alone
+#   CKPT_BUDGET_S=190 CKPT_TOKENS=131072 bash scripts/gpu/checkpointing.sh   # the 128K rows alone
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
