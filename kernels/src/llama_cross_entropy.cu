@@ -143,8 +143,14 @@ __global__ void __launch_bounds__(kThreads, 2)
       acc.m = mx;
       mb = mx * kLog2e;
     }
+    float e[W];
 #pragma unroll
-    for (int j = 0; j < W; ++j) acc.s += fast_exp2(fmaf(x.v[j], kLog2e, -mb));
+    for (int j = 0; j < W; ++j) e[j] = fast_exp2(fmaf(x.v[j], kLog2e, -mb));
+    if constexpr (W == 8) {
+      acc.s += ((e[0] + e[1]) + (e[2] + e[3])) + ((e[4] + e[5]) + (e[6] + e[7]));  // a tree: a short dependency chain
+    } else {
+      acc.s += e[0];
+    }
   }
   acc = block_merge(acc);
   const float lse = acc.m + logf(acc.s);
