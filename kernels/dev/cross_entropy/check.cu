@@ -15,6 +15,7 @@
 //      floats; V <= 32768), 2 blocks/SM
 //   S  the shipped kernel (kernels/src/llama_cross_entropy.cu, included here): B with fewer operations
 //      per element (exps as ex2 of one FMA, grad_scale in the exponent, rescale only on a new max)
+//   G  S's arithmetic at other block shapes (threads x blocks per SM)
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90 -I../../src check.cu -o ce_check && ./ce_check   (run.sh does this)
 #include <cuda_runtime.h>
@@ -226,6 +227,66 @@ __global__ void __launch_bounds__(THREADS, MINB)
   }
 }
 
+
+// S's arithmetic at other block shapes (G): THREADS x MINB blocks per SM.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <int THREADS, int MINB>
+__global__ void __launch_bounds__(THREADS, MINB)
+    fast_two_pass(const float* __restrict__ logits, const int32_t* __restrict__ labels, float g, uint16_t* __restrict__ dlogits,
+                  float* __restrict__ row_loss, int64_t V) {
+  constexpr float kL2e = 1.4426950408889634f;
+  const int64_t row = blockIdx.x;
+  const int32_t y = labels[row];
+  const float* l = logits + row * V;
+  uint16_t* d = dlogits + row * V;
+  if (ignored_row<true>(y, d, row_loss, row, V)) return;
+  MaxSum acc{-INFINITY, 0.0f};
+  float mb = -INFINITY;
+  for (int64_t i = threadIdx.x * 8; i < V; i += THREADS * 8) {
+    const F8 x = load8<0>(l + i);
+    float mx = x.v[0];
+#pragma unroll
+    for (int j = 1; j < 8; ++j) mx = fmaxf(mx, x.v[j]);
+    if (mx > acc.m) {
+      acc.s *= ex2((acc.m - mx) * kL2e);
+      acc.m = mx;
+      mb = mx * kL2e;
+    }
+    float e[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) e[j] = ex2(fmaf(x.v[j], kL2e, -mb));
+    acc.s += ((e[0] + e[1]) + (e[2] + e[3])) + ((e[4] + e[5]) + (e[6] + e[7]));
+  }
+  acc = block_merge(acc);
+  const float lse = acc.m + logf(acc.s);
+  if (threadIdx.x == 0) row_loss[row] = lse - l[y];
+  const float bias = log2f(fabsf(g)) - lse * kL2e;
+  for (int64_t i = threadIdx.x * 8; i < V; i += THREADS * 8) {
+    const F8 x = load8<1>(l + i);
+    float o[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o[j] = ex2(fmaf(x.v[j], kL2e, bias));
+    if (g < 0.0f)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o[j] = -o[j];
+    if (static_cast<uint64_t>(y - i) < 8u)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (i + j == y) o[j] -= g;
+    store8<true>(d + i, o);
+  }
+}
+
+template <int THREADS, int MINB>
+void run_fast(const float* l, const int32_t* y, float g, uint16_t* d, float* loss, int64_t rows, int64_t V, cudaStream_t s) {
+  fast_two_pass<THREADS, MINB><<<static_cast<unsigned>(rows), THREADS, 0, s>>>(l, y, g, d, loss, V);
+}
+
 // ---- host ----
 
 __global__ void init_logits(float* x, int64_t n, uint32_t seed) {
@@ -289,6 +350,9 @@ int main(int argc, char** argv) {
       {"D  regs 1024t x 32f", lab::run_on_chip<1024, 1, 4, 0>, 1024 * 8 * 4},
       {"E  regs+smem 512t x 64f", lab::run_on_chip<512, 2, 4, 4>, 512 * 8 * 8},
       {"S  shipped", lab::run_shipped, 0},
+      {"G  S-arith 512t x4", lab::run_fast<512, 4>, 0},
+      {"G  S-arith 256t x8", lab::run_fast<256, 8>, 0},
+      {"G  S-arith 1024t x1", lab::run_fast<1024, 1>, 0},
   };
   cudaStream_t s;
   CK(cudaStreamCreate(&s));
