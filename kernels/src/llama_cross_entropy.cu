@@ -3,14 +3,18 @@
 //   m = max l,  lse = m + log sum exp(l - m),  loss = lse - l[y]
 //   dlogits = grad_scale * (exp(l - lse) - [j == y])   (bf16; skipped when dlogits is null)
 // A row with y == -100 gets loss 0 and a zero dlogits row (its logits are not read).
-// One block per row. Pass 1 keeps a running (max, sum) per thread, rescaling the sum when the max
-// grows, then merges them across the block in a fixed tree; pass 2 re-reads the row to write dlogits.
-// That re-read must hit L2: the rows in flight must fit in it. At 512 threads x 4 blocks per SM they
-// did not (528 rows x 128 KB for V = 32000: 58% of copy bandwidth on an H200, the row read twice from
-// HBM), so blocks are 1024 threads, 2 per SM (264 rows in flight), and the second-pass loads and the
-// dlogits stores are evict-first (.cs) so they do not push the rows still to be re-read out of L2.
-// kernels/dev/cross_entropy/ holds the variants this was chosen among. 16-byte loads when V % 8 == 0
-// and the pointers are 16-byte aligned, elements otherwise.
+//
+// One block per row, two passes. Pass 1 keeps a running (max, sum of exp(l - max)) per thread, rescaling
+// the sum only when a pack of 8 raises the max, then merges the threads in a fixed tree; pass 2 re-reads
+// the row and writes dlogits. Measured on an H200 (kernels/dev/cross_entropy/ has the variants):
+// - the re-read must hit L2, so the rows in flight must fit in it: 512 threads x 4 blocks per SM (528
+//   rows x 128 KB for V = 32000) read the row twice from HBM (58% of copy); 1024 threads x 2 blocks per
+//   SM with evict-first (.cs) second-pass loads and dlogits stores reached 78%; keeping the row on chip
+//   (registers, or registers + shared memory) was slower (68-70%): one or two rows per SM cannot hide
+//   the exps;
+// - so the arithmetic is the rest: exps as one ex2.approx of an FMA (l log2e - bias), grad_scale folded
+//   into the exponent of pass 2, the onehot subtraction only in the pack that holds the label.
+// 16-byte loads when V % 8 == 0 and the pointers are 16-byte aligned, elements otherwise.
 #include <cmath>
 
 #include "llama_common.cuh"
@@ -18,7 +22,6 @@
 namespace {
 
 using ls::f32_to_bf16;
-using ls::load_pack;
 using ls::Pack;
 
 constexpr int kThreads = 1024;
@@ -70,16 +73,46 @@ __device__ __forceinline__ void store_streaming(uint16_t* p, const Pack<uint16_t
   __stcs(reinterpret_cast<uint4*>(p), *reinterpret_cast<const uint4*>(&v));
 }
 
-// Adds n values already reduced to (their max, their sum of exp(x - max)).
-__device__ __forceinline__ void absorb(MaxSum& acc, const float* x, int n) {
-  float mx = x[0];
-  for (int j = 1; j < n; ++j) mx = fmaxf(mx, x[j]);
-  float s = 0.0f;
-  for (int j = 0; j < n; ++j) s += __expf(x[j] - mx);
-  acc = merge(acc, MaxSum{mx, s});
+constexpr float kLog2e = 1.4426950408889634f;
+
+// 2^x by the SFU (relative error ~2^-22; results below 2^-126 flush to 0, far below a bf16 gradient's
+// contribution).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
-template <bool Vec>
+template <int W>
+struct Row {
+  float v[W];
+};
+
+// W consecutive logits; Streaming: evict-first (the second, last read of them).
+template <int W, bool Streaming>
+__device__ __forceinline__ Row<W> load_row(const float* p) {
+  Row<W> r;
+  if constexpr (W == 8) {
+    const float4 a = Streaming ? __ldcs(reinterpret_cast<const float4*>(p)) : *reinterpret_cast<const float4*>(p);
+    const float4 b = Streaming ? __ldcs(reinterpret_cast<const float4*>(p + 4)) : *reinterpret_cast<const float4*>(p + 4);
+    r = {{a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w}};
+  } else {
+    r.v[0] = Streaming ? __ldcs(p) : *p;
+  }
+  return r;
+}
+
+template <int W>
+__device__ __forceinline__ void store_row(uint16_t* p, const float (&g)[W]) {
+  if constexpr (W == 8) {
+    store_streaming(p, ls::llama::narrow8(g));
+  } else {
+    *p = f32_to_bf16(g[0]);
+  }
+}
+
+// W = 8 (16-byte packs) or 1 (elements).
+template <int W>
 __global__ void __launch_bounds__(kThreads, 2)
     cross_entropy(const float* __restrict__ logits, const int32_t* __restrict__ labels, float grad_scale, uint16_t* __restrict__ dlogits,
                   float* __restrict__ row_loss, int64_t V) {
@@ -87,46 +120,60 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int32_t y = labels[row];
   const float* l = logits + row * V;
   uint16_t* d = dlogits == nullptr ? nullptr : dlogits + row * V;
+  const int64_t step = static_cast<int64_t>(blockDim.x) * W;
   if (y == kIgnore) {
     if (threadIdx.x == 0) row_loss[row] = 0.0f;
     if (d == nullptr) return;
-    if (Vec) {
-      Pack<uint16_t, 8> z;
+    float z[W];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) z.v[j] = 0;
-      for (int64_t i = threadIdx.x * 8; i < V; i += static_cast<int64_t>(blockDim.x) * 8) store_streaming(d + i, z);
-    } else {
-      for (int64_t i = threadIdx.x; i < V; i += blockDim.x) d[i] = 0;
-    }
+    for (int j = 0; j < W; ++j) z[j] = 0.0f;
+    for (int64_t i = threadIdx.x * W; i < V; i += step) store_row<W>(d + i, z);
     return;
   }
+  // pass 1: running max m and s = sum 2^(l log2e - m log2e) = sum exp(l - m)
   MaxSum acc{-INFINITY, 0.0f};
-  if (Vec) {
-    for (int64_t i = threadIdx.x * 8; i < V; i += static_cast<int64_t>(blockDim.x) * 8) {
-      const Pack<float, 4> a = load_pack<float, 4>(l + i);
-      const Pack<float, 4> b = load_pack<float, 4>(l + i + 4);
-      const float x[8] = {a.v[0], a.v[1], a.v[2], a.v[3], b.v[0], b.v[1], b.v[2], b.v[3]};
-      absorb(acc, x, 8);
+  float mb = -INFINITY;  // m * log2e
+  for (int64_t i = threadIdx.x * W; i < V; i += step) {
+    const Row<W> x = load_row<W, false>(l + i);
+    float mx = x.v[0];
+#pragma unroll
+    for (int j = 1; j < W; ++j) mx = fmaxf(mx, x.v[j]);
+    if (mx > acc.m) {
+      acc.s *= fast_exp2((acc.m - mx) * kLog2e);  // 0 while nothing was seen (2^-inf)
+      acc.m = mx;
+      mb = mx * kLog2e;
     }
-  } else {
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) absorb(acc, l + i, 1);
+    float e[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) e[j] = fast_exp2(fmaf(x.v[j], kLog2e, -mb));
+    if constexpr (W == 8) {
+      acc.s += ((e[0] + e[1]) + (e[2] + e[3])) + ((e[4] + e[5]) + (e[6] + e[7]));  // a tree: a short dependency chain
+    } else {
+      acc.s += e[0];
+    }
   }
   acc = block_merge(acc);
   const float lse = acc.m + logf(acc.s);
   if (threadIdx.x == 0) row_loss[row] = lse - l[y];
   if (d == nullptr) return;
-  if (Vec) {
-    for (int64_t i = threadIdx.x * 8; i < V; i += static_cast<int64_t>(blockDim.x) * 8) {
-      const float4 a = __ldcs(reinterpret_cast<const float4*>(l + i));
-      const float4 b = __ldcs(reinterpret_cast<const float4*>(l + i + 4));
-      const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-      float g[8];
+  // pass 2: grad_scale * softmax = sign * 2^(l log2e + log2 |grad_scale| - lse log2e)
+  const float bias = log2f(fabsf(grad_scale)) - lse * kLog2e;
+  const bool negative = grad_scale < 0.0f;
+  for (int64_t i = threadIdx.x * W; i < V; i += step) {
+    const Row<W> x = load_row<W, true>(l + i);
+    float g[W];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) g[j] = grad_scale * (__expf(x[j] - lse) - (i + j == y ? 1.0f : 0.0f));
-      store_streaming(d + i, ls::llama::narrow8(g));
+    for (int j = 0; j < W; ++j) g[j] = fast_exp2(fmaf(x.v[j], kLog2e, bias));
+    if (negative) {
+#pragma unroll
+      for (int j = 0; j < W; ++j) g[j] = -g[j];
     }
-  } else {
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) d[i] = f32_to_bf16(grad_scale * (__expf(__ldcs(l + i) - lse) - (i == y ? 1.0f : 0.0f)));
+    if (static_cast<uint64_t>(y - i) < static_cast<uint64_t>(W)) {
+#pragma unroll
+      for (int j = 0; j < W; ++j)
+        if (i + j == y) g[j] -= grad_scale;
+    }
+    store_row<W>(d + i, g);
   }
 }
 
@@ -140,7 +187,7 @@ LS_API int ls_llama_cross_entropy_f32(const float* logits, const int32_t* labels
   if (rows <= 0 || V <= 0) return 0;
   const bool vec = V % 8 == 0 && ls::aligned16(logits) && (dlogits == nullptr || ls::aligned16(dlogits));
   const unsigned grid = static_cast<unsigned>(rows);
-  if (vec) cross_entropy<true><<<grid, ls::llama::row_threads(V / 8, kThreads), 0, s>>>(logits, labels, grad_scale, dlogits, row_loss, V);
-  else cross_entropy<false><<<grid, ls::llama::row_threads(V, kThreads), 0, s>>>(logits, labels, grad_scale, dlogits, row_loss, V);
+  if (vec) cross_entropy<8><<<grid, ls::llama::row_threads(V / 8, kThreads), 0, s>>>(logits, labels, grad_scale, dlogits, row_loss, V);
+  else cross_entropy<1><<<grid, ls::llama::row_threads(V, kThreads), 0, s>>>(logits, labels, grad_scale, dlogits, row_loss, V);
   return static_cast<int>(cudaGetLastError());
 }

@@ -34,6 +34,7 @@ describe("flags", () => {
       "warmup",
       "min-lr",
       "policy",
+      "optimizer",
       "data",
       "tokenizer",
       "out",

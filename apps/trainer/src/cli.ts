@@ -3,6 +3,7 @@
 // (`--resume`), `--resume=false` turns it off. Nothing positional. A bad flag is a CliError: one line,
 // exit status 2.
 
+import { LIGHTSEQ_VERSION } from "@lightseq/cuda";
 import {
   CONFIG_KEYS,
   ConfigError,
@@ -16,7 +17,8 @@ import {
   type TrainConfig,
 } from "./config.ts";
 
-export const VERSION: string = (await Bun.file(new URL("../package.json", import.meta.url)).json()).version;
+/** The one version of every lightseq package (what `lightseq-launch --version` prints too). */
+export const VERSION: string = LIGHTSEQ_VERSION;
 
 export type Command = { kind: "help" } | { kind: "version" } | { kind: "run"; flags: Partial<TrainConfig>; configFile: string | null };
 

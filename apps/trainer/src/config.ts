@@ -10,6 +10,14 @@ export const POLICIES = ["auto", "none", "full", "remat-aware"] as const;
 /** Activation checkpointing policy (DESIGN.md section 6); `auto` lets the memory estimator choose. */
 export type Policy = (typeof POLICIES)[number];
 
+export const OPTIMIZERS = ["auto", "device", "host"] as const;
+/**
+ * Where the fp32 master weights and AdamW moments live on a GPU: sharded in device memory, or in
+ * pinned host memory streamed through the GPU (issue 14); `auto` takes the device when the memory
+ * estimator says they fit beside the activations. CPU ranks keep them in their own memory.
+ */
+export type OptimizerPlace = (typeof OPTIMIZERS)[number];
+
 export interface TrainConfig {
   /** Run preset the other values started from. */
   preset: string;
@@ -42,6 +50,7 @@ export interface TrainConfig {
   /** Global gradient-norm clip; 0 disables clipping. */
   gradClip: number;
   policy: Policy;
+  optimizer: OptimizerPlace;
   /** Text, JSONL or parquet files or a folder of them; null: the shipped Brown corpus. */
   data: string | null;
   /** A tokenizer.json; null: the shipped Llama-2 tokenizer. */
@@ -57,6 +66,10 @@ export interface TrainConfig {
   snapshotEvery: number;
   /** Snapshots kept; older ones are deleted once a newer one is complete. */
   keepSnapshots: number;
+  /** Write snapshots at all (a 7B state is 108 GB: more than some disks hold). */
+  snapshots: boolean;
+  /** Write DIR/hf (Hugging Face config.json + safetensors) at the end. */
+  export: boolean;
 }
 
 export class ConfigError extends Error {
@@ -126,6 +139,12 @@ export const FIELDS: { readonly [K in keyof TrainConfig]: Field<TrainConfig[K]> 
     meta: "NAME",
     help: `activation checkpointing (${POLICIES.join(", ")})`,
   },
+  optimizer: {
+    kind: { t: "enum", values: OPTIMIZERS },
+    flag: "optimizer",
+    meta: "WHERE",
+    help: "GPU: AdamW state on the device or in pinned host memory (auto: the estimator decides)",
+  },
   data: { kind: { t: "path?" }, flag: "data", meta: "PATH", help: "text/JSONL/parquet file or folder (default: the shipped Brown corpus)" },
   tokenizer: {
     kind: { t: "path?" },
@@ -144,6 +163,12 @@ export const FIELDS: { readonly [K in keyof TrainConfig]: Field<TrainConfig[K]> 
     help: "snapshot every N steps and at the end (0: end only)",
   },
   keepSnapshots: { kind: { t: "int", min: 1 }, flag: "keep-snapshots", meta: "N", help: "complete snapshots kept" },
+  snapshots: {
+    kind: { t: "bool" },
+    flag: "snapshots",
+    help: "write snapshots (every --snapshot-every steps, at the end, on SIGINT/SIGTERM); --snapshots=false: none",
+  },
+  export: { kind: { t: "bool" }, flag: "export", help: "write DIR/hf (Hugging Face config.json + safetensors) at the end" },
 };
 
 export const CONFIG_KEYS = Object.keys(FIELDS) as (keyof TrainConfig)[];
@@ -164,12 +189,15 @@ const common = {
   eps: 1e-8,
   gradClip: 1.0,
   policy: "auto",
+  optimizer: "auto",
   data: null,
   tokenizer: null,
   resume: false,
   initFrom: null,
   seed: 1234,
   keepSnapshots: 2,
+  snapshots: true,
+  export: true,
 } as const satisfies Partial<TrainConfig>;
 
 export const PRESETS: Readonly<Record<string, Preset>> = {
@@ -179,13 +207,13 @@ export const PRESETS: Readonly<Record<string, Preset>> = {
     preset: "tiny",
     model: "tiny",
     seq: 256,
-    steps: 200,
-    decaySteps: 200,
+    steps: 150,
+    decaySteps: 150,
     cp: m.gpus > 0 ? m.gpus : 2,
     nprocs: m.gpus > 0 ? m.gpus : 2,
     batch: 1,
     lr: 3e-3,
-    warmup: 20,
+    warmup: 10,
     minLr: 3e-4,
     out: "runs/tiny",
     snapshotEvery: 50,

@@ -61,6 +61,7 @@ export const RESUME_RULES: { readonly [K in keyof TrainConfig]: Rule } = {
   eps: "must-match",
   gradClip: "must-match",
   policy: "may-differ", // recomputation gives the same numbers
+  optimizer: "may-differ", // the streamed optimizer equals the device one bit for bit
   data: "must-match",
   tokenizer: "must-match",
   out: "may-differ",
@@ -69,6 +70,8 @@ export const RESUME_RULES: { readonly [K in keyof TrainConfig]: Rule } = {
   seed: "must-match",
   snapshotEvery: "may-differ",
   keepSnapshots: "may-differ",
+  snapshots: "may-differ",
+  export: "may-differ",
 };
 
 /** Refuses a resume whose config changes the numbers, naming every such key with both values. */

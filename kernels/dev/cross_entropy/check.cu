@@ -13,9 +13,14 @@
 //   D  one pass over memory: the row kept in registers (1024 threads x 32 floats; V <= 32768), 1 block/SM
 //   E  one pass over memory: half the row in registers, half in shared memory (512 threads x (32 + 32)
 //      floats; V <= 32768), 2 blocks/SM
+//   S  the shipped kernel (kernels/src/llama_cross_entropy.cu, included here): B with fewer operations
+//      per element (exps as ex2 of one FMA, grad_scale in the exponent, rescale only on a new max)
+//   G  S's arithmetic at other block shapes (threads x blocks per SM)
 //
-//   nvcc -O3 -std=c++17 -arch=sm_90 check.cu -o ce_check && ./ce_check   (run.sh does this)
+//   nvcc -O3 -std=c++17 -arch=sm_90 -I../../src check.cu -o ce_check && ./ce_check   (run.sh does this)
 #include <cuda_runtime.h>
+
+#include "llama_cross_entropy.cu"
 
 #include <algorithm>
 #include <cmath>
@@ -35,6 +40,8 @@
       std::exit(2);                                                                              \
     }                                                                                            \
   } while (0)
+
+namespace lab {
 
 constexpr int kIgnore = -100;
 
@@ -220,6 +227,66 @@ __global__ void __launch_bounds__(THREADS, MINB)
   }
 }
 
+
+// S's arithmetic at other block shapes (G): THREADS x MINB blocks per SM.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <int THREADS, int MINB>
+__global__ void __launch_bounds__(THREADS, MINB)
+    fast_two_pass(const float* __restrict__ logits, const int32_t* __restrict__ labels, float g, uint16_t* __restrict__ dlogits,
+                  float* __restrict__ row_loss, int64_t V) {
+  constexpr float kL2e = 1.4426950408889634f;
+  const int64_t row = blockIdx.x;
+  const int32_t y = labels[row];
+  const float* l = logits + row * V;
+  uint16_t* d = dlogits + row * V;
+  if (ignored_row<true>(y, d, row_loss, row, V)) return;
+  MaxSum acc{-INFINITY, 0.0f};
+  float mb = -INFINITY;
+  for (int64_t i = threadIdx.x * 8; i < V; i += THREADS * 8) {
+    const F8 x = load8<0>(l + i);
+    float mx = x.v[0];
+#pragma unroll
+    for (int j = 1; j < 8; ++j) mx = fmaxf(mx, x.v[j]);
+    if (mx > acc.m) {
+      acc.s *= ex2((acc.m - mx) * kL2e);
+      acc.m = mx;
+      mb = mx * kL2e;
+    }
+    float e[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) e[j] = ex2(fmaf(x.v[j], kL2e, -mb));
+    acc.s += ((e[0] + e[1]) + (e[2] + e[3])) + ((e[4] + e[5]) + (e[6] + e[7]));
+  }
+  acc = block_merge(acc);
+  const float lse = acc.m + logf(acc.s);
+  if (threadIdx.x == 0) row_loss[row] = lse - l[y];
+  const float bias = log2f(fabsf(g)) - lse * kL2e;
+  for (int64_t i = threadIdx.x * 8; i < V; i += THREADS * 8) {
+    const F8 x = load8<1>(l + i);
+    float o[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o[j] = ex2(fmaf(x.v[j], kL2e, bias));
+    if (g < 0.0f)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o[j] = -o[j];
+    if (static_cast<uint64_t>(y - i) < 8u)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (i + j == y) o[j] -= g;
+    store8<true>(d + i, o);
+  }
+}
+
+template <int THREADS, int MINB>
+void run_fast(const float* l, const int32_t* y, float g, uint16_t* d, float* loss, int64_t rows, int64_t V, cudaStream_t s) {
+  fast_two_pass<THREADS, MINB><<<static_cast<unsigned>(rows), THREADS, 0, s>>>(l, y, g, d, loss, V);
+}
+
 // ---- host ----
 
 __global__ void init_logits(float* x, int64_t n, uint32_t seed) {
@@ -249,6 +316,10 @@ void run_on_chip(const float* l, const int32_t* y, float g, uint16_t* d, float* 
   k<<<static_cast<unsigned>(rows), THREADS, bytes, s>>>(l, y, g, d, loss, V);
 }
 
+void run_shipped(const float* l, const int32_t* y, float g, uint16_t* d, float* loss, int64_t rows, int64_t V, cudaStream_t s) {
+  CK(static_cast<cudaError_t>(ls_llama_cross_entropy_f32(l, y, g, d, loss, rows, V, s)));
+}
+
 struct Variant {
   const char* name;
   Launch launch;
@@ -262,18 +333,26 @@ static float bf16_to_float(uint16_t b) {
   return f;
 }
 
+}  // namespace lab
+
+using lab::Variant;
+
 int main(int argc, char** argv) {
   int reps = 20;
   for (int i = 1; i + 1 < argc; ++i)
     if (std::string(argv[i]) == "--reps") reps = std::atoi(argv[i + 1]);
   const Variant variants[] = {
-      {"A  2-pass 512t", run_two_pass<512, 1, 0, 0, false>, 0},
-      {"B0 2-pass 1024t x2", run_two_pass<1024, 2, 0, 0, false>, 0},
-      {"B  2-pass 1024t x2 .cs", run_two_pass<1024, 2, 0, 1, true>, 0},
-      {"F  B + evict_last", run_two_pass<1024, 2, 2, 1, true>, 0},
-      {"C  B, 1 block/SM", run_two_pass<1024, 1, 0, 1, true, 160 * 1024>, 0},
-      {"D  regs 1024t x 32f", run_on_chip<1024, 1, 4, 0>, 1024 * 8 * 4},
-      {"E  regs+smem 512t x 64f", run_on_chip<512, 2, 4, 4>, 512 * 8 * 8},
+      {"A  2-pass 512t", lab::run_two_pass<512, 1, 0, 0, false>, 0},
+      {"B0 2-pass 1024t x2", lab::run_two_pass<1024, 2, 0, 0, false>, 0},
+      {"B  2-pass 1024t x2 .cs", lab::run_two_pass<1024, 2, 0, 1, true>, 0},
+      {"F  B + evict_last", lab::run_two_pass<1024, 2, 2, 1, true>, 0},
+      {"C  B, 1 block/SM", lab::run_two_pass<1024, 1, 0, 1, true, 160 * 1024>, 0},
+      {"D  regs 1024t x 32f", lab::run_on_chip<1024, 1, 4, 0>, 1024 * 8 * 4},
+      {"E  regs+smem 512t x 64f", lab::run_on_chip<512, 2, 4, 4>, 512 * 8 * 8},
+      {"S  shipped", lab::run_shipped, 0},
+      {"G  S-arith 512t x4", lab::run_fast<512, 4>, 0},
+      {"G  S-arith 256t x8", lab::run_fast<256, 8>, 0},
+      {"G  S-arith 1024t x1", lab::run_fast<1024, 1>, 0},
   };
   cudaStream_t s;
   CK(cudaStreamCreate(&s));
@@ -320,9 +399,9 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&dl, n * 2));
     CK(cudaMalloc(&loss, rows * 4));
     CK(cudaMalloc(&labels, rows * 4));
-    init_logits<<<4096, 256, 0, s>>>(logits, n, static_cast<uint32_t>(V));
+    lab::init_logits<<<4096, 256, 0, s>>>(logits, n, static_cast<uint32_t>(V));
     std::vector<int32_t> hy(rows);
-    for (int64_t r = 0; r < rows; ++r) hy[r] = r % 13 == 5 ? kIgnore : static_cast<int32_t>((r * 40503 + 7) % V);
+    for (int64_t r = 0; r < rows; ++r) hy[r] = r % 13 == 5 ? lab::kIgnore : static_cast<int32_t>((r * 40503 + 7) % V);
     CK(cudaMemcpyAsync(labels, hy.data(), rows * 4, cudaMemcpyHostToDevice, s));
     std::vector<float> hl(n);
     CK(cudaMemcpyAsync(hl.data(), logits, n * 4, cudaMemcpyDeviceToHost, s));
@@ -352,11 +431,11 @@ int main(int argc, char** argv) {
         for (int64_t j = 0; j < V; ++j) m = std::max(m, double(x[j]));
         for (int64_t j = 0; j < V; ++j) sum += std::exp(double(x[j]) - m);
         const double lse = m + std::log(sum);
-        const double ref_loss = y == kIgnore ? 0.0 : lse - x[y];
+        const double ref_loss = y == lab::kIgnore ? 0.0 : lse - x[y];
         worst_loss = std::max(worst_loss, std::abs(hloss[r] - ref_loss) / (1e-6 * std::abs(ref_loss) + 1e-6));
         for (int64_t j = 0; j < V; ++j) {
-          const double ref = y == kIgnore ? 0.0 : g * (std::exp(double(x[j]) - lse) - (j == y ? 1.0 : 0.0));
-          const double got = bf16_to_float(hd[r * V + j]);
+          const double ref = y == lab::kIgnore ? 0.0 : g * (std::exp(double(x[j]) - lse) - (j == y ? 1.0 : 0.0));
+          const double got = lab::bf16_to_float(hd[r * V + j]);
           const double u = std::abs(got - ref) / (std::ldexp(std::abs(ref), -7) + 1e-7 * g);
           if (!(u <= worst)) worst = std::isnan(u) ? INFINITY : std::max(worst, u);
         }

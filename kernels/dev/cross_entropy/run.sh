@@ -6,7 +6,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$(mktemp -d)}
 nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
-"$nvcc" -O3 -std=c++17 -lineinfo -gencode arch=compute_90,code=sm_90 -Xptxas -v "$here/check.cu" -o "$out/ce_check" 2>"$out/ce_ptxas.log" ||
+"$nvcc" -O3 -std=c++17 --expt-relaxed-constexpr -lineinfo -gencode arch=compute_90,code=sm_90 -Xptxas -v -I"$here/../../src" "$here/check.cu" -o "$out/ce_check" 2>"$out/ce_ptxas.log" ||
   { cat "$out/ce_ptxas.log"; exit 1; }
 grep -E "spill" "$out/ce_ptxas.log" | grep -v " 0 bytes spill stores, 0 bytes spill loads" | head -5 || true
 "$out/ce_check" "$@"

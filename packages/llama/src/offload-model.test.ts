@@ -11,8 +11,8 @@ import { type ActivationStore, OffloadActivationStore, type Placement, POLICY_KI
 import { launch } from "@lightseq/comm";
 import type { OffloadCase, OffloadResult } from "./fixtures/offload-ranks-worker.ts";
 import { namedTensors, seqTokens, TEST_STD, tinyConfig } from "./fixtures/tiny.ts";
-import { LocalActivationStore, LocalGradientSink, LocalWeightSource, localAttention } from "./interfaces.ts";
-import { LlamaModel, sequenceBatch } from "./model.ts";
+import { LocalActivationStore, LocalGradientSink } from "./interfaces.ts";
+import { localModel, sequenceBatch } from "./model.ts";
 import { initParams, type ModelParams, zeroParams } from "./weights.ts";
 
 /** Records where each layer's kept tensors were when its backward released them. */
@@ -25,14 +25,7 @@ class WatchedStore extends OffloadActivationStore {
 }
 
 async function run(params: ModelParams, policy: (typeof POLICY_KINDS)[number], store: ActivationStore, mlpChunkTokens?: number) {
-  const model = new LlamaModel({
-    config: params.config,
-    weights: new LocalWeightSource(params),
-    attention: localAttention(referenceBackend),
-    store,
-    policy: { kind: policy },
-    mlpChunkTokens,
-  });
+  const model = localModel(params, { policy: { kind: policy }, backend: referenceBackend, store, mlpChunkTokens });
   const grads = zeroParams(params.config);
   const tokens = seqTokens(13, params.config.vocab, 5);
   const loss = await model.forwardBackward(sequenceBatch(tokens), new LocalGradientSink(grads), { gradScale: 1 / 12 });
@@ -67,7 +60,7 @@ test("one rank: every policy, offloaded and spilled (tiled MLP too), equals the 
   params.dispose();
 });
 
-test("P = 2 CPU ranks (DistAttn zigzag, all-reduced gradients): every policy with the offloaded and the spilled store equals the in-place store to the bit", async () => {
+test("P = 2 CPU ranks through parallelize (DistAttn zigzag, all-reduced gradients): every policy with the offloaded and the spilled store equals the in-place store to the bit", async () => {
   const worker = join(import.meta.dir, "fixtures", "offload-ranks-worker.ts");
   const cases: OffloadCase[] = POLICY_KINDS.flatMap((policy) => [
     { policy, N: 23, store: "host" as const },

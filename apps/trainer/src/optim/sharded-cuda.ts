@@ -83,7 +83,7 @@ export class ShardedAdamWCuda implements Disposable {
     put(b.master, T.fromArray(master, n));
     put(b.m, T.fromArray(m, n));
     put(b.v, T.fromArray(v, n));
-    put(b.bf16, T.fromArray(T.encodeBf16(master), n, { dtype: "bf16" }));
+    put(b.bf16, T.fromArray(master, n, { dtype: "bf16" })); // fromArray rounds to bf16
   }
 
   /** AdamW step t of one buffer from its gradient shard (f32 device tensor of shardLen), on `stream`. */

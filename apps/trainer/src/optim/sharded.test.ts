@@ -148,6 +148,9 @@ describe.skipIf(skipWithoutGpu())("ShardedAdamWCuda", () => {
       using again = new ShardedAdamWCuda(specs, r, 3, H);
       again.restore(a);
       expect(again.snapshotArrays()).toEqual(a);
+      // The bf16 shard a restore (or an init) uploads is the master's rounding, as the kernel writes it.
+      for (const s of specs)
+        expect([...(T.to(again.bf16(s.name), "cpu").data() as Uint16Array)]).toEqual([...T.encodeBf16(cpu.master(s.name))]);
     }
   }, 60_000);
 });
@@ -182,7 +185,26 @@ describe.skipIf(skipWithoutGpu())("StreamedAdamW (state in pinned host memory)",
       using again = new StreamedAdamW(specs, 1, 2, H, { chunk: 1 << 20 });
       again.restore(a);
       expect(again.snapshotArrays()).toEqual(a);
+      again.opt.synchronize();
+      for (const s of specs)
+        expect([...(T.to(again.bf16(s.name), "cpu").data() as Uint16Array)]).toEqual([...T.encodeBf16(cpu.master(s.name))]);
       ready.dispose();
     }
   }, 60_000);
+});
+
+describe.skipIf(skipWithoutGpu())("StreamedAdamW.initFromDevice", () => {
+  test("equals initFromFull: the same master shard, zero moments, the same bf16 shard", () => {
+    using a = new StreamedAdamW(specs, 1, 2, H, { chunk: 64 });
+    using b = new StreamedAdamW(specs, 1, 2, H, { chunk: 64 });
+    specs.forEach((s, i) => {
+      a.initFromFull(s.name, init[i]!);
+      using full = T.to(T.fromArray(init[i]!, [init[i]!.length]), "cuda:0");
+      b.initFromDevice(s.name, full);
+    });
+    a.opt.synchronize();
+    expect(b.snapshotArrays()).toEqual(a.snapshotArrays());
+    for (const s of specs)
+      expect([...(T.to(b.bf16(s.name), "cpu").data() as Uint16Array)]).toEqual([...(T.to(a.bf16(s.name), "cpu").data() as Uint16Array)]);
+  });
 });

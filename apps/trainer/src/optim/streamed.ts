@@ -147,8 +147,33 @@ export class StreamedAdamW implements Disposable {
     this.uploadBf16(b);
   }
 
+  /**
+   * initFromFull from a whole buffer already on the GPU (f32, produced on the device's current
+   * stream): the rank's slice is copied into the pinned master and rounded to the bf16 shard there,
+   * so a large model's init never loops over its values on the host.
+   */
+  initFromDevice(name: string, full: T.Tensor): void {
+    const b = this.get(name);
+    if (full.dtype !== "f32" || full.numel !== b.layout.numel || full.device.kind !== "cuda")
+      throw new RangeError(`buffer "${name}": expected f32 [${b.layout.numel}] on a GPU, got ${full.describe()}`);
+    this.syncHost();
+    const v = this.views(b);
+    for (const a of [v.master, v.m, v.v]) a.fill(0);
+    const start = this.rank * b.layout.shardLen;
+    const len = Math.max(0, Math.min(b.layout.shardLen, b.layout.numel - start));
+    if (len === 0) return;
+    const s = T.currentStream(full.device.index);
+    using flat = full.reshape([b.layout.numel]);
+    using src = flat.narrow(start, len);
+    memcpyAsync(b.master.ptr, src.ptr(), len * 4, s, `${name} master init`);
+    using rounded = T.cast(src, "bf16", { stream: s });
+    using dst = b.bf16.narrow(0, len);
+    T.copy(dst, rounded, s);
+    s.synchronize();
+  }
+
   private uploadBf16(b: HostBuffer): void {
-    const host = T.fromArray(T.encodeBf16(this.views(b).master), [b.layout.shardLen], { dtype: "bf16" });
+    const host = T.fromArray(this.views(b).master, [b.layout.shardLen], { dtype: "bf16" });
     T.copy(b.bf16, host, this.opt);
     host.dispose();
   }

@@ -1,0 +1,239 @@
+// One rank's sharded optimizer state behind one interface, whatever holds it (DESIGN.md section 4):
+//   cpu     ShardedAdamW (optim/sharded.ts): f32 shards in this process; the weights all-gathered in f32
+//   device  ShardedAdamWCuda: fp32 master, m, v and a bf16 weight shard in device memory
+//   host    StreamedAdamW (issue 14): master, m, v in pinned host memory, streamed through the GPU
+// `weightShard(name)` is the all-gather input (bf16 on the GPU, f32 on the CPU); `step` updates one
+// buffer's shard from its reduce-scattered f32 gradient shard, on the compute stream's order.
+
+import { Event, type Stream } from "@lightseq/cuda";
+import { cast, copy, type Tensor, toFloat32Array, zeros } from "@lightseq/tensor";
+import type { AdamWHyper } from "../optim/adamw.ts";
+import type { ShardLayout } from "../optim/shard.ts";
+import { type BufferSpec, ShardedAdamW } from "../optim/sharded.ts";
+import { ShardedAdamWCuda } from "../optim/sharded-cuda.ts";
+import { StreamedAdamW } from "../optim/streamed.ts";
+import type { SnapshotLayout } from "../snapshot.ts";
+
+export type StatePlace = "cpu" | "device" | "host";
+
+export interface ShardedState extends Disposable {
+  readonly place: StatePlace;
+  layoutOf(name: string): ShardLayout;
+  /** This rank's current weights of a buffer (shardLen elements): bf16 on a GPU, f32 on the CPU. */
+  weightShard(name: string): Tensor;
+  initFromFull(name: string, full: Float32Array): void;
+  /** The same from a whole buffer already in a tensor (on the GPU, the device state takes its slice there). */
+  initFromTensor(name: string, full: Tensor): void;
+  /** AdamW step t of one buffer; `grad` is its f32 gradient shard on the state's device. */
+  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number): void;
+  /** After the last step() of an optimizer step: the compute stream waits for every update. */
+  stepsDone(): void;
+  snapshotLayout(): SnapshotLayout;
+  snapshotArrays(): { master: Float32Array; m: Float32Array; v: Float32Array };
+  restore(arrays: Readonly<Record<string, Float32Array>>): void;
+}
+
+class CpuState implements ShardedState {
+  readonly place = "cpu";
+  readonly #opt: ShardedAdamW;
+  readonly #shards = new Map<string, Tensor>();
+
+  constructor(specs: readonly BufferSpec[], rank: number, ranks: number, hyper: AdamWHyper) {
+    this.#opt = new ShardedAdamW(specs, rank, ranks, hyper);
+    for (const s of specs) this.#shards.set(s.name, zeros([this.#opt.layoutOf(s.name).shardLen]));
+  }
+
+  layoutOf(name: string): ShardLayout {
+    return this.#opt.layoutOf(name);
+  }
+
+  weightShard(name: string): Tensor {
+    return this.#shards.get(name) as Tensor;
+  }
+
+  #publish(name: string): void {
+    (this.weightShard(name).data() as Float32Array).set(this.#opt.master(name));
+  }
+
+  initFromFull(name: string, full: Float32Array): void {
+    this.#opt.initFromFull(name, full);
+    this.#publish(name);
+  }
+
+  initFromTensor(name: string, full: Tensor): void {
+    this.initFromFull(name, toFloat32Array(full));
+  }
+
+  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number): void {
+    this.#opt.step(name, grad.data() as Float32Array, t, lr, gradScale);
+    this.#publish(name);
+  }
+
+  stepsDone(): void {}
+
+  snapshotLayout(): SnapshotLayout {
+    return this.#opt.snapshotLayout();
+  }
+
+  snapshotArrays() {
+    return this.#opt.snapshotArrays();
+  }
+
+  restore(arrays: Readonly<Record<string, Float32Array>>): void {
+    this.#opt.restore(arrays);
+    for (const name of this.#shards.keys()) this.#publish(name);
+  }
+
+  [Symbol.dispose](): void {
+    for (const t of this.#shards.values()) t.dispose();
+  }
+}
+
+class DeviceState implements ShardedState {
+  readonly place = "device";
+  readonly #opt: ShardedAdamWCuda;
+
+  constructor(
+    specs: readonly BufferSpec[],
+    readonly rank: number,
+    ranks: number,
+    hyper: AdamWHyper,
+    readonly compute: Stream,
+  ) {
+    this.#opt = new ShardedAdamWCuda(specs, rank, ranks, hyper, "cuda:0");
+  }
+
+  layoutOf(name: string): ShardLayout {
+    return this.#opt.layoutOf(name);
+  }
+
+  weightShard(name: string): Tensor {
+    return this.#opt.bf16(name);
+  }
+
+  initFromFull(name: string, full: Float32Array): void {
+    this.#opt.initFromFull(name, full);
+  }
+
+  /** Device to device: the rank's slice into the fp32 master and its bf16 rounding into the weight shard (m, v stay zero). */
+  initFromTensor(name: string, full: Tensor): void {
+    const l = this.#opt.layoutOf(name);
+    if (full.numel !== l.numel || full.dtype !== "f32")
+      throw new RangeError(`buffer "${name}": expected f32 [${l.numel}], got ${full.describe()}`);
+    const start = this.rank * l.shardLen;
+    const len = Math.max(0, Math.min(l.shardLen, l.numel - start));
+    if (len === 0) return;
+    using flat = full.reshape([l.numel]);
+    using src = flat.narrow(start, len);
+    using master = this.#opt.master(name).narrow(0, len);
+    copy(master, src, this.compute);
+    using rounded = cast(src, "bf16", { stream: this.compute });
+    using bf16 = this.#opt.bf16(name).narrow(0, len);
+    copy(bf16, rounded, this.compute);
+  }
+
+  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number): void {
+    this.#opt.step(name, grad, t, lr, gradScale, this.compute);
+  }
+
+  stepsDone(): void {}
+
+  snapshotLayout(): SnapshotLayout {
+    return this.#opt.snapshotLayout();
+  }
+
+  snapshotArrays() {
+    this.compute.synchronize();
+    return this.#opt.snapshotArrays();
+  }
+
+  restore(arrays: Readonly<Record<string, Float32Array>>): void {
+    this.#opt.restore(arrays);
+  }
+
+  [Symbol.dispose](): void {
+    this.#opt[Symbol.dispose]();
+  }
+}
+
+/**
+ * The streamed state: each buffer's update is enqueued as soon as its gradient is final (all of them
+ * after the global norm is known, so the clip is exact); the copies and updates run on the state's
+ * own streams and the compute stream waits only for the last one.
+ */
+class HostState implements ShardedState {
+  readonly place = "host";
+  readonly #opt: StreamedAdamW;
+  readonly #ready: Event;
+  #last: Event | null = null;
+
+  constructor(
+    specs: readonly BufferSpec[],
+    rank: number,
+    ranks: number,
+    hyper: AdamWHyper,
+    readonly compute: Stream,
+  ) {
+    this.#opt = new StreamedAdamW(specs, rank, ranks, hyper, { device: 0 });
+    this.#ready = Event.create(0);
+  }
+
+  layoutOf(name: string): ShardLayout {
+    return this.#opt.layoutOf(name);
+  }
+
+  weightShard(name: string): Tensor {
+    return this.#opt.bf16(name);
+  }
+
+  initFromFull(name: string, full: Float32Array): void {
+    this.#opt.initFromFull(name, full);
+    this.#opt.opt.synchronize();
+  }
+
+  initFromTensor(name: string, full: Tensor): void {
+    if (full.device.kind === "cuda") this.#opt.initFromDevice(name, full);
+    else this.initFromFull(name, toFloat32Array(full));
+  }
+
+  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number): void {
+    this.#ready.record(this.compute);
+    this.#last = this.#opt.step(name, grad, t, lr, gradScale, this.#ready);
+  }
+
+  stepsDone(): void {
+    if (this.#last) this.compute.wait(this.#last);
+    this.#last = null;
+  }
+
+  snapshotLayout(): SnapshotLayout {
+    return this.#opt.snapshotLayout();
+  }
+
+  snapshotArrays() {
+    return this.#opt.snapshotArrays();
+  }
+
+  restore(arrays: Readonly<Record<string, Float32Array>>): void {
+    this.#opt.restore(arrays);
+    this.#opt.opt.synchronize();
+  }
+
+  [Symbol.dispose](): void {
+    this.#opt[Symbol.dispose]();
+    this.#ready.dispose();
+  }
+}
+
+export function makeState(
+  place: StatePlace,
+  specs: readonly BufferSpec[],
+  rank: number,
+  ranks: number,
+  hyper: AdamWHyper,
+  compute: Stream | null,
+): ShardedState {
+  if (place === "cpu") return new CpuState(specs, rank, ranks, hyper);
+  if (compute === null) throw new RangeError(`optimizer state "${place}" needs a GPU compute stream`);
+  return place === "device" ? new DeviceState(specs, rank, ranks, hyper, compute) : new HostState(specs, rank, ranks, hyper, compute);
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The trainer on one H200 (issue 13's GPU acceptance). Parts (PARTS="smoke 7b", PARTS=small; default all,
+# about 8 minutes):
+#   smoke  the tiny preset at 512 tokens for 3 steps, the optimizer state on the device, then in pinned
+#          host memory (StreamedAdamW): both run, same losses                         est ~40 s
+#   7b     llama2-7b at 32K tokens, 20 steps on the Brown corpus (Llama-2 tokenizer), --optimizer auto
+#          (the estimator's choice, printed at start: the state streamed from pinned host memory),
+#          no snapshots (a 7B state is 81 GB) and no export: loss falling, tokens/s and MFU per step
+#                                                                                     est ~4.5 min
+#   small  tinyllama-1.1b at 2K tokens: 4 steps uninterrupted with the export (run A); our loss and
+#          transformers' on a held-out sequence of the export (f32 on both sides); then 2 steps + a
+#          snapshot and --resume to 4 (run B): B's losses against A's                 est ~2.5 min
+# Each run is capped (timeout). Writes $OUT/<run>.log and <run>.metrics.jsonl; the table comes last.
+# Usage (device tool, repository root): source .device/setup.sh && PARTS="smoke 7b" bash scripts/gpu/trainer-7b.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+PARTS=${PARTS:-smoke 7b small}
+for p in $PARTS; do
+  case $p in smoke | 7b | small) ;; *) echo "PARTS: unknown part \"$p\" (parts: smoke 7b small)"; exit 2 ;; esac
+done
+want() { [[ " $PARTS " == *" $1 "* ]]; }
+RUNS=${RUNS_DIR:-/tmp/trainer-runs}
+rm -rf "$RUNS" && mkdir -p "$RUNS"
+t_start=$SECONDS
+timeout 240 bun kernels/build.ts > "$OUT/build.log" 2>&1 || { echo "kernel build failed:"; tail -20 "$OUT/build.log"; exit 1; }
+echo "kernels built ($((SECONDS - t_start)) s); parts: $PARTS"
+
+# run NAME CAP ARGS...: the trainer, its output in $OUT/NAME.log, the step lines shown
+run() {
+  local name=$1 cap=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$cap" bun run apps/trainer "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  grep -E "^policy|^attention|^step |^snapshot|^resumed|^exported|^stopped|trainer:|job failed|rror" "$OUT/$name.log" | tail -40
+  echo "[$name] exit $rc in $((SECONDS - t0)) s"
+  [ -f "$RUNS/$name/metrics.jsonl" ] && cp "$RUNS/$name/metrics.jsonl" "$OUT/$name.metrics.jsonl"
+  [ -f "$RUNS/$name/loss.png" ] && cp "$RUNS/$name/loss.png" "$OUT/$name.loss.png"
+  return $rc
+}
+
+rc_smoke="-"; rc7="-"; hf_line="not run"
+if want smoke; then
+  SMOKE=(--seq 512 --steps 3 --warmup 1 --decay-steps 3 --nprocs 1 --cp 1 --snapshots=false --export=false)
+  run smoke 120 "${SMOKE[@]}" --optimizer device --out "$RUNS/smoke"
+  rc_smoke=$?
+  run smoke-host 120 "${SMOKE[@]}" --optimizer host --out "$RUNS/smoke-host"
+  rc_smoke="$rc_smoke/$?"
+fi
+
+if want 7b; then
+  run 7b 330 --preset llama2-7b-32k --steps 20 --decay-steps 20 --warmup 2 --optimizer auto \
+    --snapshots=false --export=false --out "$RUNS/7b"
+  rc7=$?
+fi
+
+if want small; then
+  SMALL=(--model tinyllama-1.1b --seq 2048 --batch 1 --lr 3e-4 --min-lr 3e-5 --warmup 2 --decay-steps 4 --nprocs 1 --cp 1 --keep-snapshots 1)
+  run small-a 150 "${SMALL[@]}" --steps 4 --snapshots=false --out "$RUNS/small-a"
+  if [ $? -eq 0 ]; then
+    timeout 180 bun scripts/gpu/trainer-hf-loss.ts "$RUNS/small-a" 512 "$OUT/small-ours.json" 2>&1 | tail -2
+    hf_line=$(timeout 120 python3 scripts/gpu/trainer-hf-loss.py "$RUNS/small-a/hf" "$OUT/small-ours.json" 2>&1 | grep -v -i warn | tail -1)
+    echo "$hf_line"
+  fi
+  run small-b 120 "${SMALL[@]}" --steps 2 --export=false --out "$RUNS/small-b"
+  run small-b-resume 150 "${SMALL[@]}" --steps 4 --resume --export=false --out "$RUNS/small-b"
+  cp "$RUNS/small-b/metrics.jsonl" "$OUT/small-b.metrics.jsonl" 2>/dev/null
+  rm -rf "$RUNS/small-b/snapshots"
+fi
+
+python3 - "$OUT" <<'EOF'
+import json, os, sys
+out = sys.argv[1]
+def rows(name):
+    p = os.path.join(out, f"{name}.metrics.jsonl")
+    return [json.loads(l) for l in open(p) if l.strip()] if os.path.exists(p) else []
+print("\n| run | steps | first loss | last loss | tokens/s (median, step >= 3) | MFU | TFLOP/s/GPU | peak GiB | step s |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for name in ["smoke", "smoke-host", "7b", "small-a", "small-b"]:
+    r = rows(name)
+    if not r:
+        continue
+    t = sorted(r[2:] or r, key=lambda x: x["tokens_per_s"]); m = t[len(t) // 2]
+    print(f"| {name} | {len(r)} | {r[0]['loss']:.4f} | {r[-1]['loss']:.4f} | {m['tokens_per_s']:,.0f} | {100*m['mfu']:.1f}% | {m['tflops_per_gpu']:.1f} | {max(x['peak_mem_bytes'] for x in r)/2**30:.1f} | {m['step_s']:.2f} |")
+d, h = rows("smoke"), rows("smoke-host")
+if d and h:
+    print(f"\nsmoke: device vs host optimizer losses {[x['loss'] for x in d]} vs {[x['loss'] for x in h]}: " + ("equal" if [x['loss'] for x in d] == [x['loss'] for x in h] else f"max |diff| {max(abs(x['loss'] - y['loss']) for x, y in zip(d, h)):.2e}"))
+a, b = rows("small-a"), rows("small-b")
+if a and b:
+    same = [x["loss"] == y["loss"] for x, y in zip(a, b)]
+    diffs = [abs(x["loss"] - y["loss"]) for x, y in zip(a, b)]
+    print(f"\nresume: run B (2 steps, snapshot, --resume to 4) vs run A (4 steps): {len(b)} steps, equal at steps {[i + 1 for i, s in enumerate(same) if s]}, max |diff| {max(diffs):.2e}")
+EOF
+echo "transformers check: ${hf_line}"
+echo "exit codes: smoke device/host $rc_smoke, 7b $rc7; total $((SECONDS - t_start)) s"
