@@ -3,7 +3,8 @@
 // - a fixed seed learns: the loss of the last steps falls well below the first;
 // - the run folder: metrics.jsonl (step, loss, lr, grad_norm, tokens_per_s, mfu), loss.png,
 //   snapshots, hf/ (config.json + safetensors);
-// - resume is exact: 6 steps, then --resume to 10, gives the very losses of the 10-step run;
+// - resume is exact: 6 steps, then --resume to 12, gives the very losses of the 12-step run (also with
+//   the update per layer, whose clip uses the previous step's norm);
 // - SIGKILL while a snapshot is being written: --resume continues from the previous complete one;
 // - SIGTERM: a snapshot, exit 0; a rank killed: every rank stops, the launcher names it, non-zero;
 // - meshes: cp=1, 2, 4 and dp=2 give the same losses (within f32 reordering, see the test);
@@ -108,6 +109,27 @@ describe("a run", () => {
     const l = losses(next)[0] as number;
     expect(l).toBeLessThan((losses(out)[0] as number) - 1.5);
   }, 60_000);
+});
+
+describe("--update per-layer", () => {
+  test("learns, and 2 steps then --resume to 5 give the losses of 5 in one go (the clip's previous norm is in the snapshot)", () => {
+    const args = [...BASE, "--update", "per-layer", "--export=false"];
+    const whole = join(dir, "per-layer");
+    const parts = join(dir, "per-layer-parts");
+    const a = run([...args, "--steps", "5", "--out", whole]);
+    expect(a.code).toBe(0);
+    expect(a.out).toMatch(/^update: per layer, .*clipped by the previous step's gradient norm$/m);
+    expect(run([...args, "--steps", "2", "--out", parts]).code).toBe(0);
+    const b = run([...args, "--steps", "5", "--resume", "--out", parts]);
+    expect(b.code).toBe(0);
+    expect(losses(parts)).toEqual(losses(whole));
+    const l = losses(whole);
+    expect(l.at(-1) as number).toBeLessThan((l[0] as number) - 0.3);
+    // A step's update per layer sees one sequence: accumulation is refused, in one line.
+    const c = run([...args, "--batch", "2", "--out", join(dir, "never")]);
+    expect(c.code).toBe(2);
+    expect(c.err).toMatch(/^trainer: --update per-layer updates each layer from one sequence per replica: --batch must be 1/);
+  }, 90_000);
 });
 
 describe("stopping", () => {

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The trainer on one H200 (issue 13's GPU acceptance). Parts (PARTS="smoke 7b", PARTS=small; default all,
 # about 8 minutes):
-#   smoke  the tiny preset at 512 tokens for 3 steps, the optimizer state on the device, then in pinned
-#          host memory (StreamedAdamW): both run, same losses                         est ~40 s
-#   7b     llama2-7b at 32K tokens, 20 steps on the Brown corpus (Llama-2 tokenizer), --optimizer auto
-#          (the estimator's choice, printed at start: the state streamed from pinned host memory),
-#          no snapshots (a 7B state is 81 GB) and no export: loss falling, tokens/s and MFU per step
-#                                                                                     est ~4.5 min
+#   smoke  the tiny preset at 512 tokens for 3 steps, AdamW per layer during the backward, the
+#          optimizer state on the device, then in pinned host memory (StreamedAdamW): same losses  ~40 s
+#   7b     llama2-7b at 32K tokens, STEPS7B (20) steps on the Brown corpus (Llama-2 tokenizer), the
+#          preset's per-layer update (no whole-model gradient), --optimizer auto (the estimator's
+#          choice, printed at start: the state on the device, remat-aware), warmup 5 of a 20-step
+#          schedule, no snapshots (a 7B state is 81 GB) and no export: loss, tokens/s, MFU   ~4 min
 #   small  tinyllama-1.1b at 2K tokens: 4 steps uninterrupted with the export (run A); our loss and
 #          transformers' on a held-out sequence of the export (f32 on both sides); then 2 steps + a
 #          snapshot and --resume to 4 (run B): B's losses against A's                 est ~2.5 min
@@ -17,6 +17,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 PARTS=${PARTS:-smoke 7b small}
+STEPS7B=${STEPS7B:-20}
 for p in $PARTS; do
   case $p in smoke | 7b | small) ;; *) echo "PARTS: unknown part \"$p\" (parts: smoke 7b small)"; exit 2 ;; esac
 done
@@ -43,7 +44,7 @@ run() {
 
 rc_smoke="-"; rc7="-"; hf_line="not run"
 if want smoke; then
-  SMOKE=(--seq 512 --steps 3 --warmup 1 --decay-steps 3 --nprocs 1 --cp 1 --snapshots=false --export=false)
+  SMOKE=(--seq 512 --steps 3 --warmup 1 --decay-steps 3 --nprocs 1 --cp 1 --update per-layer --snapshots=false --export=false)
   run smoke 120 "${SMOKE[@]}" --optimizer device --out "$RUNS/smoke"
   rc_smoke=$?
   run smoke-host 120 "${SMOKE[@]}" --optimizer host --out "$RUNS/smoke-host"
@@ -51,7 +52,7 @@ if want smoke; then
 fi
 
 if want 7b; then
-  run 7b 330 --preset llama2-7b-32k --steps 20 --decay-steps 20 --warmup 2 --optimizer auto \
+  run 7b 330 --preset llama2-7b-32k --steps "$STEPS7B" --decay-steps 20 --optimizer auto \
     --snapshots=false --export=false --out "$RUNS/7b"
   rc7=$?
 fi

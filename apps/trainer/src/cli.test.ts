@@ -35,6 +35,7 @@ describe("flags", () => {
       "min-lr",
       "policy",
       "optimizer",
+      "update",
       "data",
       "tokenizer",
       "out",

@@ -18,6 +18,16 @@ export const OPTIMIZERS = ["auto", "device", "host"] as const;
  */
 export type OptimizerPlace = (typeof OPTIMIZERS)[number];
 
+export const UPDATES = ["after-backward", "per-layer"] as const;
+/**
+ * When AdamW runs: after the whole backward (the clip uses this step's global gradient norm; every
+ * gradient shard waits for it), or per layer, right after each layer's gradient is reduced (the
+ * update overlaps the rest of the backward and no whole-model gradient is kept; the clip uses the
+ * previous step's norm, step 1 is unclipped: AdamW's first update is scale-free). One sequence per
+ * replica and step.
+ */
+export type UpdateMode = (typeof UPDATES)[number];
+
 export interface TrainConfig {
   /** Run preset the other values started from. */
   preset: string;
@@ -51,6 +61,7 @@ export interface TrainConfig {
   gradClip: number;
   policy: Policy;
   optimizer: OptimizerPlace;
+  update: UpdateMode;
   /** Text, JSONL or parquet files or a folder of them; null: the shipped Brown corpus. */
   data: string | null;
   /** A tokenizer.json; null: the shipped Llama-2 tokenizer. */
@@ -145,6 +156,12 @@ export const FIELDS: { readonly [K in keyof TrainConfig]: Field<TrainConfig[K]> 
     meta: "WHERE",
     help: "GPU: AdamW state on the device or in pinned host memory (auto: the estimator decides)",
   },
+  update: {
+    kind: { t: "enum", values: UPDATES },
+    flag: "update",
+    meta: "WHEN",
+    help: "AdamW after the whole backward (clip by this step's norm) or per layer during it (clip by the previous step's norm)",
+  },
   data: { kind: { t: "path?" }, flag: "data", meta: "PATH", help: "text/JSONL/parquet file or folder (default: the shipped Brown corpus)" },
   tokenizer: {
     kind: { t: "path?" },
@@ -190,6 +207,7 @@ const common = {
   gradClip: 1.0,
   policy: "auto",
   optimizer: "auto",
+  update: "after-backward",
   data: null,
   tokenizer: null,
   resume: false,
@@ -223,6 +241,8 @@ export const PRESETS: Readonly<Record<string, Preset>> = {
     ...common,
     preset: "llama2-7b-32k",
     model: "llama2-7b",
+    update: "per-layer",
+    warmup: 5,
     seq: 32768,
     steps: 20,
     decaySteps: 20,
@@ -240,6 +260,8 @@ export const PRESETS: Readonly<Record<string, Preset>> = {
     ...common,
     preset: "llama3-8b-32k",
     model: "llama3-8b",
+    update: "per-layer",
+    warmup: 5,
     seq: 32768,
     steps: 20,
     decaySteps: 20,
@@ -403,6 +425,10 @@ export function checkConsistency(cfg: TrainConfig, m: Machine): void {
   if (cfg.seq < 2 * cfg.cp)
     throw new ConfigError(`--seq ${cfg.seq} is too short for --cp ${cfg.cp}: each rank needs 2 chunks of at least 1 token`);
   if (m.gpus > 0 && cfg.nprocs > m.gpus) throw new ConfigError(`--nprocs ${cfg.nprocs} is more than the ${m.gpus} GPUs of this machine`);
+  if (cfg.update === "per-layer" && cfg.batch !== dp)
+    throw new ConfigError(
+      `--update per-layer updates each layer from one sequence per replica: --batch must be ${dp} (the data-parallel degree), got ${cfg.batch}; use --update after-backward to accumulate`,
+    );
   if (cfg.minLr > cfg.lr) throw new ConfigError(`--min-lr ${cfg.minLr} is above --lr ${cfg.lr}`);
   if (cfg.warmup > cfg.decaySteps)
     throw new ConfigError(`--warmup ${cfg.warmup} is longer than the schedule (--decay-steps ${cfg.decaySteps})`);

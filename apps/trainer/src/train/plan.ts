@@ -43,6 +43,8 @@ export interface PlanInput {
   deviceBytes: number;
   /** Pinned host memory one rank may use (GPU ranks). */
   hostBytes: number;
+  /** `--update per-layer`: no whole-model gradient with the state on the device. */
+  perLayer: boolean;
 }
 
 /**
@@ -64,21 +66,26 @@ function estimate(i: PlanInput, kind: CheckpointPolicy["kind"], optimizer: "devi
     ...(optimizer === "host" ? { hostBytes: i.hostBytes } : {}),
   });
   if (!i.gpu) return e;
-  const gpuBytes = e.gpuBytes + trainerExtraBytes(i.model, optimizer, i.cp * i.dp);
+  const gpuBytes = e.gpuBytes + trainerExtraBytes(i.model, optimizer, i.cp * i.dp, i.perLayer);
   return { ...e, gpuBytes, fits: e.fits && gpuBytes <= GPU_USABLE * i.deviceBytes };
 }
 
 /**
- * What this trainer holds on a GPU beyond the estimator's terms: with the state on the device, the
- * bf16 weight shard the AdamW kernel writes (2 B/param / R); with it on the host, the fp32 gradient
- * shards kept until the norm is known (4 B/param / R); and zero.ts's third gathered layer, second
- * layer-gradient buffer and the embedding's and head's f32 gradients.
+ * What this trainer holds on a GPU beyond the estimator's terms (which count, with the state on the
+ * device, 16 B/param / R: master, m, v and an fp32 gradient shard): the bf16 weight shard the AdamW
+ * kernel writes (2 B/param / R); the gradient shards, kept whole until the norm is known unless the
+ * update runs per layer with the state on the device (then one shard buffer, the largest buffer's,
+ * is reused: 4 B/param / R less); and zero.ts's third gathered layer, second layer-gradient buffer
+ * and the embedding's and head's f32 gradients.
  */
-export function trainerExtraBytes(m: LlamaConfig, optimizer: "device" | "host", ranks: number): number {
+export function trainerExtraBytes(m: LlamaConfig, optimizer: "device" | "host", ranks: number, perLayer: boolean): number {
   const P = paramCount(m);
   const layer = layerLayout(m).numel;
-  const nonLayer = m.vocab * m.dim * (m.tiedEmbeddings ? 1 : 2);
-  return ((optimizer === "device" ? 2 : 4) * P) / ranks + 2 * layer + 4 * layer + 4 * nonLayer;
+  const embed = m.vocab * m.dim;
+  const nonLayer = embed * (m.tiedEmbeddings ? 1 : 2);
+  const own = 4 * (Math.max(layer, embed) / ranks);
+  const states = optimizer === "device" ? (perLayer ? (2 * P) / ranks - (4 * P) / ranks + own : (2 * P) / ranks) : (4 * P) / ranks;
+  return states + 2 * layer + 4 * layer + 4 * nonLayer;
 }
 
 function pickPolicy(

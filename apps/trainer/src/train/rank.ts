@@ -96,6 +96,7 @@ async function main(): Promise<void> {
     gpu,
     deviceBytes,
     hostBytes: Math.floor((0.85 * totalmem()) / Math.max(1, R)),
+    perLayer: cfg.update === "per-layer",
   });
   log(`policy ${cfg.policy === "auto" ? "auto -> " : ""}${plan.reason}`);
 
@@ -104,12 +105,18 @@ async function main(): Promise<void> {
   const state = makeState(plan.state, specs, rank, R, hyper, compute);
   const streams = compute ? zeroStreams(compute) : null;
   const weights = new ZeroWeightSource(model, world, state, streams);
+  // --update per-layer: each buffer's AdamW step as soon as its gradient is reduced (comm stream
+  // order), clipped by the previous step's norm (step 1: none; AdamW's first update is scale-free).
+  const perLayer = cfg.update === "per-layer";
+  const live = { t: 0, lr: 0, clip: 1 };
+  let prevNorm: number | null = null;
   const grads = new ZeroGradientSink(
     model,
     world,
     state,
     specs.map((s) => s.name),
     streams,
+    perLayer ? (name, shard) => state.step(name, shard, live.t, live.lr, live.clip, streams?.comm) : null,
   );
   const pm = parallelize(
     { config: model, source: weights },
@@ -117,6 +124,11 @@ async function main(): Promise<void> {
     { policy: plan.policy },
   );
   log(`attention: ${pm.attention.name}; ZeRO-3 over ${R} rank(s) (cp ${cp} x dp ${dp}), ${specs.length} buffers`);
+  log(
+    perLayer
+      ? "update: per layer, right after its gradient is reduced (overlapping the backward); clipped by the previous step's gradient norm"
+      : "update: after the whole backward, clipped by this step's gradient norm",
+  );
 
   const seqs = new PackedSequences(openTokenFile(tokenPath), cfg.seq);
   const paths = runPaths(cfg.out);
@@ -129,6 +141,8 @@ async function main(): Promise<void> {
     const s = found.manifest.state as RunState;
     startStep = s.step;
     order = new SequenceOrder(seqs.count, cfg.seed, s.order);
+    const saved = s.extra?.prevNorm;
+    prevNorm = typeof saved === "number" ? saved : null;
     log(`resumed from ${found.dir} (step ${s.step}, mesh cp ${found.manifest.mesh.cp} x dp ${found.manifest.mesh.dp})`);
   } else {
     if (cfg.initFrom !== null) {
@@ -181,7 +195,7 @@ async function main(): Promise<void> {
     writeRankShards(root, step, rank, R, layout, state.snapshotArrays());
     await world.barrier();
     if (rank0) {
-      const runState: RunState = { step, config: cfg, order: order.state() };
+      const runState: RunState = { step, config: cfg, order: order.state(), extra: { prevNorm } };
       const info = finalizeSnapshot(root, step, {
         mesh: { cp, dp },
         layout,
@@ -201,6 +215,9 @@ async function main(): Promise<void> {
     const t0 = performance.now();
     progress.begin(step + 1);
     grads.beginStep();
+    live.t = step + 1;
+    live.lr = lrAt(step, cfg);
+    live.clip = prevNorm === null ? 1 : clipCoefficient(prevNorm, cfg.gradClip);
     const mine = sequencesForStep(order, cfg.batch, dp, replica).map((i) => seqs.chunks(i, ranges));
     let localLabels = 0;
     for (const b of mine) for (const l of b.labels) if (l >= 0) localLabels++;
@@ -215,17 +232,24 @@ async function main(): Promise<void> {
     }
     grads.settle();
     let sq = 0;
-    for (const shard of grads.shards.values()) {
-      using s = sumOfSquares(shard, { stream: compute ?? undefined });
-      sq += toFloat32Array(s, { stream: compute ?? undefined })[0] as number;
+    if (perLayer) {
+      for (const t of grads.sumSquares) sq += toFloat32Array(t, { stream: compute ?? undefined })[0] as number;
+    } else {
+      for (const shard of grads.shards.values()) {
+        using s = sumOfSquares(shard, { stream: compute ?? undefined });
+        sq += toFloat32Array(s, { stream: compute ?? undefined })[0] as number;
+      }
     }
     const mem = peakMemoryBytes(gpu ? "cuda:0" : "cpu") / 2 ** 20;
     const all = await combine([lossSum, sq, stop.requested ? 1 : 0, mem]);
     const total = (k: number) => all.reduce((a, v) => a + (v[k] as number), 0);
     const norm = globalNorm(total(1));
-    const clip = clipCoefficient(norm, cfg.gradClip);
-    const lr = lrAt(step, cfg);
-    for (const s of specs) state.step(s.name, grads.shards.get(s.name) as Tensor, step + 1, lr, clip);
+    const lr = live.lr;
+    if (!perLayer) {
+      const clip = clipCoefficient(norm, cfg.gradClip);
+      for (const s of specs) state.step(s.name, grads.shards.get(s.name) as Tensor, step + 1, lr, clip);
+    }
+    prevNorm = norm;
     state.stepsDone();
     weights.invalidate();
     compute?.synchronize();

@@ -24,8 +24,11 @@ export interface ShardedState extends Disposable {
   initFromFull(name: string, full: Float32Array): void;
   /** The same from a whole buffer already in a tensor (on the GPU, the device state takes its slice there). */
   initFromTensor(name: string, full: Tensor): void;
-  /** AdamW step t of one buffer; `grad` is its f32 gradient shard on the state's device. */
-  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number): void;
+  /**
+   * AdamW step t of one buffer; `grad` is its f32 gradient shard on the state's device, produced on
+   * `stream` (default: the compute stream), where the update is ordered.
+   */
+  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number, stream?: Stream): void;
   /** After the last step() of an optimizer step: the compute stream waits for every update. */
   stepsDone(): void;
   snapshotLayout(): SnapshotLayout;
@@ -132,8 +135,8 @@ class DeviceState implements ShardedState {
     copy(bf16, rounded, this.compute);
   }
 
-  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number): void {
-    this.#opt.step(name, grad, t, lr, gradScale, this.compute);
+  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number, stream?: Stream): void {
+    this.#opt.step(name, grad, t, lr, gradScale, stream ?? this.compute);
   }
 
   stepsDone(): void {}
@@ -196,8 +199,8 @@ class HostState implements ShardedState {
     else this.initFromFull(name, toFloat32Array(full));
   }
 
-  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number): void {
-    this.#ready.record(this.compute);
+  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number, stream?: Stream): void {
+    this.#ready.record(stream ?? this.compute);
     this.#last = this.#opt.step(name, grad, t, lr, gradScale, this.#ready);
   }
 

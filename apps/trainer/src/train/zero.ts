@@ -27,7 +27,7 @@ import {
   type NonLayerWeights,
   type WeightSource,
 } from "@lightseq/llama";
-import { axpy, fill, type Tensor, zeros } from "@lightseq/tensor";
+import { axpy, fill, sumOfSquares, type Tensor, zeros } from "@lightseq/tensor";
 import { layerBuffer } from "./buffers.ts";
 import type { ShardedState } from "./state.ts";
 
@@ -239,17 +239,38 @@ export class ZeroGradientSink implements GradientSink, Disposable {
   /** Called with the layer index as each layer's gradients are handed over. */
   onLayerDone: ((layer: number) => void) | null = null;
 
+  /**
+   * Per-layer update (`--update per-layer`): called with each buffer's final gradient shard as soon as
+   * it is reduced, in the comm stream's order (one micro-batch per step). On a GPU with the state on
+   * the device the shards then share one buffer (the update consumes it on the comm stream before the
+   * next reduce-scatter writes it): no whole-model gradient.
+   */
+  readonly #perLayer: ((name: string, shard: Tensor) => void) | null;
+  readonly #shared: Tensor | null;
+  /** Per-layer mode: each buffer's sum of squares, one f32 on the shard's device (summed once per step). */
+  readonly sumSquares: Tensor[] = [];
+
   constructor(
     readonly cfg: LlamaConfig,
     readonly comm: Communicator,
     readonly state: ShardedState,
     readonly names: readonly string[],
     readonly streams: ZeroStreams | null,
+    perLayer: ((name: string, shard: Tensor) => void) | null = null,
   ) {
     this.#numel = layerLayout(cfg).numel;
     const device = streams ? "cuda:0" : "cpu";
-    for (const n of names) this.shards.set(n, zeros([state.layoutOf(n).shardLen], { device }));
+    this.#perLayer = perLayer;
+    const share = perLayer !== null && streams !== null && state.place === "device";
+    this.#shared = share ? zeros([Math.max(...names.map((n) => state.layoutOf(n).shardLen))], { device }) : null;
+    if (!share) for (const n of names) this.shards.set(n, zeros([state.layoutOf(n).shardLen], { device }));
     this.#filled = streams ? Event.create(0) : null;
+  }
+
+  /** This rank's gradient shard of a buffer (the shared one, narrowed, in per-layer mode on a GPU). */
+  #shardOf(name: string): Tensor {
+    if (this.#shared) return this.#shared.narrow(0, this.state.layoutOf(name).shardLen);
+    return (this.shards.get(name) as Tensor).view();
   }
 
   get #device() {
@@ -259,6 +280,8 @@ export class ZeroGradientSink implements GradientSink, Disposable {
   /** A new optimizer step: the next reduce-scatter of each buffer overwrites its shard. */
   beginStep(): void {
     this.#written.clear();
+    for (const t of this.sumSquares) t.dispose();
+    this.sumSquares.length = 0;
   }
 
   #scratch(layer: number): Scratch {
@@ -291,7 +314,13 @@ export class ZeroGradientSink implements GradientSink, Disposable {
   /** Reduce-scatters a padded f32 buffer into the buffer's shard (written, or added on later micro-batches). */
   async #reduce(name: string, flat: Tensor): Promise<void> {
     const o = this.streams ? { stream: this.streams.comm } : {};
-    const shard = this.shards.get(name) as Tensor;
+    using shard = this.#shardOf(name);
+    if (this.#perLayer) {
+      await this.comm.reduceScatter(flat, shard, "sum", o);
+      this.sumSquares.push(sumOfSquares(shard, o));
+      this.#perLayer(name, shard);
+      return;
+    }
     if (!this.#written.has(name)) {
       this.#written.add(name);
       await this.comm.reduceScatter(flat, shard, "sum", o);
@@ -381,7 +410,8 @@ export class ZeroGradientSink implements GradientSink, Disposable {
       s.flat.dispose();
       s.consumed?.dispose();
     }
-    for (const t of [...this.shards.values(), ...this.#tmp.values(), ...this.#nonLayerFlats]) t.dispose();
+    for (const t of [...this.shards.values(), ...this.#tmp.values(), ...this.#nonLayerFlats, ...this.sumSquares]) t.dispose();
+    this.#shared?.dispose();
     this.#filled?.dispose();
     this.#nonLayerConsumed?.dispose();
   }
