@@ -107,7 +107,47 @@ function writeDurable(path: string, data: Uint8Array): void {
   }
 }
 
+/**
+ * One rank's sharded arrays handed out one buffer at a time, so no array of the whole rank's state is
+ * ever built (a 1.1B model's master alone is 4.4 GB, past what one JS typed array may hold).
+ * shard(array, b) returns buffer b's shard of `array` (shardLen elements); the view may be reused by
+ * the next call.
+ */
+export interface ShardSource {
+  readonly arrays: readonly string[];
+  shard(array: string, buffer: number): Float32Array;
+}
+
+/** A ShardSource over arrays already concatenated in layout order (small states, tests). */
+export function arraySource(layout: SnapshotLayout, ranks: number, arrays: Readonly<Record<string, Float32Array>>): ShardSource {
+  const { shards, offsets, total } = rankLayout(layout, ranks);
+  for (const [name, a] of Object.entries(arrays))
+    if (a.length !== total) throw new SnapshotError(`array "${name}" has ${a.length} elements, its shard of the layout has ${total}`);
+  return {
+    arrays: Object.keys(arrays),
+    shard: (array, b) => {
+      const a = arrays[array];
+      if (!a) throw new SnapshotError(`no array "${array}" (arrays: ${Object.keys(arrays).join(", ")})`);
+      const off = offsets[b] as number;
+      return a.subarray(off, off + (shards[b] as ShardLayout).shardLen);
+    },
+  };
+}
+
+/** The concatenation of a source's arrays (what loadRankShards returns; only for states that fit one array). */
+export function concatShards(layout: SnapshotLayout, ranks: number, src: ShardSource): Record<string, Float32Array> {
+  const { offsets, total } = rankLayout(layout, ranks);
+  const out: Record<string, Float32Array> = {};
+  for (const name of src.arrays) {
+    const a = new Float32Array(total);
+    for (let b = 0; b < layout.buffers.length; b++) a.set(src.shard(name, b), offsets[b] as number);
+    out[name] = a;
+  }
+  return out;
+}
+
 const sha256 = (data: Uint8Array) => createHash("sha256").update(data).digest("hex");
+const isSource = (a: object): a is ShardSource => typeof (a as ShardSource).shard === "function";
 const bytesOf = (a: Float32Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
 /** The per-buffer shard layouts of `layout` over `ranks`, and each buffer's element offset in a rank's file. */
@@ -141,20 +181,37 @@ export function writeRankShards(
   rank: number,
   ranks: number,
   layout: SnapshotLayout,
-  arrays: Readonly<Record<string, Float32Array>>,
+  arrays: Readonly<Record<string, Float32Array>> | ShardSource,
   rankState?: unknown,
 ): FileRecord[] {
-  const want = rankShardElements(layout, ranks);
+  const { shards } = rankLayout(layout, ranks);
+  const src = isSource(arrays) ? arrays : arraySource(layout, ranks, arrays);
   const tmp = join(root, tmpName(step));
   mkdirSync(tmp, { recursive: true });
   const records: FileRecord[] = [];
-  for (const [name, a] of Object.entries(arrays)) {
+  for (const name of src.arrays) {
     if (!/^[A-Za-z0-9_-]+$/.test(name)) throw new SnapshotError(`array name "${name}": use letters, digits, _ and -`);
-    if (a.length !== want)
-      throw new SnapshotError(`array "${name}" of rank ${rank} has ${a.length} elements, its shard of the layout has ${want}`);
-    const bytes = bytesOf(a);
-    writeDurable(join(tmp, arrayFile(rank, name)), bytes);
-    records.push({ name: arrayFile(rank, name), bytes: bytes.length, sha256: sha256(bytes) });
+    // One buffer's shard at a time: written at its offset, hashed as it goes.
+    const hash = createHash("sha256");
+    let bytes = 0;
+    const fd = openSync(join(tmp, arrayFile(rank, name)), "w");
+    try {
+      layout.buffers.forEach((buf, b) => {
+        const a = src.shard(name, b);
+        const want = (shards[b] as ShardLayout).shardLen;
+        if (a.length !== want)
+          throw new SnapshotError(`array "${name}" of rank ${rank}: buffer ${buf.name} has ${a.length} elements, its shard has ${want}`);
+        const u8 = bytesOf(a);
+        let off = 0;
+        while (off < u8.length) off += writeSync(fd, u8, off, Math.min(u8.length - off, 1 << 30));
+        hash.update(u8);
+        bytes += u8.length;
+      });
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    records.push({ name: arrayFile(rank, name), bytes, sha256: hash.digest("hex") });
   }
   if (rankState !== undefined) {
     const bytes = new TextEncoder().encode(JSON.stringify(rankState));
@@ -290,52 +347,58 @@ export function checkLayout(m: Manifest, layout: SnapshotLayout): void {
 }
 
 /**
- * Rank `rank` of `ranks` reads its shard of every array: the files as written when the snapshot has
- * as many ranks, re-cut from the old ranks' files otherwise (only the byte ranges this rank owns).
+ * Rank `rank` of `ranks` reads its shard of every array, one buffer at a time (shard() reads only the
+ * byte ranges of that buffer this rank owns, into one reused host array): the files as written when
+ * the snapshot has as many ranks, re-cut from the old ranks' files otherwise.
  */
-export function loadRankShards(info: SnapshotInfo, rank: number, ranks: number, layout: SnapshotLayout): Record<string, Float32Array> {
+export function readRankShards(info: SnapshotInfo, rank: number, ranks: number, layout: SnapshotLayout): ShardSource {
   const m = info.manifest;
   checkLayout(m, layout);
   const now = rankLayout(layout, ranks);
   const old = rankLayout(m.layout, m.ranks);
-  const out: Record<string, Float32Array> = {};
-  for (const name of m.arrays) {
-    const a = new Float32Array(now.total);
-    const fds = new Map<number, number>();
-    const fdOf = (r: number) => {
-      let fd = fds.get(r);
-      if (fd === undefined) {
-        fd = openSync(join(info.dir, arrayFile(r, name)), "r");
-        fds.set(r, fd);
-      }
-      return fd;
-    };
-    try {
-      layout.buffers.forEach((_, b) => {
-        const mine = ownedRange(now.shards[b] as ShardLayout, rank);
-        const was = old.shards[b] as ShardLayout;
+  const host = new Float32Array(Math.max(0, ...now.shards.map((s) => s.shardLen)));
+  return {
+    arrays: m.arrays,
+    shard: (name, b) => {
+      if (!m.arrays.includes(name))
+        throw new SnapshotError(`snapshot step ${m.step} has no array "${name}" (it has ${m.arrays.join(", ")})`);
+      const mine = ownedRange(now.shards[b] as ShardLayout, rank);
+      const was = old.shards[b] as ShardLayout;
+      const a = host.subarray(0, (now.shards[b] as ShardLayout).shardLen);
+      a.fill(0);
+      const fds = new Map<number, number>();
+      try {
         // Old ranks owning pieces of [mine.start, mine.start + mine.len).
         for (let i = mine.start; i < mine.start + mine.len; ) {
           const r = Math.floor(i / was.shardLen);
           const pieceEnd = Math.min(mine.start + mine.len, (r + 1) * was.shardLen);
           const len = pieceEnd - i;
           const fileOff = ((old.offsets[b] as number) + (i - r * was.shardLen)) * 4;
-          const dst = new Uint8Array(a.buffer, ((now.offsets[b] as number) + (i - mine.start)) * 4, len * 4);
+          const dst = new Uint8Array(a.buffer, a.byteOffset + (i - mine.start) * 4, len * 4);
+          let fd = fds.get(r);
+          if (fd === undefined) {
+            fd = openSync(join(info.dir, arrayFile(r, name)), "r");
+            fds.set(r, fd);
+          }
           let got = 0;
           while (got < dst.length) {
-            const n = readSync(fdOf(r), dst, got, dst.length - got, fileOff + got);
+            const n = readSync(fd, dst, got, dst.length - got, fileOff + got);
             if (n === 0) throw new SnapshotError(`${arrayFile(r, name)} in ${info.dir} ends early`);
             got += n;
           }
           i = pieceEnd;
         }
-      });
-    } finally {
-      for (const fd of fds.values()) closeSync(fd);
-    }
-    out[name] = a;
-  }
-  return out;
+      } finally {
+        for (const fd of fds.values()) closeSync(fd);
+      }
+      return a;
+    },
+  };
+}
+
+/** readRankShards concatenated into whole arrays (small states and tests; a large model's state does not fit one array). */
+export function loadRankShards(info: SnapshotInfo, rank: number, ranks: number, layout: SnapshotLayout): Record<string, Float32Array> {
+  return concatShards(layout, ranks, readRankShards(info, rank, ranks, layout));
 }
 
 /** Rank `rank`'s own JSON state (undefined when it wrote none); it belongs to one rank of one mesh, so another rank count is refused. */

@@ -5,10 +5,19 @@
 
 import type { Stream } from "@lightseq/cuda";
 import * as T from "@lightseq/tensor";
-import type { SnapshotLayout } from "../snapshot.ts";
+import type { ShardSource, SnapshotLayout } from "../snapshot.ts";
 import { type AdamWHyper, adamwCuda, adamwScalars } from "./adamw.ts";
 import type { ShardLayout } from "./shard.ts";
-import { type BufferPlan, type BufferSpec, planBuffers, planSnapshotLayout } from "./sharded.ts";
+import {
+  type BufferPlan,
+  type BufferSpec,
+  checkedShard,
+  checkStateArrays,
+  planBuffers,
+  planSnapshotLayout,
+  STATE_ARRAYS,
+  stateKey,
+} from "./sharded.ts";
 
 interface DeviceBuffer extends BufferPlan {
   master: T.Tensor;
@@ -115,36 +124,33 @@ export class ShardedAdamWCuda implements Disposable {
     return planSnapshotLayout(this.buffers);
   }
 
-  /** master, m and v of every buffer, copied to the host and concatenated (what writeRankShards takes). */
-  snapshotArrays(): { master: Float32Array; m: Float32Array; v: Float32Array } {
-    const total = this.buffers.reduce((a, b) => a + b.layout.shardLen, 0);
-    const out = { master: new Float32Array(total), m: new Float32Array(total), v: new Float32Array(total) };
-    let off = 0;
-    for (const b of this.buffers) {
-      for (const k of ["master", "m", "v"] as const) out[k].set(T.toFloat32Array(b[k]), off);
-      off += b.layout.shardLen;
-    }
-    return out;
+  /** master, m and v of every buffer, each shard copied to the host when asked for (what writeRankShards takes). */
+  snapshotArrays(): ShardSource {
+    return {
+      arrays: STATE_ARRAYS,
+      shard: (k, i) => {
+        const b = this.buffers[i];
+        if (!b) throw new RangeError(`no buffer ${i} (${this.buffers.length} buffers)`);
+        return T.toFloat32Array(b[stateKey(k)]);
+      },
+    };
   }
 
-  /** The inverse of snapshotArrays; the bf16 shards are recomputed from the masters. */
-  restore(arrays: Readonly<Record<string, Float32Array>>): void {
-    const total = this.buffers.reduce((a, b) => a + b.layout.shardLen, 0);
-    for (const k of ["master", "m", "v"] as const) {
-      const a = arrays[k];
-      if (!a || a.length !== total) throw new RangeError(`restore: "${k}" has ${a?.length ?? "no"} elements, expected ${total}`);
-    }
-    let off = 0;
-    for (const b of this.buffers) {
-      const r = [off, off + b.layout.shardLen] as const;
-      this.upload(
-        b,
-        (arrays.master as Float32Array).subarray(...r),
-        (arrays.m as Float32Array).subarray(...r),
-        (arrays.v as Float32Array).subarray(...r),
-      );
-      off += b.layout.shardLen;
-    }
+  /** The inverse of snapshotArrays, one shard uploaded at a time; the bf16 shards are recomputed from the masters. */
+  restore(src: ShardSource): void {
+    checkStateArrays(src);
+    const n = (b: DeviceBuffer) => [b.layout.shardLen];
+    this.buffers.forEach((b, i) => {
+      for (const k of STATE_ARRAYS) {
+        const host = checkedShard(src, k, i, b);
+        using t = T.fromArray(host, n(b));
+        T.copy(b[k], t);
+        if (k === "master") {
+          using w = T.fromArray(host, n(b), { dtype: "bf16" }); // fromArray rounds to bf16
+          T.copy(b.bf16, w);
+        }
+      }
+    });
   }
 
   [Symbol.dispose](): void {

@@ -4,7 +4,7 @@
 // gradient shard, cut at parameter borders so norms and embeddings skip weight decay. The GPU path
 // keeps the same layout in device memory and launches adamwCuda per segment.
 
-import type { SnapshotLayout } from "../snapshot.ts";
+import type { ShardSource, SnapshotLayout } from "../snapshot.ts";
 import { type AdamWHyper, adamwReference, adamwScalars } from "./adamw.ts";
 import { sumSquares } from "./clip.ts";
 import {
@@ -48,6 +48,29 @@ export function planBuffers(specs: readonly BufferSpec[], rank: number, ranks: n
 /** The layout snapshot.ts records for these buffers. */
 export function planSnapshotLayout(plans: readonly BufferPlan[]): SnapshotLayout {
   return { buffers: plans.map((b) => ({ name: b.spec.name, numel: b.layout.numel })), align: SHARD_ALIGN };
+}
+
+/** The arrays every optimizer state saves, in file order. */
+export const STATE_ARRAYS = ["master", "m", "v"] as const;
+export type StateArray = (typeof STATE_ARRAYS)[number];
+
+export function stateKey(k: string): StateArray {
+  if (!(STATE_ARRAYS as readonly string[]).includes(k)) throw new RangeError(`no state array "${k}" (arrays: ${STATE_ARRAYS.join(", ")})`);
+  return k as StateArray;
+}
+
+/** Refuses a source that lacks one of master, m, v. */
+export function checkStateArrays(src: ShardSource): void {
+  for (const k of STATE_ARRAYS)
+    if (!src.arrays.includes(k)) throw new RangeError(`restore: the snapshot has no "${k}" (it has ${src.arrays.join(", ")})`);
+}
+
+/** Buffer i's shard of `k` from `src`, checked against the plan's shard length. */
+export function checkedShard(src: ShardSource, k: StateArray, i: number, b: BufferPlan): Float32Array {
+  const a = src.shard(k, i);
+  if (a.length !== b.layout.shardLen)
+    throw new RangeError(`restore: "${k}" of buffer ${b.spec.name} has ${a.length} elements, expected ${b.layout.shardLen}`);
+  return a;
 }
 
 interface BufferState extends BufferPlan {
@@ -142,35 +165,23 @@ export class ShardedAdamW {
     return planSnapshotLayout(this.buffers);
   }
 
-  /** master, m and v of every buffer, concatenated in order (what writeRankShards takes). */
-  snapshotArrays(): { master: Float32Array; m: Float32Array; v: Float32Array } {
-    const total = this.buffers.reduce((a, b) => a + b.layout.shardLen, 0);
-    const out = { master: new Float32Array(total), m: new Float32Array(total), v: new Float32Array(total) };
-    let off = 0;
-    for (const b of this.buffers) {
-      out.master.set(b.master, off);
-      out.m.set(b.m, off);
-      out.v.set(b.v, off);
-      off += b.layout.shardLen;
-    }
-    return out;
+  /** master, m and v of every buffer, one buffer's shard at a time (what writeRankShards takes). */
+  snapshotArrays(): ShardSource {
+    return { arrays: STATE_ARRAYS, shard: (k, b) => this.at(b)[stateKey(k)] };
   }
 
-  /** The inverse of snapshotArrays (after loadRankShards, which re-cuts them for this mesh). */
-  restore(arrays: Readonly<Record<string, Float32Array>>): void {
-    const total = this.buffers.reduce((a, b) => a + b.layout.shardLen, 0);
-    for (const k of ["master", "m", "v"] as const) {
-      const a = arrays[k];
-      if (!a || a.length !== total) throw new RangeError(`restore: "${k}" has ${a?.length ?? "no"} elements, expected ${total}`);
-    }
-    let off = 0;
-    for (const b of this.buffers) {
-      const r = [off, off + b.layout.shardLen] as const;
-      b.master.set((arrays.master as Float32Array).subarray(...r));
-      b.m.set((arrays.m as Float32Array).subarray(...r));
-      b.v.set((arrays.v as Float32Array).subarray(...r));
-      off += b.layout.shardLen;
-    }
+  /** The inverse of snapshotArrays (from readRankShards, which re-cuts them for this mesh), buffer by buffer. */
+  restore(src: ShardSource): void {
+    checkStateArrays(src);
+    this.buffers.forEach((b, i) => {
+      for (const k of STATE_ARRAYS) b[k].set(checkedShard(src, k, i, b));
+    });
+  }
+
+  private at(i: number): BufferState {
+    const b = this.buffers[i];
+    if (!b) throw new RangeError(`no buffer ${i} (${this.buffers.length} buffers)`);
+    return b;
   }
 }
 

@@ -19,10 +19,19 @@
 
 import { Event, memcpyAsync, PinnedBuffer, Stream } from "@lightseq/cuda";
 import * as T from "@lightseq/tensor";
-import type { SnapshotLayout } from "../snapshot.ts";
+import type { ShardSource, SnapshotLayout } from "../snapshot.ts";
 import { type AdamWHyper, adamwCuda, adamwScalars } from "./adamw.ts";
 import { SHARD_ALIGN, type ShardLayout } from "./shard.ts";
-import { type BufferPlan, type BufferSpec, planBuffers, planSnapshotLayout } from "./sharded.ts";
+import {
+  type BufferPlan,
+  type BufferSpec,
+  checkedShard,
+  checkStateArrays,
+  planBuffers,
+  planSnapshotLayout,
+  STATE_ARRAYS,
+  stateKey,
+} from "./sharded.ts";
 
 interface HostBuffer extends BufferPlan {
   master: PinnedBuffer;
@@ -231,34 +240,28 @@ export class StreamedAdamW implements Disposable {
     return planSnapshotLayout(this.buffers);
   }
 
-  /** master, m and v of every buffer concatenated (after the host state is current). */
-  snapshotArrays(): { master: Float32Array; m: Float32Array; v: Float32Array } {
+  /** master, m and v of every buffer, views of the pinned shards one at a time (after the host state is current). */
+  snapshotArrays(): ShardSource {
     this.syncHost();
-    const total = this.buffers.reduce((a, b) => a + b.layout.shardLen, 0);
-    const out = { master: new Float32Array(total), m: new Float32Array(total), v: new Float32Array(total) };
-    let off = 0;
-    for (const b of this.buffers) {
-      const v = this.views(b);
-      for (const k of ["master", "m", "v"] as const) out[k].set(v[k], off);
-      off += b.layout.shardLen;
-    }
-    return out;
+    return {
+      arrays: STATE_ARRAYS,
+      shard: (k, i) => {
+        const b = this.buffers[i];
+        if (!b) throw new RangeError(`no buffer ${i} (${this.buffers.length} buffers)`);
+        return this.views(b)[stateKey(k)];
+      },
+    };
   }
 
-  restore(arrays: Readonly<Record<string, Float32Array>>): void {
-    const total = this.buffers.reduce((a, b) => a + b.layout.shardLen, 0);
-    for (const k of ["master", "m", "v"] as const) {
-      const a = arrays[k];
-      if (!a || a.length !== total) throw new RangeError(`restore: "${k}" has ${a?.length ?? "no"} elements, expected ${total}`);
-    }
+  /** The inverse of snapshotArrays, buffer by buffer into the pinned shards (bf16 re-rounded from the masters). */
+  restore(src: ShardSource): void {
+    checkStateArrays(src);
     this.syncHost();
-    let off = 0;
-    for (const b of this.buffers) {
+    this.buffers.forEach((b, i) => {
       const v = this.views(b);
-      for (const k of ["master", "m", "v"] as const) v[k].set((arrays[k] as Float32Array).subarray(off, off + b.layout.shardLen));
+      for (const k of STATE_ARRAYS) v[k].set(checkedShard(src, k, i, b));
       this.uploadBf16(b);
-      off += b.layout.shardLen;
-    }
+    });
   }
 
   [Symbol.dispose](): void {

@@ -45,16 +45,15 @@ export async function exportHf(
   state: ShardedState,
   comm: Communicator,
 ): Promise<string[]> {
-  const masters = state.snapshotArrays().master;
+  // One buffer's master shard at a time (never the whole rank's state in one array).
+  const masters = state.snapshotArrays();
   const full = new Map<string, Float32Array>();
-  let off = 0;
-  for (const s of specs) {
+  for (const [i, s] of specs.entries()) {
     const l = state.layoutOf(s.name);
-    using mine = fromArray(masters.subarray(off, off + l.shardLen), [l.shardLen], { device: comm.device });
+    using mine = fromArray(masters.shard("master", i), [l.shardLen], { device: comm.device });
     using all = empty([l.padded], { device: comm.device });
     await comm.allGather(mine, all);
     if (comm.rank === 0) full.set(s.name, toFloat32Array(all).subarray(0, l.numel));
-    off += l.shardLen;
   }
   if (comm.rank !== 0) return [];
   const layout = layerLayout(cfg);

@@ -37,7 +37,7 @@ import { writeLossPlot } from "../plot.ts";
 import { StepProgress } from "../progress.ts";
 import { type RunState, runPaths } from "../run.ts";
 import { StopRequest } from "../signals.ts";
-import { finalizeSnapshot, latestComplete, loadRankShards, snapshotsDir, writeRankShards } from "../snapshot.ts";
+import { finalizeSnapshot, latestComplete, readRankShards, snapshotsDir, writeRankShards } from "../snapshot.ts";
 import { bufferSpecs, initialTensor } from "./buffers.ts";
 import { exportHf, initFromHf } from "./hf-io.ts";
 import { planRun } from "./plan.ts";
@@ -137,7 +137,7 @@ async function main(): Promise<void> {
   if (cfg.resume) {
     const { found } = latestComplete(snapshotsDir(cfg.out));
     if (!found) throw new Error(`--resume: no complete snapshot in ${snapshotsDir(cfg.out)}`);
-    state.restore(loadRankShards(found, rank, R, state.snapshotLayout()));
+    state.restore(readRankShards(found, rank, R, state.snapshotLayout()));
     const s = found.manifest.state as RunState;
     startStep = s.step;
     order = new SequenceOrder(seqs.count, cfg.seed, s.order);

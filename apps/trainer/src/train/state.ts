@@ -12,7 +12,7 @@ import type { ShardLayout } from "../optim/shard.ts";
 import { type BufferSpec, ShardedAdamW } from "../optim/sharded.ts";
 import { ShardedAdamWCuda } from "../optim/sharded-cuda.ts";
 import { StreamedAdamW } from "../optim/streamed.ts";
-import type { SnapshotLayout } from "../snapshot.ts";
+import type { ShardSource, SnapshotLayout } from "../snapshot.ts";
 
 export type StatePlace = "cpu" | "device" | "host";
 
@@ -32,8 +32,9 @@ export interface ShardedState extends Disposable {
   /** After the last step() of an optimizer step: the compute stream waits for every update. */
   stepsDone(): void;
   snapshotLayout(): SnapshotLayout;
-  snapshotArrays(): { master: Float32Array; m: Float32Array; v: Float32Array };
-  restore(arrays: Readonly<Record<string, Float32Array>>): void;
+  /** master, m, v one buffer's shard at a time (snapshot.ts ShardSource; never the whole rank in one array). */
+  snapshotArrays(): ShardSource;
+  restore(src: ShardSource): void;
 }
 
 class CpuState implements ShardedState {
@@ -82,8 +83,8 @@ class CpuState implements ShardedState {
     return this.#opt.snapshotArrays();
   }
 
-  restore(arrays: Readonly<Record<string, Float32Array>>): void {
-    this.#opt.restore(arrays);
+  restore(src: ShardSource): void {
+    this.#opt.restore(src);
     for (const name of this.#shards.keys()) this.#publish(name);
   }
 
@@ -150,8 +151,8 @@ class DeviceState implements ShardedState {
     return this.#opt.snapshotArrays();
   }
 
-  restore(arrays: Readonly<Record<string, Float32Array>>): void {
-    this.#opt.restore(arrays);
+  restore(src: ShardSource): void {
+    this.#opt.restore(src);
   }
 
   [Symbol.dispose](): void {
@@ -217,8 +218,8 @@ class HostState implements ShardedState {
     return this.#opt.snapshotArrays();
   }
 
-  restore(arrays: Readonly<Record<string, Float32Array>>): void {
-    this.#opt.restore(arrays);
+  restore(src: ShardSource): void {
+    this.#opt.restore(src);
     this.#opt.opt.synchronize();
   }
 
