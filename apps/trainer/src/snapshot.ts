@@ -147,6 +147,24 @@ export function concatShards(layout: SnapshotLayout, ranks: number, src: ShardSo
 }
 
 const sha256 = (data: Uint8Array) => createHash("sha256").update(data).digest("hex");
+
+/** SHA-256 of a file read in 64 MiB pieces: a rank's state file can be larger than one JS buffer. */
+function sha256File(path: string): string {
+  const hash = createHash("sha256");
+  const buf = new Uint8Array(64 * 2 ** 20);
+  const fd = openSync(path, "r");
+  try {
+    for (let pos = 0; ; ) {
+      const n = readSync(fd, buf, 0, buf.length, pos);
+      if (n <= 0) break;
+      hash.update(buf.subarray(0, n));
+      pos += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest("hex");
+}
 const isSource = (a: object): a is ShardSource => typeof (a as ShardSource).shard === "function";
 const bytesOf = (a: Float32Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
@@ -305,7 +323,7 @@ export function checkSnapshot(dir: string, verify: boolean): { manifest: Manifes
     if (!existsSync(p)) return { problem: `${f.name} is missing` };
     const size = statSync(p).size;
     if (size !== f.bytes) return { problem: `${f.name} has ${size} bytes, the manifest says ${f.bytes}` };
-    if (verify && sha256(readFileSync(p)) !== f.sha256) return { problem: `${f.name} does not match its SHA-256` };
+    if (verify && sha256File(p) !== f.sha256) return { problem: `${f.name} does not match its SHA-256` };
   }
   return { manifest: m };
 }
