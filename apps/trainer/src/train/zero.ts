@@ -316,9 +316,15 @@ export class ZeroGradientSink implements GradientSink, Disposable {
     const o = this.streams ? { stream: this.streams.comm } : {};
     using shard = this.#shardOf(name);
     if (this.#perLayer) {
-      await this.comm.reduceScatter(flat, shard, "sum", o);
+      // GPU: the sum of squares and the update are issued in the same tick as the reduce-scatter, so
+      // on the comm stream they read this buffer's gradient before the next reduce-scatter (issued by
+      // a later, unawaited layerDone/nonLayerDone) overwrites the shared buffer. CPU: the result
+      // arrives with the promise.
+      const done = this.comm.reduceScatter(flat, shard, "sum", o);
+      if (!this.streams) await done;
       this.sumSquares.push(sumOfSquares(shard, o));
       this.#perLayer(name, shard);
+      await done;
       return;
     }
     if (!this.#written.has(name)) {
