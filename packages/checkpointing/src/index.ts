@@ -1,3 +1,4 @@
+export * from "./cost.ts";
 export * from "./estimator.ts";
 export * from "./offload.ts";
 export * from "./policy.ts";

@@ -1,0 +1,101 @@
+// A step-time model for choosing between plans that all fit (the memory estimator says what fits; this
+// says what it costs): per layer, the forward and backward compute, what the checkpoint policy
+// recomputes, and the PCIe copies that can hide behind that compute or not.
+//
+//   forward of layer i     f_i = (2 T N + A) / rate          N: the layer's parameters, T local tokens,
+//   backward of layer i    b_i = 2 f_i                       A: its causal attention forward FLOPs
+//   recompute              none 0; remat-aware 2 T N / rate (the linear layers); full f_i
+//   checkpoint copies      c_i = kept bytes / pcie for a layer whose tensors live on the host, out
+//                          during f_i, back during the backward of layer i+1 (one layer ahead)
+//   optimizer streaming    s_i = 12 B x N / ranks / pcie each way (fp32 master, m, v in and out),
+//                          during the backward of the layers below i (state on the host only)
+//   exposed                sum over layers of max(0, c_i - f_i) + max(0, h2d_i - (b_{i-1} + r_{i-1}))
+//                          with h2d_i = c_{i-1} + s_i (one direction of the link, shared), and the
+//                          embedding's and head's streaming after the last layer
+//
+// The rates are an H100/H200's (measured: a 7B layer's GEMMs and cuDNN attention at 32K run at
+// 520-640 TFLOP/s; pinned copies at 50-55 GB/s each way, 98 GB/s both ways at once); a plan's choice
+// depends on the ratios, not on the absolute numbers. Checked against measured rows in cost.test.ts.
+
+import type { ModelShape } from "./estimator.ts";
+import { paramCounts, savedBytesPerToken } from "./estimator.ts";
+import { keptTensors, type SavedName } from "./policy.ts";
+
+export type LayerKind = "none" | "full" | "remat-aware";
+
+/** FLOP/s of the layer's compute and bytes/s of one direction of the host link. */
+export interface Rates {
+  readonly flops: number;
+  readonly pcie: number;
+}
+
+export const DEFAULT_RATES: Rates = { flops: 550e12, pcie: 50e9 };
+
+export interface CostInput {
+  readonly model: ModelShape;
+  /** Tokens of one sequence (all cp ranks together). */
+  readonly seqLen: number;
+  readonly cp: number;
+  /** Ranks the optimizer state is sharded over. */
+  readonly ranks: number;
+  /** The checkpoint policy of each layer, layer 0 first. */
+  readonly kinds: readonly LayerKind[];
+  /** How many of the first layers keep their checkpoints in host memory (offload "host": all; "spill": the first L - deviceLayers). */
+  readonly hostLayers: number;
+  /** Tiled MLP: gate|up and SwiGLU are never kept. */
+  readonly mlpTiled: boolean;
+  readonly optimizer: "device" | "host";
+  readonly rates?: Rates;
+}
+
+export interface StepCost {
+  /** Forward + backward compute, nothing recomputed. */
+  readonly computeS: number;
+  readonly recomputeS: number;
+  /** Checkpoint copies and optimizer streaming not hidden behind compute. */
+  readonly exposedS: number;
+  readonly totalS: number;
+}
+
+const WIDE: readonly SavedName[] = ["gu", "a"];
+
+/** Kept bytes per local token of one layer under `kind`. */
+export function keptBytesPerToken(m: ModelShape, kind: LayerKind, mlpTiled: boolean): number {
+  return keptTensors({ kind })
+    .filter((n) => !(mlpTiled && WIDE.includes(n)))
+    .reduce((s, n) => s + savedBytesPerToken(m, n), 0);
+}
+
+export function stepCost(i: CostInput): StepCost {
+  const { model: m, kinds } = i;
+  const L = m.layers;
+  if (kinds.length !== L) throw new RangeError(`stepCost: ${kinds.length} layer policies for a ${L}-layer model`);
+  if (!Number.isInteger(i.hostLayers) || i.hostLayers < 0 || i.hostLayers > L)
+    throw new RangeError(`stepCost: hostLayers must be an integer in [0, ${L}], got ${i.hostLayers}`);
+  const r = i.rates ?? DEFAULT_RATES;
+  const T = Math.ceil(i.seqLen / i.cp);
+  const N = paramCounts(m).layer;
+  const attn = (4 * i.seqLen * i.seqLen * m.heads * m.headDim) / 2 / i.cp;
+  const linear = (2 * T * N) / r.flops;
+  const f = linear + attn / r.flops;
+  const b = 2 * f;
+  const rec = (k: LayerKind) => (k === "none" ? 0 : k === "remat-aware" ? linear : f);
+  const copy = (l: number) => (l < i.hostLayers ? (keptBytesPerToken(m, kinds[l] as LayerKind, i.mlpTiled) * T) / r.pcie : 0);
+  const stream = i.optimizer === "host" ? (12 * N) / i.ranks / r.pcie : 0;
+  let exposed = 0;
+  let recompute = 0;
+  for (let l = 0; l < L; l++) {
+    recompute += rec(kinds[l] as LayerKind);
+    exposed += Math.max(0, copy(l) - f);
+    // while layer l runs its backward (with its recompute), layer l-1's checkpoints come back and
+    // layer l+1's state streams (its gradients were reduced when l+1's backward ended)
+    const h2d = (l > 0 ? copy(l - 1) : 0) + (l + 1 < L ? stream : 0);
+    exposed += Math.max(0, h2d - (b + rec(kinds[l] as LayerKind)));
+  }
+  if (i.optimizer === "host") {
+    const p = paramCounts(m);
+    exposed += stream + (12 * (p.embed + p.head + m.dim)) / i.ranks / r.pcie; // layer 0's and the non-layer buffers'
+  }
+  const compute = L * (f + b);
+  return { computeS: compute, recomputeS: recompute, exposedS: exposed, totalS: compute + recompute + exposed };
+}
