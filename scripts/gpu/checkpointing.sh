@@ -9,6 +9,7 @@
 # CKPT_BUDGET_S (default 250) so the table always comes out. Table last; JSON and logs in $OUT.
 # Usage (repository root): source .device/setup.sh && bash scripts/gpu/checkpointing.sh
 #   CKPT_BUDGET_S=190 CKPT_TOKENS=131072 bash scripts/gpu/checkpointing.sh   # the 128K rows alone
+#   CKPT_STEPS=7 timed steps per variant (default 3)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -18,5 +19,5 @@ timeout 60 env LIGHTSEQ_REQUIRE_GPU=1 bun test packages/checkpointing/src/offloa
   > "$OUT/checkpointing-test.log" 2>&1
 echo "offload GPU tests:"; grep -E '^\(fail\)|^\(pass\)|^ *[0-9]+ (pass|fail|skip)$|^error' "$OUT/checkpointing-test.log" | head -20
 timeout $((${CKPT_BUDGET_S:-250} + 40)) bun packages/llama/bench/checkpointing-bench.ts "$OUT/checkpointing.json" \
-  --budget-s "${CKPT_BUDGET_S:-250}" --tokens "${CKPT_TOKENS:-32768,65536,131072}" 2>&1 \
+  --budget-s "${CKPT_BUDGET_S:-250}" --tokens "${CKPT_TOKENS:-32768,65536,131072}" --steps "${CKPT_STEPS:-3}" 2>&1 \
   | tee "$OUT/checkpointing.log" | tail -40
