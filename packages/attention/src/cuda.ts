@@ -34,7 +34,7 @@ import {
   checkForwardArgs,
   type ForwardOptions,
 } from "./block.ts";
-import { checkGrads, checkOut, fail, streamFor } from "./gpu-args.ts";
+import { checkGrads, checkOut, fail, inputsDevice, newForwardOutput, streamFor } from "./gpu-args.ts";
 import { AttentionError, FAST_HEAD_DIMS } from "./layout.ts";
 
 /**
@@ -83,20 +83,7 @@ const INT32_MAX = 2 ** 31 - 1;
 
 /** What the kernels can take beyond the contract's checks (block.ts): refuses loudly, launches nothing. */
 function requireSupported(who: string, c: CheckedCall, tensors: Record<string, Tensor>): number {
-  let device = -1;
-  for (const [name, t] of Object.entries(tensors)) {
-    if (t.device.kind !== "cuda")
-      fail(who, `${name}: the CUDA backend needs tensors on a cuda device, got ${t.describe()} (use the reference backend on the cpu)`);
-    if (device < 0) device = t.device.index;
-    else if (t.device.index !== device)
-      fail(who, `${name}: expected device cuda:${device} (as the other inputs), got ${deviceName(t.device)}`);
-    if (t.numel > 0 && t.ptr(name) % 16 !== 0) {
-      fail(
-        who,
-        `${name}: the kernels need 16-byte aligned tensors (vector loads), got an address 16n + ${t.ptr(name) % 16}; a narrow() view must start on a whole row`,
-      );
-    }
-  }
+  const device = inputsDevice(who, tensors, "CUDA", "the kernels need 16-byte aligned tensors (vector loads)");
   if (c.dtype !== "bf16")
     fail(who, `q: the CUDA kernels take bf16 q, k, v (they accumulate in f32), got ${c.dtype}: cast to bf16 or use the reference backend`);
   if (!FAST_HEAD_DIMS.includes(c.D)) fail(who, `q: head dim D = ${c.D} has no CUDA kernel (built for D in ${FAST_HEAD_DIMS.join(", ")})`);
@@ -286,16 +273,7 @@ export function createCudaBackend(o: KernelOptions = {}): CudaBackend {
       const device = requireSupported(who, c, { q, k, v });
       const s = streamFor(device, opts.stream);
       // outDtype "f32": the kernel writes the partial unrounded (DistAttn merges it in fp32).
-      const o = empty(q.shape, { dtype: c.outDtype, device: q.device, stream: s });
-      const lse = empty([c.Hq, c.Tq], { dtype: "f32", device: q.device, stream: s });
-      try {
-        launchForward(who, c, { q, k, v, o, lse }, s, kernels, device);
-      } catch (e) {
-        o.dispose();
-        lse.dispose();
-        throw e;
-      }
-      return { o, lse };
+      return newForwardOutput(q, c, s, (out) => launchForward(who, c, { q, k, v, ...out }, s, kernels, device));
     },
 
     backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, dO: Tensor, opts: BackwardOptions): AttentionGrads {

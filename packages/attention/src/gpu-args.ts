@@ -1,13 +1,36 @@
-// Argument checks and stream choice shared by the GPU backends (cuda.ts, cudnn/): each refuses what it
-// cannot take with an AttentionError that names the caller, the argument and the reason.
+// Argument checks, stream choice and output allocation shared by the GPU backends (cuda.ts, cudnn/):
+// each refuses what it cannot take with an AttentionError that names the caller, the argument and the
+// reason.
 
 import { type Stream, setDevice } from "@lightseq/cuda";
-import { currentStream, deviceName, fmtShape, type Tensor } from "@lightseq/tensor";
-import type { AttentionGrads } from "./block.ts";
+import { currentStream, deviceName, empty, fmtShape, type Tensor } from "@lightseq/tensor";
+import type { AttentionGrads, AttentionOutput, CheckedCall } from "./block.ts";
 import { AttentionError } from "./layout.ts";
 
 export function fail(who: string, msg: string): never {
   throw new AttentionError(`${who}: ${msg}`);
+}
+
+/**
+ * The one CUDA device of a GPU backend's inputs, each checked to be on it and 16-byte aligned; else an
+ * AttentionError naming the tensor. `backend` names the backend in the message ("CUDA", "cuDNN");
+ * `alignWhy` says who needs the alignment.
+ */
+export function inputsDevice(who: string, tensors: Record<string, Tensor>, backend: "CUDA" | "cuDNN", alignWhy: string): number {
+  let device = -1;
+  for (const [name, t] of Object.entries(tensors)) {
+    if (t.device.kind !== "cuda")
+      fail(
+        who,
+        `${name}: the ${backend} backend needs tensors on a cuda device, got ${t.describe()} (use the reference backend on the cpu)`,
+      );
+    if (device < 0) device = t.device.index;
+    else if (t.device.index !== device)
+      fail(who, `${name}: expected device cuda:${device} (as the other inputs), got ${deviceName(t.device)}`);
+    if (t.numel > 0 && t.ptr(name) % 16 !== 0)
+      fail(who, `${name}: ${alignWhy}, got an address 16n + ${t.ptr(name) % 16}; a narrow() view must start on a whole row`);
+  }
+  return device;
 }
 
 /**
@@ -53,4 +76,21 @@ export function checkGrads(
 export function streamFor(device: number, stream: Stream | undefined): Stream {
   setDevice(device);
   return stream ?? currentStream(device);
+}
+
+/**
+ * A forward's fresh outputs, o shaped as q in c.outDtype and lse [Hq, Tq] f32, allocated on `s` and
+ * written by `write`; if it throws, both are freed (stream-ordered) before the error goes on.
+ */
+export function newForwardOutput(q: Tensor, c: CheckedCall, s: Stream, write: (out: AttentionOutput) => void): AttentionOutput {
+  const o = empty(q.shape, { dtype: c.outDtype, device: q.device, stream: s });
+  const lse = empty([c.Hq, c.Tq], { dtype: "f32", device: q.device, stream: s });
+  try {
+    write({ o, lse });
+  } catch (e) {
+    o.dispose();
+    lse.dispose();
+    throw e;
+  }
+  return { o, lse };
 }

@@ -1,8 +1,7 @@
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { LLAMA_PRESETS, LlamaConfigError, llamaPreset } from "./config.ts";
+import { tempDirs } from "./fixtures/temp-dirs.ts";
 import { parseHfConfig, readHfConfig, toHfConfig, writeHfConfig } from "./hf-config.ts";
 
 // meta-llama/Llama-3.1-8B config.json as published (transformers 4.43).
@@ -58,8 +57,7 @@ const LLAMA2_7B = {
   vocab_size: 32000,
 };
 
-const tmp = mkdtempSync(join(tmpdir(), "llama-config-"));
-afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const tmp = tempDirs("llama-config-").root;
 describe("Hugging Face config.json", () => {
   test("Llama-3.1-8B (transformers 4 form) loads as the llama3-8b preset", () => {
     expect(parseHfConfig(LLAMA31_8B, "Llama-3.1-8B/config.json")).toEqual(llamaPreset("llama3-8b"));

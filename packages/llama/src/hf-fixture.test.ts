@@ -1,14 +1,12 @@
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { type LlamaConfig, llamaPreset } from "./config.ts";
+import { tempDirs } from "./fixtures/temp-dirs.ts";
 import { hfTensorEntries, hfTensorName, saveHfCheckpoint } from "./hf.ts";
 import { fixtureTensor, type HfFixture, hfFixtureExists, IGNORE_LABEL, loadHfFixture } from "./hf-fixture.ts";
 import { type TensorData, type TensorSpec, writeSafetensors } from "./safetensors-write.ts";
 
-const root = mkdtempSync(join(tmpdir(), "hf-fixture-test-"));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
+const { freshDir } = tempDirs("hf-fixture-test-");
 
 /** Mean over valid targets of -log softmax(logits)[target], in f64: what transformers' loss is. */
 function meanNll(fx: HfFixture): number {
@@ -35,7 +33,7 @@ describe("loadHfFixture on a fixture built here", () => {
   const seq = (n: number, f: (i: number) => number) => Float32Array.from({ length: n }, (_, i) => f(i));
 
   async function build(dropGrad?: string): Promise<string> {
-    const dir = mkdtempSync(join(root, "fx-"));
+    const dir = freshDir();
     await saveHfCheckpoint(
       dir,
       cfg,

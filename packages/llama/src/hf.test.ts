@@ -1,9 +1,9 @@
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { encodeBf16 } from "@lightseq/tensor";
 import { type LlamaConfig, llamaPreset } from "./config.ts";
+import { tempDirs } from "./fixtures/temp-dirs.ts";
 import {
   type HfTensorData,
   type HfTensorRef,
@@ -17,14 +17,7 @@ import { writeHfConfig } from "./hf-config.ts";
 import { convertHfCheckpoint } from "./hf-convert.ts";
 import { writeSafetensors } from "./safetensors-write.ts";
 
-const root = mkdtempSync(join(tmpdir(), "hf-test-"));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
-let dirs = 0;
-const freshDir = () => {
-  const d = join(root, `d${dirs++}`);
-  mkdirSync(d);
-  return d;
-};
+const { freshDir } = tempDirs("hf-test-");
 
 // GQA (4 query heads, 2 K/V heads), headDim 6 given explicitly (heads*headDim = 24 != dim 16), untied.
 const cfg: LlamaConfig = llamaPreset("tiny", { dim: 16, layers: 2, heads: 4, kvHeads: 2, headDim: 6, ffn: 24, vocab: 40 });

@@ -1,32 +1,13 @@
-import { afterAll, describe, expect, test } from "bun:test";
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  truncateSync,
-  writeFileSync,
-  writeSync,
-} from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { decodeBf16, encodeBf16 } from "@lightseq/tensor";
 import { encodeF16 } from "./f16.ts";
+import { tempDirs } from "./fixtures/temp-dirs.ts";
 import { INDEX_FILE, SafetensorsCheckpoint, SafetensorsError, SafetensorsFile } from "./safetensors.ts";
 import { planShards, SafetensorsWriter, type TensorSpec, writeSafetensors, writeShardedSafetensors } from "./safetensors-write.ts";
 
-const root = mkdtempSync(join(tmpdir(), "safetensors-test-"));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
-let dirs = 0;
-const freshDir = () => {
-  const d = join(root, `d${dirs++}`);
-  mkdirSync(d);
-  return d;
-};
+const { root, freshDir } = tempDirs("safetensors-test-");
 
 function randn(n: number, seed: number): Float32Array {
   const out = new Float32Array(n);

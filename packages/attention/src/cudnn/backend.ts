@@ -23,7 +23,7 @@
 // Workspace and scratch are allocated from the stream-ordered pool per call and freed on the same stream.
 
 import { memcpy2dAsync, memsetAsync, probeGpus, type Stream } from "@lightseq/cuda";
-import { axpy, cast, deviceName, empty, fill, type Tensor } from "@lightseq/tensor";
+import { axpy, cast, empty, fill, type Tensor } from "@lightseq/tensor";
 import {
   type AttentionBackend,
   type AttentionGrads,
@@ -35,29 +35,19 @@ import {
   checkForwardArgs,
   type ForwardOptions,
 } from "../block.ts";
-import { checkGrads, checkOut as checkOutput, fail, streamFor } from "../gpu-args.ts";
+import { checkGrads, checkOut as checkOutput, fail, inputsDevice, newForwardOutput, streamFor } from "../gpu-args.ts";
 import { FAST_HEAD_DIMS } from "../layout.ts";
 import { CudnnError, fmtCuda, fmtVersion, type Library, lib } from "./library.ts";
 import { execute, getPlan, handleFor } from "./plans.ts";
 
 // ---- argument checks ---------------------------------------------------------------------------------------
 
+/** cuDNN's reason for the alignment, in the input and output checks' messages. */
+const CUDNN_ALIGN = "cuDNN's tensors are declared 16-byte aligned";
+
 /** What cuDNN can take beyond the contract's checks: refuses loudly, launches nothing. Returns the device. */
 function requireSupported(who: string, c: CheckedCall, tensors: Record<string, Tensor>): number {
-  let device = -1;
-  for (const [name, t] of Object.entries(tensors)) {
-    if (t.device.kind !== "cuda")
-      fail(who, `${name}: the cuDNN backend needs tensors on a cuda device, got ${t.describe()} (use the reference backend on the cpu)`);
-    if (device < 0) device = t.device.index;
-    else if (t.device.index !== device)
-      fail(who, `${name}: expected device cuda:${device} (as the other inputs), got ${deviceName(t.device)}`);
-    if (t.numel > 0 && t.ptr(name) % 16 !== 0) {
-      fail(
-        who,
-        `${name}: cuDNN's tensors are declared 16-byte aligned, got an address 16n + ${t.ptr(name) % 16}; a narrow() view must start on a whole row`,
-      );
-    }
-  }
+  const device = inputsDevice(who, tensors, "cuDNN", CUDNN_ALIGN);
   if (c.dtype !== "bf16")
     fail(
       who,
@@ -84,9 +74,6 @@ function requireSupported(who: string, c: CheckedCall, tensors: Record<string, T
   }
   return device;
 }
-
-/** cuDNN's reason for the alignment, in checkOut's messages. */
-const CUDNN_ALIGN = "cuDNN's tensors are declared 16-byte aligned";
 
 /** checkOut (gpu-args.ts) with cuDNN's reason for the alignment. */
 function checkOut(who: string, t: Tensor, name: string, dtypes: readonly string[], shape: readonly number[], device: number): void {
@@ -278,16 +265,7 @@ export const cudnnBackend: AttentionBackend = {
     const c = checkForwardArgs(who, q, k, v, opts);
     const device = requireSupported(who, c, { q, k, v });
     const s = streamFor(device, opts.stream);
-    const o = empty(q.shape, { dtype: c.outDtype, device: q.device, stream: s });
-    const lse = empty([c.Hq, c.Tq], { dtype: "f32", device: q.device, stream: s });
-    try {
-      runForward(who, c, device, s, q, k, v, o, lse);
-    } catch (e) {
-      o.dispose();
-      lse.dispose();
-      throw e;
-    }
-    return { o, lse };
+    return newForwardOutput(q, c, s, (out) => runForward(who, c, device, s, q, k, v, out.o, out.lse));
   },
 
   backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, dO: Tensor, opts: BackwardOptions): AttentionGrads {
