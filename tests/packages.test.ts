@@ -91,7 +91,7 @@ describe("a project outside the repository", () => {
     "packages/comm/examples/allreduce.ts": /rank 0 of 2 \(cpu backend, on cpu\): all-reduce sum = 3, 3, 3, 3/,
     "packages/attention/examples/attention.ts": /attention fwd\+bwd on cpu \(reference, f32\): o, dq, dk, dv match the reference/,
     "packages/checkpointing/examples/estimate.ts":
-      /auto: remat-aware, offload none\. remat-aware: [\d.]+ GiB of 139\.0 GiB on the GPU; faster ones do not fit: none needs GPU[\s\S]*262144 tokens on one GPU: MemoryEstimateError: no checkpoint policy fits/,
+      /auto: remat-aware x15 \+ none x17, offload none\. remat-aware x15 \+ none x17: [\d.]+ GiB of 139\.0 GiB on the GPU; faster ones do not fit: none needs GPU[\s\S]*262144 tokens on one GPU: MemoryEstimateError: no checkpoint policy fits/,
     "packages/llama/examples/train-step.ts":
       /llama fwd\+bwd on cpu \(reference, f32\): loss 10\.\d+ over 127 labels \(ln 32000 = 10\.3735\), \|grad\| [\d.]+/,
     "packages/llama/examples/hf-checkpoint.ts":

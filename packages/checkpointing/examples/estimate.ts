@@ -1,7 +1,7 @@
 // How much memory one rank needs to train Llama-2-7B on one 64K-token sequence split over cp GPUs
 // (default 2 H200s: 139 GiB each, 64 GiB of pinned host memory per rank, AdamW state on the GPUs):
-// the estimate of each checkpoint policy, then the one autoPolicy picks (the fastest that fits) and
-// why, with its terms; then one GPU, where the same sequence needs its checkpoints spilled to host
+// the estimate of each checkpoint policy, then the one autoPolicy picks (the fastest that fits: here
+// remat-aware on the first layers and none on as many of the last as fit) and why, with its terms; then one GPU, where the same sequence needs its checkpoints spilled to host
 // memory, and four times as many tokens, which do not fit at all: the error says what to change.
 // Pure arithmetic: the same on any machine, before anything is allocated.
 //   bun estimate.ts [seqLen] [cp]        defaults: 65536 2
@@ -10,6 +10,7 @@ import {
   estimateMemory,
   fmtGiB,
   formatEstimate,
+  formatPolicy,
   MemoryEstimateError,
   type ModelShape,
   POLICY_KINDS,
@@ -38,7 +39,7 @@ for (const kind of POLICY_KINDS) {
   );
 }
 const auto = autoPolicy(base);
-console.log(`auto: ${auto.policy.kind}, offload ${auto.offload}. ${auto.reason}`);
+console.log(`auto: ${formatPolicy(auto.policy)}, offload ${auto.offload}. ${auto.reason}`);
 console.log(formatEstimate(auto.estimate));
 
 const oneGpu = autoPolicy({ ...base, mesh: { cp: 1, dp: 1 } });

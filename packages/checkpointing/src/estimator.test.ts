@@ -3,13 +3,15 @@ import {
   autoPolicy,
   estimateMemory,
   formatEstimate,
+  keptLayerBytes,
+  layersThatFit,
   MemoryEstimateError,
   type MemoryPlan,
   type ModelShape,
   paramCounts,
   savedBytesPerToken,
 } from "./estimator.ts";
-import type { CheckpointPolicy } from "./policy.ts";
+import { formatPolicy, mixedPolicy, parsePolicy, type UniformKind } from "./policy.ts";
 
 // Llama-2-7B, the model of shared/reference/performance.md section 7.
 const LLAMA2_7B: ModelShape = {
@@ -26,7 +28,7 @@ const GiB = 2 ** 30;
 const H100 = 78 * GiB;
 const H200 = 139 * GiB;
 
-function plan(seqLen: number, cp: number, kind: CheckpointPolicy["kind"], extra: Partial<MemoryPlan> = {}): MemoryPlan {
+function plan(seqLen: number, cp: number, kind: UniformKind, extra: Partial<MemoryPlan> = {}): MemoryPlan {
   return {
     model: LLAMA2_7B,
     seqLen,
@@ -208,16 +210,24 @@ describe("auto", () => {
     const a = autoPolicy({ ...base, seqLen: 32768 });
     expect([a.policy.kind, a.offload]).toEqual(["none", "none"]);
     expect(a.reason).toMatch(/^none: .* of 139\.0 GiB on the GPU; the fastest policy fits$/);
+    // 64K: none does not fit, remat-aware does with room to spare: the last 17 layers skip recompute
     const b = autoPolicy({ ...base, seqLen: 65536 });
-    expect([b.policy.kind, b.offload]).toEqual(["remat-aware", "none"]);
-    expect(b.reason).toMatch(/faster ones do not fit: none needs GPU: needs .* of 139\.0 GiB/);
+    expect([formatPolicy(b.policy), b.offload]).toEqual(["remat-aware x15 + none x17", "none"]);
+    expect(b.estimate.fits).toBe(true);
+    const oneMore = estimateMemory({ ...base, seqLen: 65536, policy: mixedPolicy(32, "none", 18, "remat-aware"), offload: "none" });
+    expect(oneMore.fits).toBe(false);
+    expect(b.reason).toMatch(
+      /^remat-aware x15 \+ none x17: .* GiB of 139\.0 GiB on the GPU; faster ones do not fit: none needs GPU: needs .* of 139\.0 GiB; remat-aware x14 \+ none x18 needs GPU: needs .* of 139\.0 GiB$/,
+    );
     const c = autoPolicy({ ...base, seqLen: 262144 });
     expect([c.policy.kind, c.offload]).toEqual(["remat-aware", "spill"]);
-    expect(c.reason).toMatch(/remat-aware needs GPU/);
-    // without a host budget, no offload is considered: full recompute on the GPU
+    expect(c.reason).toMatch(/remat-aware x31 \+ none x1 needs GPU: .*; remat-aware needs GPU/);
+    // without a host budget, no offload is considered: full recompute on the first layers only
     const { hostBytes: _, ...noHost } = base;
     const d = autoPolicy({ ...noHost, seqLen: 262144 });
-    expect([d.policy.kind, d.offload]).toEqual(["full", "none"]);
+    expect([formatPolicy(d.policy), d.offload]).toEqual(["full x5 + remat-aware x27", "none"]);
+    expect(d.reason).toMatch(/; remat-aware needs GPU: .*; full x4 \+ remat-aware x28 needs GPU: needs .*$/);
+    expect(formatEstimate(d.estimate)).toContain("memory per rank (full x5 + remat-aware x27, offload none");
   });
 
   test("a config that fits nowhere is refused with the terms that broke it", () => {
@@ -260,5 +270,84 @@ describe("auto", () => {
       expect(text).toContain(name);
     }
     expect(text).toContain("[attention backward, the peak]");
+  });
+});
+
+describe("mixed policies", () => {
+  // A small shape whose per-token bytes are easy by hand: x, xn, h, hn 16 B; rstd1, rstd2 4; q, o 16;
+  // k, v 8; lse 8; gu 48; a 24. none keeps 200 B per token, remat-aware 40 (x, o, lse), full 16 (x);
+  // a tiled MLP drops gu and a from none: 128.
+  const SMALL: ModelShape = { dim: 8, layers: 6, heads: 2, kvHeads: 1, headDim: 4, ffn: 12, vocab: 16, tiedEmbeddings: false };
+  const T = 100;
+  const small = (policy: string, extra: Partial<MemoryPlan> = {}): MemoryPlan => ({
+    model: SMALL,
+    seqLen: T,
+    mesh: { cp: 1, dp: 1 },
+    policy: parsePolicy(policy, SMALL.layers),
+    offload: "none",
+    optimizer: "device",
+    deviceBytes: GiB,
+    runtimeBytes: 0,
+    ...extra,
+  });
+  const bytes = (e: ReturnType<typeof estimateMemory>, name: string) => gib(e, name) * GiB;
+
+  test("the checkpoint term is the sum of each layer's kept bytes", () => {
+    const e = estimateMemory(small("full*2,remat-aware*2,none*2"));
+    expect(bytes(e, "checkpoints")).toBe((2 * 16 + 2 * 40 + 2 * 200) * T);
+    expect(keptLayerBytes(SMALL, parsePolicy("full*2,remat-aware*2,none*2"), T)).toEqual([1600, 1600, 4000, 4000, 20000, 20000]);
+    expect(e.gpu.find((t) => t.name === "checkpoints")?.detail).toMatch(
+      /^full x2 \+ remat-aware x2 \+ none x2: full 0\.0 KiB per token \(x\), remat-aware 0\.0 KiB per token \(x, o, lse\), none 0\.2 KiB per token \(x, rstd1, .*, a\) per layer x 100 tokens$/,
+    );
+    // tiled MLP: none layers no longer keep gu and a
+    const t = estimateMemory(small("full*2,remat-aware*2,none*2", { mlpChunkTokens: 10 }));
+    expect(bytes(t, "checkpoints")).toBe((2 * 16 + 2 * 40 + 2 * 128) * T);
+    expect(estimateMemory(small("none")).deviceLayers).toBe(6);
+  });
+
+  test("each working-set phase is the largest over the kinds present", () => {
+    const phase = (policy: string, name: string) => bytes(estimateMemory(small(policy)), name);
+    for (const name of ["working set (MLP backward)", "working set (attention backward)"]) {
+      const [none, remat, full] = ["none", "remat-aware", "full"].map((k) => phase(k, name)) as [number, number, number];
+      expect(none).toBeLessThan(remat);
+      expect({ name, mix: phase("full*2,remat-aware*2,none*2", name) }).toEqual({ name, mix: Math.max(none, remat, full) });
+      expect({ name, mix: phase("remat-aware*3,none*3", name) }).toEqual({ name, mix: remat });
+    }
+  });
+
+  test("spill keeps the last layers on the GPU by their own sizes, at least two", () => {
+    const mix = "full*2,remat-aware*2,none*2";
+    const reversed = "none*2,remat-aware*2,full*2";
+    // the GPU besides the checkpoints: the same for every policy with the same worst phase
+    const others = (policy: string) => {
+      const e = estimateMemory(small(policy, { deviceBytes: 100 * GiB }));
+      return e.gpuBytes - bytes(e, "checkpoints");
+    };
+    const spill = (policy: string, free: number) =>
+      estimateMemory(small(policy, { offload: "spill", hostBytes: GiB, deviceBytes: others(policy) + free }));
+    // from the last layer: 20000, 40000, 44000, 48000 | 49600 > 48000
+    const a = spill(mix, 48000);
+    expect([a.deviceLayers, bytes(a, "checkpoints"), bytes(a, "offloaded checkpoints")]).toEqual([4, 48000, 3200]);
+    expect(a.fits).toBe(true);
+    // the cheap kind first instead: 1600, 3200, 7200, 11200 | 31200 > 11300
+    const b = spill(reversed, 11300);
+    expect([b.deviceLayers, bytes(b, "checkpoints"), bytes(b, "offloaded checkpoints")]).toEqual([4, 11200, 40000]);
+    // no layer fits: still the last two on the GPU (the estimate then does not fit)
+    const c = spill(mix, 11300);
+    expect([c.deviceLayers, bytes(c, "checkpoints"), c.fits]).toEqual([2, 40000, false]);
+    expect(layersThatFit([5, 1, 2, 3], 5)).toBe(2);
+    expect(layersThatFit([5, 1, 2, 3], 2)).toBe(0);
+    expect(layersThatFit([5, 1, 2, 3], 11)).toBe(4);
+  });
+
+  test("host offload: the largest two adjacent layers in flight on the GPU, every layer on the host", () => {
+    const e = estimateMemory(small("full*2,remat-aware*2,none*2", { offload: "host", hostBytes: GiB }));
+    expect([bytes(e, "checkpoints"), bytes(e, "offloaded checkpoints"), e.deviceLayers]).toEqual([40000, 51200, 0]);
+  });
+
+  test("a mixed policy of another length than the model is refused, naming both", () => {
+    expect(() => estimateMemory({ ...small("none"), policy: parsePolicy("none*3,full*2") })).toThrow(
+      "checkpoint policy none x3 + full x2 names 5 layers, the model has 6",
+    );
   });
 });

@@ -20,9 +20,12 @@
 //   backward follows packages/llama/src/layer.ts: attention inputs recomputed first only when attention
 //   itself is (full), then the MLP inputs, freed after the MLP backward, then the attention inputs.
 //   (performance.md's table instead takes 1.5 x a layer's saved tensors and adds every term.)
+// - A mixed policy (one kind per layer): the checkpoints are the sum of each layer's kept bytes; each
+//   phase's working set is the largest over the kinds present; spill keeps the last layers on the GPU
+//   by their own sizes, from the last layer down while they fit (at least two).
 // - Runtime and allocator slack (CUDA context, cuBLAS workspace, NCCL buffers, fragmentation): 3 GiB.
 
-import { type CheckpointPolicy, keptTensors, type SavedName } from "./policy.ts";
+import { bestMixed, type CheckpointPolicy, formatPolicy, keptTensors, layerKinds, type SavedName, type UniformKind } from "./policy.ts";
 
 /** The [T, ffn]-wide saved tensors: gate|up and SwiGLU. */
 const MLP_WIDE: readonly SavedName[] = ["gu", "a"];
@@ -84,6 +87,8 @@ export interface MemoryEstimate {
   readonly localTokens: number;
   readonly gpu: readonly MemoryTerm[];
   readonly host: readonly MemoryTerm[];
+  /** The last this many layers keep their tensors on the GPU (OffloadOptions.deviceLayers): all, none (host) or the spill split. */
+  readonly deviceLayers: number;
   /** The phase whose terms make the GPU peak. */
   readonly peakPhase: Phase;
   /** Always-alive GPU terms + the largest phase's. */
@@ -144,6 +149,29 @@ export function savedBytesPerToken(m: ModelShape, name: SavedName): number {
     case "a":
       return 2 * m.ffn;
   }
+}
+
+/** What a layer of kind k keeps; a tiled MLP never keeps gate|up and SwiGLU (they exist one chunk of tokens at a time: layer.ts). */
+function keptNames(k: UniformKind, tiled: boolean): readonly SavedName[] {
+  return keptTensors({ kind: k }).filter((n) => !(tiled && MLP_WIDE.includes(n)));
+}
+
+/** Bytes each layer keeps under `policy` for T local tokens (layer 0 first); the spill split and the checkpoint term sum these. */
+export function keptLayerBytes(m: ModelShape, policy: CheckpointPolicy, T: number, mlpChunkTokens?: number): number[] {
+  const tiled = mlpChunkTokens !== undefined && mlpChunkTokens < T;
+  return layerKinds(policy, m.layers).map((k) => sumBytes(m, keptNames(k, tiled)) * T);
+}
+
+/** How many of the LAST layers fit in `deviceBytes`, taken from the last layer down while they fit. */
+export function layersThatFit(layerBytes: readonly number[], deviceBytes: number): number {
+  let used = 0;
+  let n = 0;
+  for (let i = layerBytes.length - 1; i >= 0; i--) {
+    used += layerBytes[i] as number;
+    if (used > deviceBytes) break;
+    n++;
+  }
+  return n;
 }
 
 function sumBytes(m: ModelShape, names: readonly SavedName[]): number {
@@ -271,26 +299,41 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
     gpu.push(term("layer gradients", 4 * p.layer, `one layer's fp32 weight gradients before their reduce-scatter: 4 B x ${p.layer}`));
   }
 
-  // activations
+  // activations: each layer keeps its own kind's tensors (a mixed policy names one kind per layer)
   const tile = plan.mlpChunkTokens;
   if (tile !== undefined) positiveInt(tile, "mlpChunkTokens");
   const tiled = tile !== undefined && tile < T;
-  // a tiled MLP never keeps gate|up and SwiGLU: they exist one chunk of tokens at a time (layer.ts)
-  const kept = keptTensors(policy).filter((n) => !(tiled && MLP_WIDE.includes(n)));
-  const keptPerToken = sumBytes(m, kept);
-  const keptTotal = keptPerToken * T * L;
-  const keptLine = `${kept.join(", ")}: ${KiB(keptPerToken)} per token per layer x ${T} tokens x ${L} layers`;
+  const kinds = layerKinds(policy, L);
+  const present = [...new Set(kinds)]; // the kinds of the layers, layer 0's first
+  const keptOf = (k: UniformKind) => keptNames(k, tiled);
+  const layerBytes = keptLayerBytes(m, policy, T, tile);
+  const keptTotal = layerBytes.reduce((a, b) => a + b, 0);
+  const perToken = (k: UniformKind) => `${KiB(sumBytes(m, keptOf(k)))} per token (${keptOf(k).join(", ")})`;
+  const keptLine =
+    policy.kind === "mixed"
+      ? `${formatPolicy(policy)}: ${present.map((k) => `${k} ${perToken(k)}`).join(", ")} per layer x ${T} tokens`
+      : `${keptOf(policy.kind).join(", ")}: ${KiB(sumBytes(m, keptOf(policy.kind)))} per token per layer x ${T} tokens x ${L} layers`;
   let gpuKept = keptTotal;
   let hostKept = 0;
+  let deviceLayers = L;
   if (plan.offload === "host") {
-    gpuKept = Math.min(L, 2) * keptPerToken * T; // the layer being copied out or in, and the next
+    // the layer being copied out or in, and the next: the largest two adjacent layers
+    gpuKept = L === 1 ? keptTotal : Math.max(...layerBytes.slice(1).map((b, i) => b + (layerBytes[i] as number)));
     hostKept = keptTotal;
+    deviceLayers = 0;
   }
   // (the spill split is decided once everything else on the GPU is known, below)
 
-  const ph = layerBackwardPhases(m, kept, T, tiled ? tile : T);
-  gpu.push(term("working set (MLP backward)", ph.mlp.bytes, ph.mlp.detail, "MLP backward"));
-  gpu.push(term("working set (attention backward)", ph.attention.bytes, ph.attention.detail, "attention backward"));
+  // each phase's working set: the largest over the kinds present
+  const phases = present.map((k) => ({ k, ...layerBackwardPhases(m, keptOf(k), T, tiled ? tile : T) }));
+  const worst = (f: (p: (typeof phases)[number]) => { bytes: number; detail: string }) => {
+    const w = phases.reduce((a, b) => (f(b).bytes > f(a).bytes ? b : a));
+    return { bytes: f(w).bytes, detail: present.length > 1 ? `${w.k} layers: ${f(w).detail}` : f(w).detail };
+  };
+  const mlpPhase = worst((p) => p.mlp);
+  const attnPhase = worst((p) => p.attention);
+  gpu.push(term("working set (MLP backward)", mlpPhase.bytes, mlpPhase.detail, "MLP backward"));
+  gpu.push(term("working set (attention backward)", attnPhase.bytes, attnPhase.detail, "attention backward"));
   if (mesh.cp > 1) {
     const q = m.heads * m.headDim;
     const kv = m.kvHeads * m.headDim;
@@ -324,12 +367,12 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
 
   const otherGpu = peakOf(gpu).bytes;
   if (plan.offload === "spill") {
-    const perLayer = keptPerToken * T;
+    // the last layers first (their backward comes first), each by its own size, at least two
     const free = Math.max(0, plan.deviceBytes - otherGpu);
-    const layersOnGpu = Math.max(Math.min(L, 2), Math.min(L, Math.floor(free / Math.max(perLayer, 1))));
-    gpuKept = layersOnGpu * perLayer;
-    hostKept = (L - layersOnGpu) * perLayer;
-    gpu.push(term("checkpoints", gpuKept, `${layersOnGpu} of ${L} layers on the GPU (spill: GPU first); ${keptLine}`));
+    deviceLayers = Math.max(Math.min(L, 2), layersThatFit(layerBytes, free));
+    gpuKept = layerBytes.slice(L - deviceLayers).reduce((a, b) => a + b, 0);
+    hostKept = keptTotal - gpuKept;
+    gpu.push(term("checkpoints", gpuKept, `the last ${deviceLayers} of ${L} layers on the GPU (spill: GPU first); ${keptLine}`));
   } else {
     gpu.push(term("checkpoints", gpuKept, plan.offload === "host" ? `two layers in flight to or from the host; ${keptLine}` : keptLine));
   }
@@ -359,13 +402,24 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
   } else if (plan.hostBytes !== undefined && hostBytes > plan.hostBytes) {
     overflows.push(`host: needs ${fmtGiB(hostBytes)} of ${fmtGiB(plan.hostBytes)} (${largest(host)})`);
   }
-  return { plan, localTokens: T, gpu, host, peakPhase, gpuBytes, hostBytes, fits: overflows.length === 0, overflows };
+  return {
+    plan,
+    localTokens: T,
+    gpu,
+    host,
+    peakPhase,
+    gpuBytes,
+    hostBytes,
+    deviceLayers,
+    fits: overflows.length === 0,
+    overflows,
+  };
 }
 
 /** A readable table of an estimate's terms. */
 export function formatEstimate(e: MemoryEstimate): string {
   const lines = [
-    `memory per rank (${e.plan.policy.kind}, offload ${e.plan.offload}, optimizer on ${e.plan.optimizer}, ${e.localTokens} local tokens):`,
+    `memory per rank (${formatPolicy(e.plan.policy)}, offload ${e.plan.offload}, optimizer on ${e.plan.optimizer}, ${e.localTokens} local tokens):`,
   ];
   for (const [where, terms, total] of [
     ["GPU", e.gpu, e.gpuBytes],
@@ -384,18 +438,13 @@ export function formatEstimate(e: MemoryEstimate): string {
 }
 
 /**
- * Candidates from fastest to slowest: no recompute; LightSeq's boundary (attention forward once per
- * layer); the same with checkpoints spilled to the host (copies overlap compute); full recompute
- * (attention forward twice); full with spill. `none` is never offloaded: its ~L x 130 KiB per token
- * each way per step would bound the step by PCIe.
+ * The offload modes tried for a policy, GPU first: a policy with a `none` layer is never offloaded
+ * (its ~130 KiB per token per layer each way per step would bound the step by PCIe); the others may
+ * spill their first layers to the host when there is a host budget (the copies overlap compute).
  */
-const AUTO_ORDER: readonly { policy: CheckpointPolicy; offload: OffloadMode }[] = [
-  { policy: { kind: "none" }, offload: "none" },
-  { policy: { kind: "remat-aware" }, offload: "none" },
-  { policy: { kind: "remat-aware" }, offload: "spill" },
-  { policy: { kind: "full" }, offload: "none" },
-  { policy: { kind: "full" }, offload: "spill" },
-];
+function offloadsFor(p: CheckpointPolicy, layers: number, hostBudget: boolean): readonly OffloadMode[] {
+  return hostBudget && !layerKinds(p, layers).includes("none") ? ["none", "spill"] : ["none"];
+}
 
 export interface AutoChoice {
   readonly policy: CheckpointPolicy;
@@ -405,35 +454,71 @@ export interface AutoChoice {
 }
 
 const planName = (c: { policy: CheckpointPolicy; offload: OffloadMode }) =>
-  c.offload === "none" ? c.policy.kind : `${c.policy.kind} + ${c.offload} offload`;
+  c.offload === "none" ? formatPolicy(c.policy) : `${formatPolicy(c.policy)} + ${c.offload} offload`;
+
+/** The kinds of a two-kind mix, its cheap (last) part and its size; null for a uniform policy. */
+function mixShape(p: CheckpointPolicy): { first: UniformKind; last: UniformKind; lastCount: number } | null {
+  if (p.kind !== "mixed") return null;
+  const first = p.layers[0] as UniformKind;
+  const last = p.layers[p.layers.length - 1] as UniformKind;
+  return { first, last, lastCount: p.layers.length - p.layers.indexOf(last) };
+}
 
 /**
- * The fastest policy that fits, with the reason (what it needs, and why each faster one did not fit).
- * Throws MemoryEstimateError when nothing fits, with the terms of the smallest candidate.
+ * The fastest plan that fits, with the reason (what it needs, and which faster ones did not fit).
+ * Fastest first (bestMixed): none; remat-aware with as many last layers under none as fit;
+ * remat-aware, on the GPU then spilled; full with as many last layers under remat-aware as fit, on
+ * the GPU then spilled; full, on the GPU then spilled. A policy is tried with each of its offload
+ * modes (offloadsFor), the GPU first. Throws MemoryEstimateError when nothing fits, with the terms of
+ * the smallest candidate.
  */
 export function autoPolicy(base: Omit<MemoryPlan, "policy" | "offload">): AutoChoice {
-  const tried: string[] = [];
+  const L = base.model.layers;
+  const failed: { policy: CheckpointPolicy; line: string }[] = [];
+  const fitted = new Map<CheckpointPolicy, { offload: OffloadMode; estimate: MemoryEstimate }>();
   let last: MemoryEstimate | null = null;
-  for (const c of AUTO_ORDER) {
-    if (c.offload !== "none" && base.hostBytes === undefined) continue; // no host budget: no offload
-    const e = estimateMemory({ ...base, ...c });
-    last = e;
-    if (e.fits) {
-      const why = tried.length === 0 ? "the fastest policy fits" : `faster ones do not fit: ${tried.join("; ")}`;
-      return {
-        ...c,
-        estimate: e,
-        reason: `${planName(c)}: ${fmtGiB(e.gpuBytes)} of ${fmtGiB(base.deviceBytes)} on the GPU${e.hostBytes > 0 ? `, ${fmtGiB(e.hostBytes)} on the host` : ""}; ${why}`,
-      };
+  const best = bestMixed(L, (policy) => {
+    for (const offload of offloadsFor(policy, L, base.hostBytes !== undefined)) {
+      const e = estimateMemory({ ...base, policy, offload });
+      last = e;
+      if (e.fits) {
+        fitted.set(policy, { offload, estimate: e });
+        return true;
+      }
+      failed.push({ policy, line: `${planName({ policy, offload })} needs ${e.overflows.map((o) => o.split(" (")[0]).join(", ")}` });
     }
-    tried.push(`${planName(c)} needs ${e.overflows.map((o) => o.split(" (")[0]).join(", ")}`);
+    return false;
+  });
+  const chosen = best === null ? undefined : fitted.get(best);
+  if (best !== null && chosen !== undefined) {
+    const { offload, estimate: e } = chosen;
+    // of each mix tried, the one nearest to fitting (the fewest cheap layers) says what did not fit
+    const nearest = new Map<string, number>();
+    for (const f of failed) {
+      const s = mixShape(f.policy);
+      if (s !== null) nearest.set(`${s.first}/${s.last}`, Math.min(nearest.get(`${s.first}/${s.last}`) ?? L, s.lastCount));
+    }
+    const tried = failed
+      .filter((f) => {
+        const s = mixShape(f.policy);
+        return s === null || nearest.get(`${s.first}/${s.last}`) === s.lastCount;
+      })
+      .map((f) => f.line);
+    const why = tried.length === 0 ? "the fastest policy fits" : `faster ones do not fit: ${tried.join("; ")}`;
+    const c = { policy: best, offload };
+    return {
+      ...c,
+      estimate: e,
+      reason: `${planName(c)}: ${fmtGiB(e.gpuBytes)} of ${fmtGiB(base.deviceBytes)} on the GPU${e.hostBytes > 0 ? `, ${fmtGiB(e.hostBytes)} on the host` : ""}; ${why}`,
+    };
   }
+  const smallest = last as MemoryEstimate | null;
   const hints = ["more sequence-parallel ranks (cp)"];
   if (base.optimizer === "device") hints.push('the optimizer on the host (optimizer "host")');
   if (base.hostBytes === undefined) hints.push("a host budget (hostBytes) so checkpoints can spill");
   if (base.mlpChunkTokens === undefined) hints.push("a tiled MLP (mlpChunkTokens)");
   throw new MemoryEstimateError(
     `no checkpoint policy fits ${base.seqLen} tokens on cp=${base.mesh.cp} x dp=${base.mesh.dp} ranks: ` +
-      `the smallest, ${last === null ? "?" : planName(last.plan)}, overflows ${last?.overflows.join("; ")}. Try ${hints.join(", or ")}`,
+      `the smallest, ${smallest === null ? "?" : planName(smallest.plan)}, overflows ${smallest?.overflows.join("; ")}. Try ${hints.join(", or ")}`,
   );
 }

@@ -85,6 +85,13 @@ test("spill: the last layers stay on the device, the first go to the host; at mo
   }
   expect(spillLayers({ layers: 32, layerBytes: 3 * 2 ** 30, deviceBytes: 20 * 2 ** 30 })).toBe(6);
   expect(spillLayers({ layers: 4, layerBytes: 1, deviceBytes: 100 })).toBe(4);
+  // one size per layer (a mixed policy): from the last layer down while they fit
+  expect(spillLayers({ layers: 4, layerBytes: [1, 1, 4, 10], deviceBytes: 14 })).toBe(2);
+  expect(spillLayers({ layers: 4, layerBytes: [1, 1, 4, 10], deviceBytes: 15 })).toBe(3);
+  expect(spillLayers({ layers: 4, layerBytes: [10, 4, 1, 1], deviceBytes: 6 })).toBe(3);
+  expect(spillLayers({ layers: 4, layerBytes: [1, 1, 4, 10], deviceBytes: 9 })).toBe(0);
+  expect(() => spillLayers({ layers: 3, layerBytes: [1, 1], deviceBytes: 9 })).toThrow("layerBytes lists 2 layers, the model has 3");
+  expect(() => spillLayers({ layers: 2, layerBytes: [1, 0], deviceBytes: 9 })).toThrow("layerBytes must be positive, got 0 for layer 1");
 });
 
 test("a tensor split at a slot boundary of several segments, and a slot grown for a larger tensor later", () => {

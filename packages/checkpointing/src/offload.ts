@@ -19,9 +19,10 @@
 // the first ones go to the host (0: everything to the host). The last layers are the ones kept because
 // their backward comes first: when the backward reaches the offloaded layers, the device ones are
 // released, so the device never holds more than max(deviceLayers, 2) layers of kept tensors (the
-// estimator's spill term: "layersOnGpu", at least two). Keeping the FIRST layers instead would hold
-// them through the whole backward beside the offloaded layers coming back. `spillLayers` turns a
-// byte budget into deviceLayers.
+// estimator's spill term: at least two). Keeping the FIRST layers instead would hold them through
+// the whole backward beside the offloaded layers coming back. `spillLayers` turns a byte budget into
+// deviceLayers, from one size for every layer or one per layer (a mixed policy: the estimator's
+// keptLayerBytes; MemoryEstimate.deviceLayers is the same split).
 //
 // Host slots are allocated once per (layer, name, index in the lse list) and reused by every later
 // step (reallocated only when a later tensor is larger): no page-locked allocation in the steady state.
@@ -35,7 +36,7 @@
 
 import { Event, memcpyAsync, PinnedBuffer, Stream } from "@lightseq/cuda";
 import { currentStream, type Device, deviceName, empty, sameDevice, type Tensor, TensorError } from "@lightseq/tensor";
-import type { OffloadMode } from "./estimator.ts";
+import { layersThatFit, type OffloadMode } from "./estimator.ts";
 import type { SavedName } from "./policy.ts";
 import type { ActivationStore, SavedValue } from "./store.ts";
 
@@ -77,13 +78,23 @@ export interface OffloadReport {
 const GiB = 2 ** 30;
 
 /**
- * The spill split for a device budget: how many of `layers` layers, each keeping `layerBytes`, stay on
- * the device within `deviceBytes` (the rest go to the host).
+ * The spill split for a device budget: how many of the last of `layers` layers stay on the device
+ * within `deviceBytes` (the rest go to the host). `layerBytes`: what each layer keeps, one number for
+ * every layer, or one per layer (layer 0 first: a mixed policy), taken from the last layer down
+ * while they fit.
  */
-export function spillLayers(o: { layers: number; layerBytes: number; deviceBytes: number }): number {
-  if (!(o.layerBytes > 0)) throw new TensorError(`spillLayers: layerBytes must be positive, got ${o.layerBytes}`);
+export function spillLayers(o: { layers: number; layerBytes: number | readonly number[]; deviceBytes: number }): number {
   if (!(o.deviceBytes >= 0)) throw new TensorError(`spillLayers: deviceBytes must be non-negative, got ${o.deviceBytes}`);
-  return Math.min(o.layers, Math.floor(o.deviceBytes / o.layerBytes));
+  if (typeof o.layerBytes === "number") {
+    if (!(o.layerBytes > 0)) throw new TensorError(`spillLayers: layerBytes must be positive, got ${o.layerBytes}`);
+    return Math.min(o.layers, Math.floor(o.deviceBytes / o.layerBytes));
+  }
+  const sizes = o.layerBytes;
+  if (sizes.length !== o.layers)
+    throw new TensorError(`spillLayers: layerBytes lists ${sizes.length} layers, the model has ${o.layers} (one size per layer)`);
+  const bad = sizes.findIndex((b) => !(b > 0));
+  if (bad >= 0) throw new TensorError(`spillLayers: layerBytes must be positive, got ${sizes[bad]} for layer ${bad}`);
+  return layersThatFit(sizes, o.deviceBytes);
 }
 
 /** A host slot; its memory is the mover's business. */

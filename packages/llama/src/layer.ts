@@ -12,11 +12,12 @@
 //
 // The saved tensors are named (checkpointing/src/policy.ts); the forward keeps those of the policy and
 // the backward recomputes a stage (A, B or C) whenever one of its tensors was not kept: `none`
-// recomputes nothing, `remat-aware` recomputes A and C (never attention), `full` A, B and C.
+// recomputes nothing, `remat-aware` recomputes A and C (never attention), `full` A, B and C. A layer
+// sees only its own kind: a mixed policy is resolved per layer by the model.
 // Weight gradients are accumulated (+=) into the f32 views the gradient sink gives. The residual
 // branches' gradients are added inside the RMSNorm backwards (their `residual` option).
 
-import { type CheckpointPolicy, keptTensors, type SavedName } from "@lightseq/checkpointing";
+import { keptTensors, type SavedName, type UniformPolicy } from "@lightseq/checkpointing";
 import type { Stream } from "@lightseq/cuda";
 import { empty, type Tensor, TensorError } from "@lightseq/tensor";
 import type { LlamaConfig } from "./config.ts";
@@ -46,7 +47,8 @@ export interface LayerContext {
   attention: AttentionFn;
   /** cos/sin at this rank's global positions, shared by every layer. */
   rope: RopeTable;
-  policy: CheckpointPolicy;
+  /** This layer's kind (the model resolves a mixed policy to one per layer). */
+  policy: UniformPolicy;
   counters: LayerCounters;
   stream?: Stream;
   /** Tiled MLP: tokens per chunk (a positive integer); undefined runs the MLP over all T at once. */

@@ -3,7 +3,15 @@
 
 import { describe, expect, test } from "bun:test";
 import { referenceBackend } from "@lightseq/attention";
-import { type CheckpointPolicy, keptTensors, POLICY_KINDS, type SavedName } from "@lightseq/checkpointing";
+import {
+  type CheckpointPolicy,
+  keptTensors,
+  keptTensorsOf,
+  layerKinds,
+  POLICY_KINDS,
+  parsePolicy,
+  type SavedName,
+} from "@lightseq/checkpointing";
 import type { Tensor } from "@lightseq/tensor";
 import { compareClose } from "@lightseq/tensor/testing";
 import { namedTensors, seqTokens, TEST_STD, tinyConfig } from "./fixtures/tiny.ts";
@@ -130,6 +138,44 @@ describe("checkpoint policies", () => {
       });
     }
     for (const r of runs.values()) r.grads.dispose();
+    params.dispose();
+  });
+
+  test("mixed policies: each layer keeps and recomputes its own kind's tensors; the same loss and gradients as none to the bit", async () => {
+    const cfg = tinyConfig({ layers: 4 });
+    const L = cfg.layers;
+    const params = initParams(cfg, { seed: 5, std: TEST_STD });
+    const tokens = seqTokens(23, cfg.vocab, 8);
+    const ref = await gradsOf(params, { kind: "none" }, tokens, 1 / 22);
+    const refT = ref.grads.all();
+    for (const spec of ["remat-aware*1,none*3", "full*2,remat-aware*2", "full*1,remat-aware*2,none*1", "none*1,full*2,none*1"]) {
+      const policy = parsePolicy(spec, L);
+      expect(policy.kind).toBe("mixed");
+      const kinds = layerKinds(policy, L);
+      const count = (k: string) => kinds.filter((x) => x === k).length;
+      const r = await gradsOf(params, policy, tokens, 1 / 22);
+      // attention forward runs once per layer and again for each full layer; A and C are recomputed
+      // for every layer that is not none
+      expect({
+        spec,
+        fwd: r.counters.attentionForward,
+        bwd: r.counters.attentionBackward,
+        attnIn: r.counters.recomputeAttnIn,
+        mlpIn: r.counters.recomputeMlpIn,
+      }).toEqual({ spec, fwd: L + count("full"), bwd: L, attnIn: L - count("none"), mlpIn: L - count("none") });
+      for (let i = 0; i < L; i++)
+        expect({ spec, i, kept: new Set(r.puts.get(i)) }).toEqual({ spec, i, kept: new Set(keptTensorsOf(policy, i, L)) });
+      expect({ spec, loss: r.loss }).toEqual({ spec, loss: ref.loss });
+      r.grads.all().forEach((t, j) => {
+        expect({ spec, j, bits: bits(t) }).toEqual({ spec, j, bits: bits(refT[j] as Tensor) });
+      });
+      r.grads.dispose();
+    }
+    // a mix for another number of layers is refused when the model is made
+    expect(() => localModel(params, { policy: parsePolicy("remat-aware*1,none*2"), backend: referenceBackend })).toThrow(
+      "checkpoint policy remat-aware x1 + none x2 names 3 layers, the model has 4",
+    );
+    ref.grads.dispose();
     params.dispose();
   });
 });

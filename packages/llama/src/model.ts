@@ -9,7 +9,7 @@
 // them is parallelize's business (parallelize.ts) and the trainer's.
 
 import type { AttentionBackend } from "@lightseq/attention";
-import type { CheckpointPolicy } from "@lightseq/checkpointing";
+import { type CheckpointPolicy, layerPolicy, type UniformPolicy } from "@lightseq/checkpointing";
 import type { Stream } from "@lightseq/cuda";
 import { fromArray, type Tensor, TensorError, toFloat32Array } from "@lightseq/tensor";
 import type { LlamaConfig } from "./config.ts";
@@ -54,6 +54,7 @@ export interface ModelParts {
   weights: WeightSource;
   attention: AttentionFn;
   store: ActivationStore;
+  /** Uniform, or mixed: one kind per layer (its length must be config.layers). */
   policy: CheckpointPolicy;
   /** CUDA: the compute stream (default: the device's current stream). */
   stream?: Stream;
@@ -76,6 +77,8 @@ export class LlamaModel {
   readonly counters: LayerCounters = newCounters();
   readonly #parts: ModelParts;
   readonly #invFreq: Float64Array;
+  /** Each layer's kind under parts.policy. */
+  readonly #policies: readonly UniformPolicy[];
 
   constructor(parts: ModelParts) {
     this.config = parts.config;
@@ -84,6 +87,8 @@ export class LlamaModel {
       throw new TensorError(`model: the weight source has ${parts.weights.layers} layers, the config ${parts.config.layers}`);
     }
     this.#invFreq = ropeInvFreq(parts.config);
+    const L = parts.config.layers;
+    this.#policies = Array.from({ length: L }, (_, i) => layerPolicy(parts.policy, i, L));
   }
 
   get attention(): AttentionFn {
@@ -101,24 +106,25 @@ export class LlamaModel {
     return T;
   }
 
-  #context(rope: RopeTable): LayerContext {
+  /** One context per layer: the same but for the layer's own policy. */
+  #contexts(rope: RopeTable): LayerContext[] {
     const p = this.#parts;
-    return {
+    return this.#policies.map((policy) => ({
       cfg: this.config,
       attention: p.attention,
       rope,
-      policy: p.policy,
+      policy,
       counters: this.counters,
       stream: p.stream,
       mlpChunkTokens: p.mlpChunkTokens,
-    };
+    }));
   }
 
   /** Embedding then every layer; returns the last layer's output [T, C]. Keeps what the policy says when `store` is given. */
   async #trunk(
     tokens: Tensor,
     embed: Tensor,
-    ctx: LayerContext,
+    ctx: readonly LayerContext[],
     store: ActivationStore | null,
     tap?: (x: Tensor) => void,
   ): Promise<Tensor> {
@@ -129,7 +135,7 @@ export class LlamaModel {
       const w = await weights.layer(i);
       if (i + 1 < this.config.layers) weights.prefetch(i + 1);
       tap?.(x);
-      x = await layerForward(i, x, w, ctx, store);
+      x = await layerForward(i, x, w, ctx[i] as LayerContext, store);
       weights.releaseLayer(i);
     }
     return x;
@@ -153,7 +159,7 @@ export class LlamaModel {
     const { weights, store, stream } = this.#parts;
     const nl = await weights.nonLayer();
     const { tokens, rope } = this.#inputs(b, nl.embed.device);
-    const ctx = this.#context(rope);
+    const ctx = this.#contexts(rope);
     const pending: Promise<void>[] = [];
     try {
       const xL = await this.#trunk(tokens, nl.embed, ctx, store);
@@ -183,7 +189,7 @@ export class LlamaModel {
           weights.prefetch(i - 1);
           store.prefetch(i - 1);
         }
-        dx = await layerBackward(i, dx, w, grads.layer(i), ctx, store);
+        dx = await layerBackward(i, dx, w, grads.layer(i), ctx[i] as LayerContext, store);
         weights.releaseLayer(i);
         pending.push(grads.layerDone(i));
       }
@@ -204,7 +210,7 @@ export class LlamaModel {
     const nl = await weights.nonLayer();
     const { tokens, rope } = this.#inputs(b, nl.embed.device);
     try {
-      const xL = await this.#trunk(tokens, nl.embed, this.#context(rope), null);
+      const xL = await this.#trunk(tokens, nl.embed, this.#contexts(rope), null);
       const { y: hf, rstd } = rmsnormForward(xL, nl.finalNorm, this.config.normEps, { stream });
       using labels = fromArray(b.labels, [T], { dtype: "i32", device: nl.embed.device, stream });
       const r = lmHeadLoss(hf, nl.head, labels, { gradScale: 0, chunkTokens: this.#parts.lossChunkTokens, stream });
@@ -227,7 +233,7 @@ export class LlamaModel {
     const { tokens, rope } = this.#inputs(b, nl.embed.device);
     const inputs: Float32Array[] = [];
     try {
-      const xL = await this.#trunk(tokens, nl.embed, this.#context(rope), null, (x) => inputs.push(toFloat32Array(x, { stream })));
+      const xL = await this.#trunk(tokens, nl.embed, this.#contexts(rope), null, (x) => inputs.push(toFloat32Array(x, { stream })));
       const { y: hf, rstd } = rmsnormForward(xL, nl.finalNorm, this.config.normEps, { stream });
       const result = { inputs, output: toFloat32Array(xL, { stream }), normed: toFloat32Array(hf, { stream }) };
       for (const t of [hf, rstd, xL]) t.dispose();
@@ -244,7 +250,7 @@ export class LlamaModel {
     const nl = await weights.nonLayer();
     const { tokens, rope } = this.#inputs(b, nl.embed.device);
     try {
-      const xL = await this.#trunk(tokens, nl.embed, this.#context(rope), null);
+      const xL = await this.#trunk(tokens, nl.embed, this.#contexts(rope), null);
       const { y: hf, rstd } = rmsnormForward(xL, nl.finalNorm, this.config.normEps, { stream });
       const logits = lmHeadLogits(hf, nl.head, { stream });
       for (const t of [hf, rstd, xL]) t.dispose();

@@ -3,6 +3,7 @@
 // device, the others on the host), gives the loss and every gradient of the same model with its tensors kept
 // in place, to the bit (the CPU kernels are deterministic and the store only moves bytes), over one
 // rank and over P = 2 CPU ranks (DistAttn, all-reduced gradients); with and without the tiled MLP.
+// A mixed policy (one kind per layer), offloaded or spilled, gives those of `none` kept in place.
 
 import { expect, test } from "bun:test";
 import { join } from "node:path";
@@ -60,12 +61,14 @@ test("one rank: every policy, offloaded and spilled (tiled MLP too), equals the 
   params.dispose();
 });
 
-test("P = 2 CPU ranks through parallelize (DistAttn zigzag, all-reduced gradients): every policy with the offloaded and the spilled store equals the in-place store to the bit", async () => {
+test("P = 2 CPU ranks through parallelize (DistAttn zigzag, all-reduced gradients): every policy with the offloaded and the spilled store equals the in-place store to the bit; a mixed one equals none", async () => {
   const worker = join(import.meta.dir, "fixtures", "offload-ranks-worker.ts");
   const cases: OffloadCase[] = POLICY_KINDS.flatMap((policy) => [
     { policy, N: 23, store: "host" as const },
     { policy, N: 23, store: "spill" as const, mlpChunk: policy === "none" ? 4 : undefined },
   ]);
+  // a mixed policy, offloaded or spilled (its none layer on the device), against none kept in place
+  for (const store of ["host", "spill"] as const) cases.push({ policy: "full*1,remat-aware*1,none*1", refPolicy: "none", N: 23, store });
   const results: OffloadResult[] = [];
   const log: string[] = [];
   const r = await launch({

@@ -15,6 +15,7 @@ import {
   type MemoryEstimate,
   MemoryEstimateError,
   parsePolicy,
+  type UniformKind,
 } from "@lightseq/checkpointing";
 import { type LlamaConfig, layerLayout } from "@lightseq/llama";
 import type { OptimizerPlace, Policy } from "../config.ts";
@@ -22,7 +23,7 @@ import { paramCount } from "../metrics.ts";
 import type { StatePlace } from "./state.ts";
 
 /** Fastest first (DESIGN.md section 6): nothing recomputed, then attention kept, then everything recomputed. */
-const ORDER: readonly CheckpointPolicy["kind"][] = ["none", "remat-aware", "full"];
+const ORDER: readonly UniformKind[] = ["none", "remat-aware", "full"];
 
 export interface RunPlan {
   policy: CheckpointPolicy;
@@ -54,7 +55,7 @@ export interface PlanInput {
  */
 const GPU_USABLE = 0.95;
 
-function estimate(i: PlanInput, kind: CheckpointPolicy["kind"], optimizer: "device" | "host"): MemoryEstimate {
+function estimate(i: PlanInput, kind: UniformKind, optimizer: "device" | "host"): MemoryEstimate {
   const e = estimateMemory({
     model: i.model,
     seqLen: i.seq,
@@ -88,10 +89,7 @@ export function trainerExtraBytes(m: LlamaConfig, optimizer: "device" | "host", 
   return states + 2 * layer + 4 * layer + 4 * nonLayer;
 }
 
-function pickPolicy(
-  i: PlanInput,
-  optimizer: "device" | "host",
-): { kind: CheckpointPolicy["kind"]; e: MemoryEstimate; tried: string[] } | null {
+function pickPolicy(i: PlanInput, optimizer: "device" | "host"): { kind: UniformKind; e: MemoryEstimate; tried: string[] } | null {
   const tried: string[] = [];
   for (const kind of i.policy === "auto" ? ORDER : [i.policy]) {
     const e = estimate(i, kind, optimizer);
