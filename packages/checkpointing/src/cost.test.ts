@@ -28,18 +28,33 @@ describe("stepCost", () => {
     expect(keptBytesPerToken(LLAMA2_7B, "full", false)).toBe(8192);
   });
 
-  // The checkpointing bench (BENCHMARKS.md, issue 12; 7B shape cut to 4 layers, one H200, 32K tokens):
-  // none + offload "host" took 850.6 ms against 653.9 ms on the GPU (+196.7 ms: 4 GiB of copies per
-  // layer against a 35 ms forward); remat-aware + host 705.4 against 674.5 (+4.6%, copies hidden).
-  test("explains the measured offload rows: none + host is copy-bound, remat-aware + host is not", () => {
-    const noneGpu = cost({ kinds: all("none", 4) });
-    const noneHost = cost({ kinds: all("none", 4), hostLayers: 4 });
-    expect(noneGpu.exposedS).toBe(0);
-    expect(noneHost.exposedS).toBeGreaterThan(0.196 * 0.75);
-    expect(noneHost.exposedS).toBeLessThan(0.196 * 1.25);
-    const rematHost = cost({ kinds: all("remat-aware", 4), hostLayers: 4 });
-    expect(rematHost.exposedS / rematHost.totalS).toBeLessThan(0.05);
-  });
+  // The checkpointing bench (BENCHMARKS.md, issue 12; 7B shape cut to 4 layers, one H200): what offload
+  // cost over the same policy on the GPU. The model must call every row that measured within 5%
+  // hidden, and the copy-bound rows (none + host: 4 GiB of copies per layer) exposed, within 2x of the
+  // measured cost (a rough model: its job is to tell hidden from copy-bound).
+  const measured: { T: number; policy: LayerKind; hostLayers: number; extraMs: number; ratio: number }[] = [
+    { T: 32768, policy: "none", hostLayers: 4, extraMs: 207, ratio: 1.316 },
+    { T: 32768, policy: "none", hostLayers: 2, extraMs: 85, ratio: 1.129 },
+    { T: 131072, policy: "none", hostLayers: 4, extraMs: 326, ratio: 1.061 },
+    { T: 32768, policy: "remat-aware", hostLayers: 4, extraMs: 13, ratio: 1.018 },
+    { T: 32768, policy: "remat-aware", hostLayers: 2, extraMs: 8, ratio: 1.011 },
+    { T: 32768, policy: "full", hostLayers: 4, extraMs: 6, ratio: 1.008 },
+    { T: 65536, policy: "remat-aware", hostLayers: 4, extraMs: 48, ratio: 1.026 },
+    { T: 65536, policy: "full", hostLayers: 4, extraMs: 45, ratio: 1.022 },
+    { T: 65536, policy: "full", hostLayers: 2, extraMs: 103, ratio: 1.05 },
+    { T: 131072, policy: "remat-aware", hostLayers: 4, extraMs: 68, ratio: 1.012 },
+    { T: 131072, policy: "full", hostLayers: 4, extraMs: -32, ratio: 0.995 },
+  ];
+  for (const m of measured) {
+    test(`measured offload row: ${m.policy}, ${m.hostLayers} of 4 layers on the host, ${m.T} tokens (${m.ratio}x)`, () => {
+      const c = cost({ kinds: all(m.policy, 4), hostLayers: m.hostLayers, seqLen: m.T });
+      if (m.ratio <= 1.05) expect(c.exposedS).toBe(0);
+      else {
+        expect(c.exposedS * 1000).toBeGreaterThan(m.extraMs / 2);
+        expect(c.exposedS * 1000).toBeLessThan(m.extraMs * 2);
+      }
+    });
+  }
 
   test("recompute: remat-aware costs the linear forward, full the whole forward, none nothing", () => {
     const none = cost({ kinds: all("none", 4) });
