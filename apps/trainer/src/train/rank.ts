@@ -116,7 +116,10 @@ async function main(): Promise<void> {
     state,
     specs.map((s) => s.name),
     streams,
-    perLayer ? (name, shard) => state.step(name, shard, live.t, live.lr, live.clip, streams?.comm) : null,
+    perLayer
+      ? (name, shard, consumed) =>
+          state.step(name, shard, live.t, live.lr, live.clip, { stream: streams?.comm, consumed: consumed ?? undefined })
+      : null,
   );
   const pm = parallelize(
     { config: model, source: weights },
