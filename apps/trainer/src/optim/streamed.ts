@@ -49,6 +49,15 @@ interface Slot {
   free: Event;
 }
 
+/** Elements per chunk and chunks in flight unless StreamedOptions says otherwise. */
+export const DEFAULT_CHUNK = 8 << 20;
+export const DEFAULT_SLOTS = 3;
+
+/** Device bytes of the slots: master, m, v (f32) of `slots` chunks, a chunk no longer than the largest shard. */
+export function slotBytes(maxShardLen: number, chunk = DEFAULT_CHUNK, slots = DEFAULT_SLOTS): number {
+  return slots * 3 * 4 * Math.max(SHARD_ALIGN, Math.min(chunk, maxShardLen));
+}
+
 export interface StreamedOptions {
   device?: number;
   /** Elements per chunk (a multiple of SHARD_ALIGN); default 8M (96 MiB of state per slot). */
@@ -77,7 +86,7 @@ export class StreamedAdamW implements Disposable {
     o: StreamedOptions = {},
   ) {
     const device = o.device ?? 0;
-    this.chunk = o.chunk ?? 8 << 20;
+    this.chunk = o.chunk ?? DEFAULT_CHUNK;
     if (this.chunk <= 0 || this.chunk % SHARD_ALIGN !== 0)
       throw new RangeError(`chunk must be a positive multiple of ${SHARD_ALIGN}, got ${this.chunk}`);
     const dev = `cuda:${device}`;
@@ -100,7 +109,7 @@ export class StreamedAdamW implements Disposable {
     });
     const maxShard = Math.max(0, ...this.buffers.map((b) => b.layout.shardLen));
     const slotLen = Math.max(SHARD_ALIGN, Math.min(this.chunk, maxShard));
-    this.slots = Array.from({ length: Math.max(1, o.slots ?? 3) }, () => ({
+    this.slots = Array.from({ length: Math.max(1, o.slots ?? DEFAULT_SLOTS) }, () => ({
       master: T.zeros([slotLen], { device: dev }),
       m: T.zeros([slotLen], { device: dev }),
       v: T.zeros([slotLen], { device: dev }),

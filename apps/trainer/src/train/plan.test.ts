@@ -4,7 +4,7 @@
 import { expect, test } from "bun:test";
 import { layerLayout, llamaPreset } from "@lightseq/llama";
 import { paramCount } from "../metrics.ts";
-import { MLP_CHUNK, planRun, TILE_ABOVE, trainerExtraBytes } from "./plan.ts";
+import { estimate, MLP_CHUNK, planRun, TILE_ABOVE, trainerExtraBytes } from "./plan.ts";
 
 const GiB = 2 ** 30;
 const h200 = { gpu: true, deviceBytes: 143771 * 2 ** 20, hostBytes: 108 * GiB, cp: 1, dp: 1, perLayer: false } as const;
@@ -40,6 +40,16 @@ test("trainerExtraBytes: per layer, a ring of the largest buffer's shard instead
     4 * paramCount(wide) - 3 * 4 * 128256 * m.dim,
     0,
   );
+});
+
+test("with the host state the estimator's stream buffers (a layer's state in and out) count as StreamedAdamW's slots", () => {
+  const m = llamaPreset("llama2-7b");
+  const i = { ...h200, model: m, seq: 32768, policy: "auto", optimizer: "host", perLayer: true } as const;
+  const est = estimate(i, "remat-aware", { place: "host", offload: "none", mlpChunkTokens: 8192, lossChunkTokens: 2048 });
+  const counted = (2 * 12 * layerLayout(m).numel) / 1;
+  expect(est.e.gpu.find((t) => t.name === "optimizer stream buffers")?.bytes).toBe(counted);
+  const slots = 3 * 3 * 4 * (8 << 20); // 288 MiB: 3 chunks of 8M elements of master, m, v
+  expect(est.gpuBytes - est.e.gpuBytes).toBeCloseTo(trainerExtraBytes(m, "host", 1, true) - counted + slots, 0);
 });
 
 test("--optimizer device where it cannot fit, even with the checkpoints spilled, is refused before allocating, with what to do", () => {
@@ -88,32 +98,39 @@ test("llama2-7b on one GPU from 32K to 512K tokens: what planRun picks (the tabl
   expect(pick(65536, true)).toEqual(["remat-aware", "device", "none", 32, 8192]);
   expect(pick(131072, true)).toEqual(["remat-aware", "host", "none", 32, 8192]);
   expect(pick(262144, true)).toEqual(["full", "host", "none", 32, 8192]);
-  expect(() => pick(524288, true)).toThrow(/139\.3 GiB of 108\.0 GiB pinned host memory/);
-  // Updating after the backward keeps the whole gradient on the GPU: at 256K the checkpoints spill.
-  expect(pick(262144, false)).toEqual(["full", "host", "spill", 31, 8192]);
+  // Past what fits on the GPU alone: the device state leaves the host to the checkpoints, 30 layers of them.
+  expect(pick(393216, true)).toEqual(["full", "device", "spill", 2, 8192]);
+  expect(() => pick(524288, true)).toThrow(/135\.3 GiB of 108\.0 GiB pinned host memory/);
+  // Updating after the backward keeps the whole gradient on the GPU: at 320K the checkpoints spill.
+  expect(pick(262144, false)).toEqual(["full", "host", "none", 32, 8192]);
+  expect(pick(327680, false)).toEqual(["full", "host", "spill", 25, 8192]);
+  // 512K with more host memory: 15 layers' checkpoints spilled beside the state.
+  const more = planRun({ ...one, hostBytes: 160 * GiB, perLayer: true, model: llamaPreset("llama2-7b"), seq: 524288 });
+  expect([more.policy.kind, more.state, more.offload, more.deviceLayers]).toEqual(["full", "host", "spill", 17]);
   console.log(
     `llama2-7b, one 139.8 GiB GPU, 108 GiB host (seq, update, policy, state, offload, layers on the GPU, MLP tile):\n${rows.join("\n")}`,
   );
 });
 
 test("spill is chosen only when nothing fits on the GPU alone; the reason and the memory line name it", () => {
-  const p = planRun({ ...one, perLayer: false, optimizer: "host", model: llamaPreset("llama2-7b"), seq: 262144 });
-  expect([p.offload, p.deviceLayers]).toEqual(["spill", 31]);
-  expect(p.reason).toMatch(/^full \+ spill \(checkpoints of 31 of 32 layers on the GPU, the rest pinned on the host\), tiled MLP/);
+  const p = planRun({ ...one, perLayer: false, optimizer: "host", model: llamaPreset("llama2-7b"), seq: 327680 });
+  expect([p.offload, p.deviceLayers]).toEqual(["spill", 25]);
+  expect(p.reason).toMatch(/^full \+ spill \(checkpoints of 25 of 32 layers on the GPU, the rest pinned on the host\), tiled MLP/);
+  expect(p.reason).toMatch(/; faster ones do not fit \(remat-aware needs [\d.]+ GiB \+ [\d.]+ GiB of 108\.0 GiB on the host\); /);
   expect(p.reason).toMatch(
-    /with the optimizer state on the host no policy fits in 132\.8 GiB \(none needs [\d.]+ GiB, remat-aware needs [\d.]+ GiB, full needs 133\.3 GiB\)$/,
+    /with the optimizer state on the host no policy fits in 132\.8 GiB \(none needs [\d.]+ GiB, remat-aware needs [\d.]+ GiB, full needs [\d.]+ GiB\)$/,
   );
   expect(p.hostStateBytes / GiB).toBeCloseTo(75.3, 1);
-  expect(p.hostCheckpointBytes).toBe(262144 * 8192 * 1); // one layer's x: 8 KiB per token
+  expect(p.hostCheckpointBytes).toBe(7 * 327680 * 8192); // 7 layers' x: 8 KiB per token
   expect(p.memory).toMatch(
-    /^memory: GPU [\d.]+ GiB of 132\.8 GiB usable \(139\.8 GiB\) at the attention backward peak \(262144 local tokens\); host 75\.3 GiB optimizer state \+ 2\.0 GiB spilled checkpoints = 77\.3 GiB of 108\.0 GiB pinned$/,
+    /^memory: GPU [\d.]+ GiB of 132\.8 GiB usable \(139\.8 GiB\) at the attention backward peak \(327680 local tokens\); host 75\.3 GiB optimizer state \+ 17\.5 GiB spilled checkpoints = 92\.8 GiB of 108\.0 GiB pinned$/,
   );
   expect(p.gpuBytes).toBeLessThanOrEqual(0.95 * one.deviceBytes);
 });
 
 test("refused when the host cannot take the rest either, with the smallest candidate's numbers", () => {
   expect(() => planRun({ ...one, perLayer: true, optimizer: "host", model: llamaPreset("llama2-7b"), seq: 524288 })).toThrow(
-    /does not fit .*with the optimizer state on the host, checkpoints spilled to the host, no policy fits .*the smallest, full \+ spill with the state on the host, needs [\d.]+ GiB of 132\.8 GiB on the GPU and 139\.3 GiB of 108\.0 GiB pinned host memory\): use more ranks/,
+    /does not fit .*with the optimizer state on the host, checkpoints spilled to the host, no policy fits .*the smallest, full \+ spill with the state on the host, needs [\d.]+ GiB of 132\.8 GiB on the GPU and 135\.3 GiB of 108\.0 GiB pinned host memory\): use more ranks/,
   );
   // Less host memory: even 256K, which fits on the GPU alone, is refused for want of room for the state.
   expect(() =>

@@ -13,8 +13,9 @@
 // buffer; this trainer keeps the fp32 gradient shards on the GPU until the global norm is known (an
 // exact clip, and gradient accumulation over micro-batches) unless the update runs per layer (then a
 // ring of shard buffers, zero.ts): trainerExtraBytes adds that and zero.ts's other buffers to the
-// estimate. The estimator is given the GPU's usable bytes less those, so its spill split (how many
-// layers keep their checkpoints on the GPU) leaves room for them.
+// estimate, and its "optimizer stream buffers" (a whole layer's state) count as the few chunks
+// StreamedAdamW holds. The estimator is given the GPU's usable bytes less those, so its spill split
+// (how many layers keep their checkpoints on the GPU) leaves room for them.
 
 import {
   type CheckpointPolicy,
@@ -27,6 +28,7 @@ import {
 import { defaultChunkTokens, type LlamaConfig, layerLayout } from "@lightseq/llama";
 import type { OptimizerPlace, Policy } from "../config.ts";
 import { paramCount } from "../metrics.ts";
+import { slotBytes } from "../optim/streamed.ts";
 import type { StatePlace } from "./state.ts";
 import { gradientRing } from "./zero.ts";
 
@@ -101,9 +103,32 @@ export interface PlanEstimate {
 
 const usable = (i: PlanInput) => (i.gpu ? GPU_USABLE : 1) * i.deviceBytes;
 
+/**
+ * The estimate of one policy and setting. GPU ranks: the trainer's buffers (trainerExtraBytes) are
+ * added, and the estimator's "optimizer stream buffers" (a whole layer's state in and out) replaced by
+ * what StreamedAdamW holds (DEFAULT_SLOTS chunks of master, m, v: 288 MiB for 7B against 4.5 GiB).
+ */
 export function estimate(i: PlanInput, kind: CheckpointPolicy["kind"], s: Setting): PlanEstimate {
-  const extra = i.gpu ? trainerExtraBytes(i.model, s.place, i.cp * i.dp, i.perLayer) : 0;
-  const e = estimateMemory({
+  const R = i.cp * i.dp;
+  let extra = i.gpu ? trainerExtraBytes(i.model, s.place, R, i.perLayer) : 0;
+  let e = estimateWith(i, kind, s, extra);
+  const counted = e.gpu.filter((t) => t.name === "optimizer stream buffers").reduce((a, t) => a + t.bytes, 0);
+  const held = i.gpu && s.place === "host" ? slotBytes(maxShardLen(i.model, R)) : counted;
+  if (counted > held) {
+    extra -= counted - held;
+    e = estimateWith(i, kind, s, extra);
+  }
+  return { e, gpuBytes: e.gpuBytes + extra, fits: e.fits };
+}
+
+/** The largest buffer's shard: a layer, or the embedding / head (vocab x dim). */
+function maxShardLen(m: LlamaConfig, ranks: number): number {
+  return Math.ceil(Math.max(layerLayout(m).numel, m.vocab * m.dim) / ranks);
+}
+
+/** The estimator's plan with `extra` bytes of the GPU's usable memory taken by what its terms do not count. */
+function estimateWith(i: PlanInput, kind: CheckpointPolicy["kind"], s: Setting, extra: number): MemoryEstimate {
+  return estimateMemory({
     model: i.model,
     seqLen: i.seq,
     mesh: { cp: i.cp, dp: i.dp },
@@ -115,7 +140,6 @@ export function estimate(i: PlanInput, kind: CheckpointPolicy["kind"], s: Settin
     ...(s.mlpChunkTokens === null ? {} : { mlpChunkTokens: s.mlpChunkTokens }),
     ...(i.gpu ? { hostBytes: i.hostBytes } : {}),
   });
-  return { e, gpuBytes: e.gpuBytes + extra, fits: e.fits };
 }
 
 /**
@@ -133,7 +157,7 @@ export function trainerExtraBytes(m: LlamaConfig, optimizer: "device" | "host", 
   const layer = layerLayout(m).numel;
   const embed = m.vocab * m.dim;
   const nonLayer = embed * (m.tiedEmbeddings ? 1 : 2);
-  const ring = gradientRing(optimizer) * 4 * (Math.max(layer, embed) / ranks);
+  const ring = gradientRing(optimizer) * 4 * maxShardLen(m, ranks);
   const wholeGradient = (4 * P) / ranks;
   const gradients = perLayer ? ring : wholeGradient;
   const states = optimizer === "device" ? (2 * P) / ranks - wholeGradient + gradients : gradients;
