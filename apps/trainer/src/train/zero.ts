@@ -309,11 +309,6 @@ export class ZeroGradientSink implements GradientSink, Disposable {
     this.#filled = streams ? Event.create(0) : null;
   }
 
-  /** Gradient shard buffers held in per-layer mode on a GPU (0 otherwise). */
-  get ringBuffers(): number {
-    return this.#ring.length;
-  }
-
   get #device() {
     return this.streams ? "cuda:0" : "cpu";
   }
