@@ -41,6 +41,7 @@ const compute = T.currentStream(0);
 const grads = specs.map((_, i) => T.randn([perLayer], { seed: i + 1, std: 1e-3, device: "cuda:0" }));
 compute.synchronize();
 const ready = Event.create(0).record(compute);
+const consumed = Event.create(0);
 
 function timeRuns(run: (t: number) => void, sync: () => void): number {
   const ms: number[] = [];
@@ -68,7 +69,7 @@ for (const chunk of [4 << 20, 16 << 20]) {
   using o = new StreamedAdamW(specs, 0, 1, h, { chunk, slots: 3 });
   const ms = timeRuns(
     (t) => {
-      for (const [i, s] of specs.entries()) o.step(s.name, grads[i]!, t, h.lr, 1, ready);
+      for (const [i, s] of specs.entries()) o.step(s.name, grads[i]!, t, h.lr, 1, ready, consumed);
     },
     () => o.syncHost(),
   );

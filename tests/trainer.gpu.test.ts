@@ -4,6 +4,9 @@
 // (optim/streamed.ts). Step 1 depends only on the seeded init: equal to the bit; later steps to 1e-3
 // relative, as the attention backward (cuDNN's dQ accumulation) need not be deterministic from one
 // process to the next. scripts/gpu/trainer-7b.sh runs the large cases.
+// With the update per layer (3 steps, as trainer-7b.sh's smoke part) the two states must give the same
+// losses to the bit: the host state's gradients go through zero.ts's ring of shard buffers, the device
+// state's through one, and a buffer overwritten before its update read it shows as a different loss.
 
 import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -15,9 +18,14 @@ const ROOT = join(import.meta.dir, "..");
 const dir = mkdtempSync(join(tmpdir(), "trainer-gpu-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function train(optimizer: "device" | "host"): number[] {
-  const out = join(dir, optimizer);
-  const args = ["--seq", "512", "--steps", "8", "--warmup", "2", "--decay-steps", "8", "--nprocs", "1", "--cp", "1"];
+const AFTER_BACKWARD = ["--seq", "512", "--steps", "8", "--warmup", "2", "--decay-steps", "8", "--nprocs", "1", "--cp", "1"];
+const PER_LAYER = [
+  ...["--seq", "512", "--steps", "3", "--warmup", "1", "--decay-steps", "3", "--nprocs", "1", "--cp", "1"],
+  ...["--update", "per-layer", "--snapshots=false", "--export=false"],
+];
+
+function train(optimizer: "device" | "host", args = AFTER_BACKWARD, name: string = optimizer): number[] {
+  const out = join(dir, name);
   const p = Bun.spawnSync(["bun", join(ROOT, "apps/trainer/index.ts"), ...args, "--optimizer", optimizer, "--out", out], {
     cwd: ROOT,
     stdout: "pipe",
@@ -41,6 +49,17 @@ test.skipIf(skipWithoutGpu())(
     expect(device.at(-1) as number).toBeLessThan((device[0] as number) - 1);
     expect(host[0]).toBe(device[0] as number);
     for (const [i, l] of host.entries()) expect(Math.abs(l - (device[i] as number)) / (device[i] as number)).toBeLessThan(1e-3);
+  },
+  180_000,
+);
+
+test.skipIf(skipWithoutGpu())(
+  "one GPU, update per layer: the device state and the host state (ring of gradient buffers) give the same losses",
+  () => {
+    const device = train("device", PER_LAYER, "per-layer-device");
+    const host = train("host", PER_LAYER, "per-layer-host");
+    expect(device).toHaveLength(3);
+    expect(host).toEqual(device);
   },
   180_000,
 );

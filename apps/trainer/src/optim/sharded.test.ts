@@ -166,6 +166,7 @@ describe.skipIf(skipWithoutGpu())("StreamedAdamW (state in pinned host memory)",
       });
       const compute = T.currentStream(0);
       const ready = Event.create(0);
+      const consumed = Event.create(0);
       for (let t = 1; t <= 3; t++) {
         const keep: T.Tensor[] = [];
         specs.forEach((s, b) => {
@@ -173,7 +174,7 @@ describe.skipIf(skipWithoutGpu())("StreamedAdamW (state in pinned host memory)",
           cpu.step(s.name, g, t, H.lr, 0.8);
           const dg = T.to(T.fromArray(g, [g.length]), "cuda:0");
           ready.record(compute);
-          compute.wait(gpu.step(s.name, dg, t, H.lr, 0.8, ready));
+          compute.wait(gpu.step(s.name, dg, t, H.lr, 0.8, ready, consumed));
           keep.push(dg);
         });
         compute.synchronize();
@@ -191,6 +192,7 @@ describe.skipIf(skipWithoutGpu())("StreamedAdamW (state in pinned host memory)",
       for (const s of specs)
         expect([...(T.to(again.bf16(s.name), "cpu").data() as Uint16Array)]).toEqual([...T.encodeBf16(cpu.master(s.name))]);
       ready.dispose();
+      consumed.dispose();
     }
   }, 60_000);
 });

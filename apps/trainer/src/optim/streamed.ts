@@ -49,6 +49,15 @@ interface Slot {
   free: Event;
 }
 
+/** Elements per chunk and chunks in flight unless StreamedOptions says otherwise. */
+export const DEFAULT_CHUNK = 8 << 20;
+export const DEFAULT_SLOTS = 3;
+
+/** Device bytes of the slots: master, m, v (f32) of `slots` chunks, a chunk no longer than the largest shard. */
+export function slotBytes(maxShardLen: number, chunk = DEFAULT_CHUNK, slots = DEFAULT_SLOTS): number {
+  return slots * 3 * 4 * Math.max(SHARD_ALIGN, Math.min(chunk, maxShardLen));
+}
+
 export interface StreamedOptions {
   device?: number;
   /** Elements per chunk (a multiple of SHARD_ALIGN); default 8M (96 MiB of state per slot). */
@@ -66,7 +75,6 @@ export class StreamedAdamW implements Disposable {
   readonly h2d: Stream;
   readonly opt: Stream;
   readonly d2h: Stream;
-  private readonly gradWait: Event;
   /** Recorded on d2h after the last chunk of the last step() call: the host state is current. */
   readonly hostCurrent: Event;
 
@@ -78,14 +86,13 @@ export class StreamedAdamW implements Disposable {
     o: StreamedOptions = {},
   ) {
     const device = o.device ?? 0;
-    this.chunk = o.chunk ?? 8 << 20;
+    this.chunk = o.chunk ?? DEFAULT_CHUNK;
     if (this.chunk <= 0 || this.chunk % SHARD_ALIGN !== 0)
       throw new RangeError(`chunk must be a positive multiple of ${SHARD_ALIGN}, got ${this.chunk}`);
     const dev = `cuda:${device}`;
     this.h2d = Stream.create(device);
     this.opt = Stream.create(device);
     this.d2h = Stream.create(device);
-    this.gradWait = Event.create(device);
     this.hostCurrent = Event.create(device).record(this.d2h);
     this.buffers = planBuffers(specs, rank, ranks).map((plan, i) => {
       this.byName.set(plan.spec.name, i);
@@ -102,7 +109,7 @@ export class StreamedAdamW implements Disposable {
     });
     const maxShard = Math.max(0, ...this.buffers.map((b) => b.layout.shardLen));
     const slotLen = Math.max(SHARD_ALIGN, Math.min(this.chunk, maxShard));
-    this.slots = Array.from({ length: Math.max(1, o.slots ?? 3) }, () => ({
+    this.slots = Array.from({ length: Math.max(1, o.slots ?? DEFAULT_SLOTS) }, () => ({
       master: T.zeros([slotLen], { device: dev }),
       m: T.zeros([slotLen], { device: dev }),
       v: T.zeros([slotLen], { device: dev }),
@@ -189,12 +196,12 @@ export class StreamedAdamW implements Disposable {
 
   /**
    * Enqueues AdamW step t of one buffer: its state streams in, is updated with `grad` (f32 device shard)
-   * and streams out. `gradReady` is recorded where the gradient was produced (the compute stream); the
-   * returned event (on the opt stream) says when `grad` has been consumed and the bf16 shard is new;
-   * keep `grad` alive until then. The next step() records the same event again (a later point), so
-   * make the streams that need it wait on it before that call.
+   * and streams out. `gradReady` is recorded where the gradient was produced; `consumed`, the caller's
+   * event, is recorded on the opt stream once every chunk's update is enqueued: it says when `grad` has
+   * been read (its memory may then be overwritten) and the bf16 shard is new. Returns `consumed`. Each
+   * call records only the event it is given, so a caller cycling gradient buffers gives each its own.
    */
-  step(name: string, grad: T.Tensor, t: number, lr: number, gradScale: number, gradReady: Event): Event {
+  step(name: string, grad: T.Tensor, t: number, lr: number, gradScale: number, gradReady: Event, consumed: Event): Event {
     const b = this.get(name);
     if (grad.dtype !== "f32" || grad.numel !== b.layout.shardLen || grad.device.kind !== "cuda")
       throw new RangeError(`buffer "${name}": gradient shard must be f32 [${b.layout.shardLen}] on a GPU, got ${grad.describe()}`);
@@ -233,7 +240,7 @@ export class StreamedAdamW implements Disposable {
       slot.free.record(this.d2h);
     }
     this.hostCurrent.record(this.d2h);
-    return this.gradWait.record(this.opt);
+    return consumed.record(this.opt);
   }
 
   snapshotLayout(): SnapshotLayout {
@@ -278,7 +285,6 @@ export class StreamedAdamW implements Disposable {
       b.v.dispose();
       b.bf16.dispose();
     }
-    this.gradWait.dispose();
     this.hostCurrent.dispose();
     this.h2d.dispose();
     this.opt.dispose();

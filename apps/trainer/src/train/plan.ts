@@ -1,12 +1,21 @@
 // What a rank runs with, chosen before anything is allocated: the checkpoint policy (`--policy auto`:
-// the fastest that the memory estimator says fits) and where the optimizer state lives (CPU ranks:
-// their own memory; GPU ranks: `--optimizer device|host`, or `auto`: the device when a policy fits
-// with the state there, else pinned host memory). Each choice comes with its reason, printed at start.
+// the fastest that the memory estimator says fits), where the optimizer state lives (CPU ranks: their
+// own memory; GPU ranks: `--optimizer device|host`, or `auto`: the device when a policy fits with the
+// state there, else pinned host memory), whether the checkpoints spill to pinned host memory, and the
+// MLP's tiling. Each choice comes with its reason, printed at start with the plan's memory numbers.
+//
+// Order of preference (GPU ranks): everything on the GPU (no offload) before checkpoints spilled to
+// the host (copies that must hide behind compute); within each, the optimizer places in order, then
+// the policies in pickPolicy's order. At long local lengths (over TILE_ABOVE tokens) the MLP runs in
+// MLP_CHUNK-token chunks, so no [T, ffn] tensor exists whole (DESIGN.md section 6).
 //
 // The estimator's "host" plan updates each layer as its gradients arrive and keeps no gradient
 // buffer; this trainer keeps the fp32 gradient shards on the GPU until the global norm is known (an
-// exact clip, and gradient accumulation over micro-batches): trainerExtraBytes adds that and the
-// other buffers of zero.ts to the estimate.
+// exact clip, and gradient accumulation over micro-batches) unless the update runs per layer (then a
+// ring of shard buffers, zero.ts): trainerExtraBytes adds that and zero.ts's other buffers to the
+// estimate, and its "optimizer stream buffers" (a whole layer's state) count as the few chunks
+// StreamedAdamW holds. The estimator is given the GPU's usable bytes less those, so its spill split
+// (how many layers keep their checkpoints on the GPU) leaves room for them.
 
 import {
   type CheckpointPolicy,
@@ -15,21 +24,43 @@ import {
   type MemoryEstimate,
   MemoryEstimateError,
   parsePolicy,
-  type UniformKind,
 } from "@lightseq/checkpointing";
-import { type LlamaConfig, layerLayout } from "@lightseq/llama";
+import { defaultChunkTokens, type LlamaConfig, layerLayout } from "@lightseq/llama";
 import type { OptimizerPlace, Policy } from "../config.ts";
 import { paramCount } from "../metrics.ts";
+import { slotBytes } from "../optim/streamed.ts";
 import type { StatePlace } from "./state.ts";
+import { gradientRing } from "./zero.ts";
 
 /** Fastest first (DESIGN.md section 6): nothing recomputed, then attention kept, then everything recomputed. */
-const ORDER: readonly UniformKind[] = ["none", "remat-aware", "full"];
+const ORDER: readonly CheckpointPolicy["kind"][] = ["none", "remat-aware", "full"];
+
+/** Local tokens above which the MLP is tiled, and the tokens per tile. */
+export const TILE_ABOVE = 16384;
+export const MLP_CHUNK = 8192;
+
+/** Where the checkpoints go: all on the GPU, or the GPU first and pinned host memory beyond. */
+export type CheckpointOffload = "none" | "spill";
 
 export interface RunPlan {
   policy: CheckpointPolicy;
   state: StatePlace;
+  offload: CheckpointOffload;
+  /** Decoder layers whose checkpoints stay on the GPU (the last ones; every layer without offload). */
+  deviceLayers: number;
+  /** Tiled MLP: tokens per chunk; null: the MLP over all local tokens at once. */
+  mlpChunkTokens: number | null;
+  /** Tokens per chunk of the fused LM head + cross-entropy (the model's default for the vocabulary). */
+  lossChunkTokens: number;
+  /** The estimate's GPU peak with this trainer's buffers (GPU ranks), or the rank's peak (CPU ranks). */
+  gpuBytes: number;
+  /** Pinned host memory: the optimizer state (host state) and the spilled checkpoints. */
+  hostStateBytes: number;
+  hostCheckpointBytes: number;
   /** One line: the choices and why. */
   reason: string;
+  /** One line: the numbers a user needs at long lengths (GPU estimate, host state, spilled checkpoints). */
+  memory: string;
 }
 
 export interface PlanInput {
@@ -42,9 +73,9 @@ export interface PlanInput {
   gpu: boolean;
   /** Memory one rank may use: device memory on a GPU, the rank's share of host memory on the CPU. */
   deviceBytes: number;
-  /** Pinned host memory one rank may use (GPU ranks). */
+  /** Pinned host memory one rank may use (GPU ranks): the optimizer state and spilled checkpoints. */
   hostBytes: number;
-  /** `--update per-layer`: no whole-model gradient with the state on the device. */
+  /** `--update per-layer`: no whole-model gradient (a ring of shard buffers, zero.ts). */
   perLayer: boolean;
 }
 
@@ -55,81 +86,204 @@ export interface PlanInput {
  */
 const GPU_USABLE = 0.95;
 
-function estimate(i: PlanInput, kind: UniformKind, optimizer: "device" | "host"): MemoryEstimate {
-  const e = estimateMemory({
+/** One point of the search: where the state and the checkpoints live, and the MLP tiling. */
+export interface Setting {
+  place: "device" | "host";
+  offload: CheckpointOffload;
+  mlpChunkTokens: number | null;
+  lossChunkTokens: number;
+}
+
+/** An estimate with this trainer's GPU buffers added (gpuBytes) and its fit against the usable bytes. */
+export interface PlanEstimate {
+  e: MemoryEstimate;
+  gpuBytes: number;
+  fits: boolean;
+}
+
+const usable = (i: PlanInput) => (i.gpu ? GPU_USABLE : 1) * i.deviceBytes;
+
+/**
+ * The estimate of one policy and setting. GPU ranks: the trainer's buffers (trainerExtraBytes) are
+ * added, and the estimator's "optimizer stream buffers" (a whole layer's state in and out) replaced by
+ * what StreamedAdamW holds (DEFAULT_SLOTS chunks of master, m, v: 288 MiB for 7B against 4.5 GiB).
+ */
+export function estimate(i: PlanInput, kind: CheckpointPolicy["kind"], s: Setting): PlanEstimate {
+  const R = i.cp * i.dp;
+  let extra = i.gpu ? trainerExtraBytes(i.model, s.place, R, i.perLayer) : 0;
+  let e = estimateWith(i, kind, s, extra);
+  const counted = e.gpu.filter((t) => t.name === "optimizer stream buffers").reduce((a, t) => a + t.bytes, 0);
+  const held = i.gpu && s.place === "host" ? slotBytes(maxShardLen(i.model, R)) : counted;
+  if (counted > held) {
+    extra -= counted - held;
+    e = estimateWith(i, kind, s, extra);
+  }
+  return { e, gpuBytes: e.gpuBytes + extra, fits: e.fits };
+}
+
+/** The largest buffer's shard: a layer, or the embedding / head (vocab x dim). */
+function maxShardLen(m: LlamaConfig, ranks: number): number {
+  return Math.ceil(Math.max(layerLayout(m).numel, m.vocab * m.dim) / ranks);
+}
+
+/** The estimator's plan with `extra` bytes of the GPU's usable memory taken by what its terms do not count. */
+function estimateWith(i: PlanInput, kind: CheckpointPolicy["kind"], s: Setting, extra: number): MemoryEstimate {
+  return estimateMemory({
     model: i.model,
     seqLen: i.seq,
     mesh: { cp: i.cp, dp: i.dp },
     policy: parsePolicy(kind),
-    offload: "none",
-    optimizer,
-    deviceBytes: i.deviceBytes,
-    ...(optimizer === "host" ? { hostBytes: i.hostBytes } : {}),
+    offload: s.offload,
+    optimizer: s.place,
+    deviceBytes: Math.max(1, Math.floor(usable(i) - extra)),
+    lossChunkTokens: s.lossChunkTokens,
+    ...(s.mlpChunkTokens === null ? {} : { mlpChunkTokens: s.mlpChunkTokens }),
+    ...(i.gpu ? { hostBytes: i.hostBytes } : {}),
   });
-  if (!i.gpu) return e;
-  const gpuBytes = e.gpuBytes + trainerExtraBytes(i.model, optimizer, i.cp * i.dp, i.perLayer);
-  return { ...e, gpuBytes, fits: e.fits && gpuBytes <= GPU_USABLE * i.deviceBytes };
 }
 
 /**
  * What this trainer holds on a GPU beyond the estimator's terms (which count, with the state on the
- * device, 16 B/param / R: master, m, v and an fp32 gradient shard): the bf16 weight shard the AdamW
- * kernel writes (2 B/param / R); the gradient shards, kept whole until the norm is known unless the
- * update runs per layer with the state on the device (then one shard buffer, the largest buffer's,
- * is reused: 4 B/param / R less); and zero.ts's third gathered layer, second layer-gradient buffer
- * and the embedding's and head's f32 gradients.
+ * device, 16 B/param / R: master, m, v and an fp32 gradient shard; with the state on the host a bf16
+ * weight shard and no gradient): with the state on the device the bf16 weight shard the AdamW kernel
+ * writes (2 B/param / R); the gradient shards, kept whole until the norm is known (4 B/param / R, in
+ * the estimator's 16 with the state on the device), or with the update per layer a ring of shard
+ * buffers each the largest buffer's (zero.ts gradientRing: 1 with the state on the device, 3 with it
+ * on the host); and zero.ts's third gathered layer, second layer-gradient buffer and the embedding's
+ * and head's f32 gradients.
  */
 export function trainerExtraBytes(m: LlamaConfig, optimizer: "device" | "host", ranks: number, perLayer: boolean): number {
   const P = paramCount(m);
   const layer = layerLayout(m).numel;
   const embed = m.vocab * m.dim;
   const nonLayer = embed * (m.tiedEmbeddings ? 1 : 2);
-  const own = 4 * (Math.max(layer, embed) / ranks);
-  const states = optimizer === "device" ? (perLayer ? (2 * P) / ranks - (4 * P) / ranks + own : (2 * P) / ranks) : (4 * P) / ranks;
+  const ring = gradientRing(optimizer) * 4 * maxShardLen(m, ranks);
+  const wholeGradient = (4 * P) / ranks;
+  const gradients = perLayer ? ring : wholeGradient;
+  const states = optimizer === "device" ? (2 * P) / ranks - wholeGradient + gradients : gradients;
   return states + 2 * layer + 4 * layer + 4 * nonLayer;
 }
 
-function pickPolicy(i: PlanInput, optimizer: "device" | "host"): { kind: UniformKind; e: MemoryEstimate; tried: string[] } | null {
-  const tried: string[] = [];
-  for (const kind of i.policy === "auto" ? ORDER : [i.policy]) {
-    const e = estimate(i, kind, optimizer);
-    if (e.fits) return { kind, e, tried };
-    tried.push(`${kind} needs ${fmtGiB(e.gpuBytes)}`);
-  }
-  return null;
+export interface PolicyChoice {
+  kind: CheckpointPolicy["kind"];
+  est: PlanEstimate;
 }
+
+/**
+ * The policies pickPolicy tries, fastest first. `none` never spills (as in the estimator's autoPolicy):
+ * its ~L x 130 KiB per token each way per step would bound the step by PCIe.
+ */
+function candidates(i: PlanInput, s: Setting): CheckpointPolicy["kind"][] {
+  return (i.policy === "auto" ? ORDER : [i.policy]).filter((k) => s.offload === "none" || k !== "none");
+}
+
+/**
+ * The checkpoint policy for one setting: with `--policy auto` the fastest that fits, else the one
+ * asked for if it fits. `tried` says what each rejected candidate needs; `smallest` is the last one
+ * tried (the one the refusal quotes). The one place the policy search lives: a per-layer mixed search
+ * can replace it.
+ */
+export function pickPolicy(i: PlanInput, s: Setting): { found: PolicyChoice | null; tried: string[]; smallest: PlanEstimate | null } {
+  const tried: string[] = [];
+  let smallest: PlanEstimate | null = null;
+  for (const kind of candidates(i, s)) {
+    const est = estimate(i, kind, s);
+    if (est.fits) return { found: { kind, est }, tried, smallest };
+    smallest = est;
+    tried.push(`${kind} needs ${needs(i, est)}`);
+  }
+  return { found: null, tried, smallest };
+}
+
+/** "X GiB" on the GPU, and "+ Y of Z GiB on the host" when the host is over its budget. */
+function needs(i: PlanInput, est: PlanEstimate): string {
+  const host = i.gpu && est.e.hostBytes > i.hostBytes ? ` + ${fmtGiB(est.e.hostBytes)} of ${fmtGiB(i.hostBytes)} on the host` : "";
+  return `${fmtGiB(est.gpuBytes)}${host}`;
+}
+
+/** Bytes of the estimate's host term `name` (0 when absent). */
+const hostTerm = (e: MemoryEstimate, name: string) => e.host.filter((t) => t.name === name).reduce((a, t) => a + t.bytes, 0);
+
+/** Layers whose checkpoints the estimate keeps on the GPU: its split of the checkpoint bytes. */
+function deviceLayersOf(e: MemoryEstimate, layers: number): number {
+  const gpu = e.gpu.filter((t) => t.name === "checkpoints").reduce((a, t) => a + t.bytes, 0);
+  const host = hostTerm(e, "offloaded checkpoints");
+  return host === 0 ? layers : Math.round((layers * gpu) / (gpu + host));
+}
+
+const placeName = (p: "device" | "host") => (p === "host" ? "on the host" : "on the device");
 
 export function planRun(i: PlanInput): RunPlan {
   const where = i.gpu ? "on the GPU" : "per CPU rank";
+  const T = Math.ceil(i.seq / i.cp);
+  const mlpChunkTokens = T > TILE_ABOVE ? MLP_CHUNK : null;
+  const lossChunkTokens = defaultChunkTokens(i.model.vocab, i.gpu ? "cuda" : "cpu");
   const places: ("device" | "host")[] =
     !i.gpu || i.optimizer === "device" ? ["device"] : i.optimizer === "host" ? ["host"] : ["device", "host"];
+  // CPU ranks: the checkpoints are already in host memory.
+  const offloads: CheckpointOffload[] = i.gpu ? ["none", "spill"] : ["none"];
   const notes: string[] = [];
-  for (const place of places) {
-    const p = pickPolicy(i, place);
-    if (p === null) {
-      notes.push(
-        `with the optimizer state ${place === "host" ? "on the host" : "on the device"} no policy fits in ${fmtGiB((i.gpu ? GPU_USABLE : 1) * i.deviceBytes)}`,
-      );
-      continue;
+  let smallest: { s: Setting; est: PlanEstimate } | null = null;
+  for (const offload of offloads)
+    for (const place of places) {
+      const s: Setting = { place, offload, mlpChunkTokens, lossChunkTokens };
+      if (candidates(i, s).length === 0) continue;
+      const p = pickPolicy(i, s);
+      if (p.smallest) smallest = { s, est: p.smallest };
+      if (p.found === null) {
+        const spill = offload === "spill" ? ", checkpoints spilled to the host," : "";
+        notes.push(`with the optimizer state ${placeName(place)}${spill} no policy fits in ${fmtGiB(usable(i))} (${p.tried.join(", ")})`);
+        continue;
+      }
+      return describe(i, s, p.found, p.tried, notes, where);
     }
-    const state: StatePlace = i.gpu ? place : "cpu";
-    const why = [
-      i.policy === "auto"
-        ? p.tried.length === 0
-          ? "the fastest policy fits"
-          : `faster ones do not fit (${p.tried.join(", ")})`
-        : "--policy",
-      ...notes,
-    ].join("; ");
-    const opt = i.gpu ? `, optimizer state ${place === "host" ? "in pinned host memory (streamed)" : "on the device"}` : "";
-    return {
-      policy: parsePolicy(p.kind),
-      state,
-      reason: `${p.kind}${opt}: ${fmtGiB(p.e.gpuBytes)} of ${i.gpu ? `${fmtGiB(GPU_USABLE * i.deviceBytes)} usable (${fmtGiB(i.deviceBytes)})` : fmtGiB(i.deviceBytes)} ${where}; ${why}`,
-    };
-  }
+  const last =
+    smallest === null
+      ? ""
+      : `; the smallest, ${smallest.est.e.plan.policy.kind}${smallest.s.offload === "spill" ? " + spill" : ""} with the state ${placeName(smallest.s.place)}, ` +
+        `needs ${fmtGiB(smallest.est.gpuBytes)} of ${fmtGiB(usable(i))} ${where}` +
+        (i.gpu ? ` and ${fmtGiB(smallest.est.e.hostBytes)} of ${fmtGiB(i.hostBytes)} pinned host memory` : "");
   throw new MemoryEstimateError(
-    `${i.model.layers}-layer model at ${i.seq} tokens on cp=${i.cp} x dp=${i.dp} does not fit (${notes.join("; ")}): ` +
+    `${i.model.layers}-layer model at ${i.seq} tokens on cp=${i.cp} x dp=${i.dp} does not fit (${notes.join("; ")}${last}): ` +
       `use more ranks (--nprocs, --cp), a shorter --seq${i.gpu && i.optimizer === "device" ? ", or --optimizer host" : ""}`,
   );
+}
+
+function describe(i: PlanInput, s: Setting, p: PolicyChoice, tried: string[], notes: string[], where: string): RunPlan {
+  const { e, gpuBytes } = p.est;
+  const L = i.model.layers;
+  const deviceLayers = s.offload === "spill" ? deviceLayersOf(e, L) : L;
+  const hostStateBytes = hostTerm(e, "optimizer state");
+  const hostCheckpointBytes = hostTerm(e, "offloaded checkpoints");
+  const why = [
+    i.policy !== "auto"
+      ? "--policy"
+      : tried.length > 0
+        ? `faster ones do not fit (${tried.join(", ")})`
+        : s.offload === "spill"
+          ? "the fastest policy that may spill (none never does) fits"
+          : "the fastest policy fits",
+    ...notes,
+  ].join("; ");
+  const spill =
+    s.offload === "spill" ? ` + spill (checkpoints of ${deviceLayers} of ${L} layers on the GPU, the rest pinned on the host)` : "";
+  const tile = s.mlpChunkTokens === null ? "" : `, tiled MLP (${s.mlpChunkTokens}-token chunks)`;
+  const opt = i.gpu ? `, optimizer state ${s.place === "host" ? "in pinned host memory (streamed)" : "on the device"}` : "";
+  const budget = i.gpu ? `${fmtGiB(usable(i))} usable (${fmtGiB(i.deviceBytes)})` : fmtGiB(i.deviceBytes);
+  const hostLine = i.gpu
+    ? `; host ${fmtGiB(hostStateBytes)} optimizer state + ${fmtGiB(hostCheckpointBytes)} spilled checkpoints = ${fmtGiB(e.hostBytes)} of ${fmtGiB(i.hostBytes)} pinned`
+    : "";
+  return {
+    policy: parsePolicy(p.kind),
+    state: i.gpu ? s.place : "cpu",
+    offload: s.offload,
+    deviceLayers,
+    mlpChunkTokens: s.mlpChunkTokens,
+    lossChunkTokens: s.lossChunkTokens,
+    gpuBytes,
+    hostStateBytes,
+    hostCheckpointBytes,
+    reason: `${p.kind}${spill}${tile}${opt}: ${fmtGiB(gpuBytes)} of ${budget} ${where}; ${why}`,
+    memory: `memory: ${i.gpu ? "GPU" : "rank"} ${fmtGiB(gpuBytes)} of ${budget} at the ${e.peakPhase} peak (${e.localTokens} local tokens)${hostLine}`,
+  };
 }

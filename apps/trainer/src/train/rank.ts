@@ -9,9 +9,13 @@
 // clip coefficient, and AdamW on each buffer's shard. The label count of the global batch is
 // all-gathered before the first backward so gradScale = 1 / count: the loss is the mean over every
 // valid label of the batch, whatever the mesh.
+// The plan (plan.ts, printed at start with its memory numbers) also decides whether the checkpoints
+// spill to pinned host memory (checkpointing's OffloadActivationStore, the last deviceLayers kept on
+// the GPU) and whether the MLP is tiled; both go to the model through parallelize's options.
 
 import { hostname, totalmem } from "node:os";
 import { localRanges, placeSequence, referenceBackend, selectAttentionBackend } from "@lightseq/attention";
+import { storeForOffload } from "@lightseq/checkpointing";
 import { type Communicator, initCommunicator } from "@lightseq/comm";
 import type { Stream } from "@lightseq/cuda";
 import { llamaPreset, parallelize } from "@lightseq/llama";
@@ -99,6 +103,7 @@ async function main(): Promise<void> {
     perLayer: cfg.update === "per-layer",
   });
   log(`policy ${cfg.policy === "auto" ? "auto -> " : ""}${plan.reason}`);
+  log(plan.memory);
 
   const specs = bufferSpecs(model);
   const hyper = { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay };
@@ -116,12 +121,25 @@ async function main(): Promise<void> {
     state,
     specs.map((s) => s.name),
     streams,
-    perLayer ? (name, shard) => state.step(name, shard, live.t, live.lr, live.clip, streams?.comm) : null,
+    perLayer
+      ? (name, shard, consumed) =>
+          state.step(name, shard, live.t, live.lr, live.clip, { stream: streams?.comm, consumed: consumed ?? undefined })
+      : null,
   );
+  using store =
+    plan.offload === "spill"
+      ? storeForOffload("spill", { layers: model.layers, deviceLayers: plan.deviceLayers, stream: compute ?? undefined })
+      : null;
   const pm = parallelize(
     { config: model, source: weights },
     { comm: cpComm, schedule: "zigzag", N: cfg.seq, backend: attention.backend, stream: compute ?? undefined },
-    { policy: plan.policy },
+    {
+      policy: plan.policy,
+      // spill: the first layers' checkpoints go to pinned host memory, the last deviceLayers stay.
+      store: store ?? undefined,
+      lossChunkTokens: plan.lossChunkTokens,
+      mlpChunkTokens: plan.mlpChunkTokens ?? undefined,
+    },
   );
   log(`attention: ${pm.attention.name}; ZeRO-3 over ${R} rank(s) (cp ${cp} x dp ${dp}), ${specs.length} buffers`);
   log(

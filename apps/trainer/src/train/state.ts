@@ -3,7 +3,8 @@
 //   device  ShardedAdamWCuda: fp32 master, m, v and a bf16 weight shard in device memory
 //   host    StreamedAdamW (issue 14): master, m, v in pinned host memory, streamed through the GPU
 // `weightShard(name)` is the all-gather input (bf16 on the GPU, f32 on the CPU); `step` updates one
-// buffer's shard from its reduce-scattered f32 gradient shard, on the compute stream's order.
+// buffer's shard from its reduce-scattered f32 gradient shard, ordered after the stream that produced
+// it, and says (StepOptions.consumed) when it has read the gradient, so the caller may reuse its memory.
 
 import { Event, type Stream } from "@lightseq/cuda";
 import { cast, copy, type Tensor, toFloat32Array, zeros } from "@lightseq/tensor";
@@ -16,6 +17,16 @@ import type { ShardSource, SnapshotLayout } from "../snapshot.ts";
 
 export type StatePlace = "cpu" | "device" | "host";
 
+export interface StepOptions {
+  /** Where the gradient shard was produced; the update is ordered after it. Default: the compute stream. */
+  stream?: Stream;
+  /**
+   * GPU states: recorded once the update has read the gradient shard (its memory may then be
+   * overwritten): on `stream` for the device state, on the streamed state's opt stream for the host one.
+   */
+  consumed?: Event;
+}
+
 export interface ShardedState extends Disposable {
   readonly place: StatePlace;
   layoutOf(name: string): ShardLayout;
@@ -24,11 +35,8 @@ export interface ShardedState extends Disposable {
   initFromFull(name: string, full: Float32Array): void;
   /** The same from a whole buffer already in a tensor (on the GPU, the device state takes its slice there). */
   initFromTensor(name: string, full: Tensor): void;
-  /**
-   * AdamW step t of one buffer; `grad` is its f32 gradient shard on the state's device, produced on
-   * `stream` (default: the compute stream), where the update is ordered.
-   */
-  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number, stream?: Stream): void;
+  /** AdamW step t of one buffer; `grad` is its f32 gradient shard on the state's device (see StepOptions). */
+  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number, o?: StepOptions): void;
   /** After the last step() of an optimizer step: the compute stream waits for every update. */
   stepsDone(): void;
   snapshotLayout(): SnapshotLayout;
@@ -136,8 +144,10 @@ class DeviceState implements ShardedState {
     copy(bf16, rounded, this.compute);
   }
 
-  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number, stream?: Stream): void {
-    this.#opt.step(name, grad, t, lr, gradScale, stream ?? this.compute);
+  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number, o: StepOptions = {}): void {
+    const stream = o.stream ?? this.compute;
+    this.#opt.step(name, grad, t, lr, gradScale, stream);
+    o.consumed?.record(stream);
   }
 
   stepsDone(): void {}
@@ -161,15 +171,16 @@ class DeviceState implements ShardedState {
 }
 
 /**
- * The streamed state: each buffer's update is enqueued as soon as its gradient is final (all of them
- * after the global norm is known, so the clip is exact); the copies and updates run on the state's
- * own streams and the compute stream waits only for the last one.
+ * The streamed state: each buffer's update is enqueued as soon as its gradient is final (per layer
+ * during the backward, or all of them after the global norm is known); the copies and updates run on
+ * the state's own streams and the compute stream waits for them once, in stepsDone.
  */
 class HostState implements ShardedState {
   readonly place = "host";
   readonly #opt: StreamedAdamW;
   readonly #ready: Event;
-  #last: Event | null = null;
+  /** Recorded by the steps whose caller gives no `consumed` event, and by stepsDone. */
+  readonly #done: Event;
 
   constructor(
     specs: readonly BufferSpec[],
@@ -180,6 +191,7 @@ class HostState implements ShardedState {
   ) {
     this.#opt = new StreamedAdamW(specs, rank, ranks, hyper, { device: 0 });
     this.#ready = Event.create(0);
+    this.#done = Event.create(0);
   }
 
   layoutOf(name: string): ShardLayout {
@@ -200,14 +212,14 @@ class HostState implements ShardedState {
     else this.initFromFull(name, toFloat32Array(full));
   }
 
-  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number, stream?: Stream): void {
-    this.#ready.record(stream ?? this.compute);
-    this.#last = this.#opt.step(name, grad, t, lr, gradScale, this.#ready);
+  step(name: string, grad: Tensor, t: number, lr: number, gradScale: number, o: StepOptions = {}): void {
+    this.#ready.record(o.stream ?? this.compute);
+    this.#opt.step(name, grad, t, lr, gradScale, this.#ready, o.consumed ?? this.#done);
   }
 
+  /** The opt stream runs the updates in the order they were enqueued: waiting for its present point waits for all. */
   stepsDone(): void {
-    if (this.#last) this.compute.wait(this.#last);
-    this.#last = null;
+    this.compute.wait(this.#done.record(this.#opt.opt));
   }
 
   snapshotLayout(): SnapshotLayout {
@@ -226,6 +238,7 @@ class HostState implements ShardedState {
   [Symbol.dispose](): void {
     this.#opt[Symbol.dispose]();
     this.#ready.dispose();
+    this.#done.dispose();
   }
 }
 

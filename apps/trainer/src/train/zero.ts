@@ -13,6 +13,12 @@
 // (the first micro-batch of a step writes it, later ones add to it). On the CPU the collectives are
 // the CPU communicator's promises (frames match by issue order, so several may be in flight); the
 // gradient scratch is a fresh buffer per layer there.
+// Per-layer update on a GPU (`--update per-layer`): no whole-model gradient. The reduce-scatters
+// write, in turn, into a ring of shard buffers each as long as the largest buffer's shard; each has an
+// event the update records once it has read the buffer, and the comm stream waits for it before the
+// next reduce-scatter into that buffer. The device state updates on the comm stream itself (in order:
+// one buffer is enough); the host state updates on its own stream, so a ring of HOST_RING lets the
+// next layers' reduce-scatters run while the previous updates stream.
 
 import type { Communicator } from "@lightseq/comm";
 import { Event, Stream } from "@lightseq/cuda";
@@ -29,10 +35,30 @@ import {
 } from "@lightseq/llama";
 import { axpy, fill, sumOfSquares, type Tensor, zeros } from "@lightseq/tensor";
 import { layerBuffer } from "./buffers.ts";
-import type { ShardedState } from "./state.ts";
+import type { ShardedState, StatePlace } from "./state.ts";
 
 /** Gathered layers kept on a GPU: current, prefetched, and the last released (see the header). */
 const SLOTS = 3;
+
+/**
+ * Gradient shard buffers with the host state per layer: the one being reduced into, and two whose
+ * streamed updates may still be running (a 7B layer's update, ~50 ms, is shorter than its backward).
+ */
+export const HOST_RING = 3;
+
+/** Gradient shard buffers a per-layer update on a GPU cycles through, by where the state lives. */
+export function gradientRing(place: StatePlace): number {
+  switch (place) {
+    case "device":
+      return 1;
+    case "host":
+      return HOST_RING;
+    case "cpu":
+      return 0;
+    default:
+      throw new RangeError(`ZeRO gradients: unknown state place ${JSON.stringify(place satisfies never)}`);
+  }
+}
 
 /** The GPU side of ZeRO: the compute stream the model runs on and the comm stream the collectives use. */
 export interface ZeroStreams {
@@ -213,12 +239,22 @@ export class ZeroWeightSource implements WeightSource, Disposable {
   }
 }
 
+/** A gradient shard buffer of the per-layer ring. */
+interface RingBuffer {
+  flat: Tensor;
+  /** Recorded by the update once it has read the buffer (StepOptions.consumed). */
+  consumed: Event;
+}
+
 interface Scratch {
   flat: Tensor;
   views: LayerWeights;
   /** GPU: recorded on comm once the reduce-scatter has read the buffer. */
   consumed: Event | null;
 }
+
+/** A per-layer update of one buffer's gradient shard; on a GPU it records `consumed` once it has read it. */
+export type PerLayerUpdate = (name: string, shard: Tensor, consumed: Event | null) => void;
 
 /**
  * Gradients of one optimizer step: the f32 shards this rank owns of every buffer (accumulated over the
@@ -241,12 +277,13 @@ export class ZeroGradientSink implements GradientSink, Disposable {
 
   /**
    * Per-layer update (`--update per-layer`): called with each buffer's final gradient shard as soon as
-   * it is reduced, in the comm stream's order (one micro-batch per step). On a GPU with the state on
-   * the device the shards then share one buffer (the update consumes it on the comm stream before the
-   * next reduce-scatter writes it): no whole-model gradient.
+   * it is reduced, in the comm stream's order (one micro-batch per step), and on a GPU the event of
+   * the ring buffer holding it, which the callee records once its update has read the shard (see the
+   * header); null on the CPU.
    */
-  readonly #perLayer: ((name: string, shard: Tensor) => void) | null;
-  readonly #shared: Tensor | null;
+  readonly #perLayer: PerLayerUpdate | null;
+  readonly #ring: RingBuffer[] = [];
+  #ringNext = 0;
   /** Per-layer mode: each buffer's sum of squares, one f32 on the shard's device (summed once per step). */
   readonly sumSquares: Tensor[] = [];
 
@@ -256,21 +293,20 @@ export class ZeroGradientSink implements GradientSink, Disposable {
     readonly state: ShardedState,
     readonly names: readonly string[],
     readonly streams: ZeroStreams | null,
-    perLayer: ((name: string, shard: Tensor) => void) | null = null,
+    perLayer: PerLayerUpdate | null = null,
   ) {
     this.#numel = layerLayout(cfg).numel;
     const device = streams ? "cuda:0" : "cpu";
     this.#perLayer = perLayer;
-    const share = perLayer !== null && streams !== null && state.place === "device";
-    this.#shared = share ? zeros([Math.max(...names.map((n) => state.layoutOf(n).shardLen))], { device }) : null;
-    if (!share) for (const n of names) this.shards.set(n, zeros([state.layoutOf(n).shardLen], { device }));
+    if (perLayer !== null && streams !== null) {
+      // Sized for the largest buffer (a layer, or the embedding / head: vocab x dim).
+      const len = Math.max(...names.map((n) => state.layoutOf(n).shardLen));
+      for (let j = 0; j < gradientRing(state.place); j++)
+        this.#ring.push({ flat: zeros([len], { device }), consumed: Event.create(0).record(streams.comm) });
+    } else {
+      for (const n of names) this.shards.set(n, zeros([state.layoutOf(n).shardLen], { device }));
+    }
     this.#filled = streams ? Event.create(0) : null;
-  }
-
-  /** This rank's gradient shard of a buffer (the shared one, narrowed, in per-layer mode on a GPU). */
-  #shardOf(name: string): Tensor {
-    if (this.#shared) return this.#shared.narrow(0, this.state.layoutOf(name).shardLen);
-    return (this.shards.get(name) as Tensor).view();
   }
 
   get #device() {
@@ -314,19 +350,23 @@ export class ZeroGradientSink implements GradientSink, Disposable {
   /** Reduce-scatters a padded f32 buffer into the buffer's shard (written, or added on later micro-batches). */
   async #reduce(name: string, flat: Tensor): Promise<void> {
     const o = this.streams ? { stream: this.streams.comm } : {};
-    using shard = this.#shardOf(name);
     if (this.#perLayer) {
-      // GPU: the sum of squares and the update are issued in the same tick as the reduce-scatter, so
-      // on the comm stream they read this buffer's gradient before the next reduce-scatter (issued by
-      // a later, unawaited layerDone/nonLayerDone) overwrites the shared buffer. CPU: the result
-      // arrives with the promise.
+      // GPU: the ring buffer is taken, waited for, reduced into, its sum of squares and its update
+      // issued, all in this tick: a later, unawaited layerDone/nonLayerDone takes the next buffer, and
+      // on the comm stream the sum of squares reads this one before any later reduce-scatter into it
+      // (which also waits for its update's `consumed`). CPU: one shard per buffer, the result arrives
+      // with the promise.
+      const ring = this.#ring.length > 0 ? (this.#ring[this.#ringNext++ % this.#ring.length] as RingBuffer) : null;
+      if (ring && this.streams) this.streams.comm.wait(ring.consumed);
+      using shard = ring ? ring.flat.narrow(0, this.state.layoutOf(name).shardLen) : (this.shards.get(name) as Tensor).view();
       const done = this.comm.reduceScatter(flat, shard, "sum", o);
       if (!this.streams) await done;
       this.sumSquares.push(sumOfSquares(shard, o));
-      this.#perLayer(name, shard);
+      this.#perLayer(name, shard, ring?.consumed ?? null);
       await done;
       return;
     }
+    using shard = (this.shards.get(name) as Tensor).view();
     if (!this.#written.has(name)) {
       this.#written.add(name);
       await this.comm.reduceScatter(flat, shard, "sum", o);
@@ -417,7 +457,10 @@ export class ZeroGradientSink implements GradientSink, Disposable {
       s.consumed?.dispose();
     }
     for (const t of [...this.shards.values(), ...this.#tmp.values(), ...this.#nonLayerFlats, ...this.sumSquares]) t.dispose();
-    this.#shared?.dispose();
+    for (const r of this.#ring) {
+      r.flat.dispose();
+      r.consumed.dispose();
+    }
     this.#filled?.dispose();
     this.#nonLayerConsumed?.dispose();
   }
