@@ -10,6 +10,7 @@
 #   small  tinyllama-1.1b at 2K tokens: 4 steps uninterrupted with the export (run A); our loss and
 #          transformers' on a held-out sequence of the export (f32 on both sides); then 2 steps + a
 #          snapshot and --resume to 4 (run B): B's losses against A's                 est ~2.5 min
+#          (SMALL_HF=0: run A without the export and the transformers check)
 # Each run is capped (timeout). Writes $OUT/<run>.log and <run>.metrics.jsonl; the table comes last.
 # Usage (device tool, repository root): source .device/setup.sh && PARTS="smoke 7b" bash scripts/gpu/trainer-7b.sh
 set -uo pipefail
@@ -59,8 +60,12 @@ fi
 
 if want small; then
   SMALL=(--model tinyllama-1.1b --seq 2048 --batch 1 --lr 3e-4 --min-lr 3e-5 --warmup 2 --decay-steps 4 --nprocs 1 --cp 1 --keep-snapshots 1)
-  run small-a 150 "${SMALL[@]}" --steps 4 --snapshots=false --out "$RUNS/small-a"
-  if [ $? -eq 0 ]; then
+  if [ "${SMALL_HF:-1}" = 0 ]; then
+    run small-a 150 "${SMALL[@]}" --steps 4 --snapshots=false --export=false --out "$RUNS/small-a"
+  else
+    run small-a 150 "${SMALL[@]}" --steps 4 --snapshots=false --out "$RUNS/small-a"
+  fi
+  if [ $? -eq 0 ] && [ "${SMALL_HF:-1}" != 0 ]; then
     timeout 180 bun scripts/gpu/trainer-hf-loss.ts "$RUNS/small-a" 512 "$OUT/small-ours.json" 2>&1 | tail -2
     hf_line=$(timeout 120 python3 scripts/gpu/trainer-hf-loss.py "$RUNS/small-a/hf" "$OUT/small-ours.json" 2>&1 | grep -v -i warn | tail -1)
     echo "$hf_line"

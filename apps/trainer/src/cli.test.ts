@@ -67,7 +67,14 @@ describe("flags", () => {
       [["--seq", "abc"], /--seq: expected an integer >= 2, got "abc"/],
       [["--seq", "1"], /--seq: expected an integer >= 2, got "1"/],
       [["--lr", "fast"], /--lr: expected a number >= 0, got "fast"/],
-      [["--policy", "most"], /--policy: expected one of auto, none, full, remat-aware, got "most"/],
+      [
+        ["--policy", "most"],
+        /--policy: checkpoint policy: expected one of none, full, remat-aware, or a per-layer mix such as remat-aware\*8,none\*24, got "most"/,
+      ],
+      [
+        ["--policy", "none*3,full*x"],
+        /--policy: checkpoint policy "none\*3,full\*x": part "full\*x": the layer count must be a positive integer/,
+      ],
       [["--steps"], /--steps needs a value \(N\)/],
       [["--steps", "--seq", "4"], /--steps needs a value/],
       [["--seed", "1", "--seed", "2"], /--seed given twice/],

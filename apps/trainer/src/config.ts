@@ -6,9 +6,15 @@
 // Model names belong to @lightseq/llama (packages/llama/src/config.ts): here a model is a string that
 // `resolveConfig` hands to the `validateModel` hook, which the training loop wires to that module.
 
+import { parsePolicy } from "@lightseq/checkpointing";
+
 export const POLICIES = ["auto", "none", "full", "remat-aware"] as const;
-/** Activation checkpointing policy (DESIGN.md section 6); `auto` lets the memory estimator choose. */
-export type Policy = (typeof POLICIES)[number];
+/**
+ * Activation checkpointing policy (DESIGN.md section 6): `auto` lets the memory estimator choose, a
+ * name gives every layer that policy, and a mix gives runs of layers their own, layer 0 first
+ * (`remat-aware*8,none*24`: @lightseq/checkpointing parsePolicy; its total is checked against the model).
+ */
+export type Policy = string;
 
 export const OPTIMIZERS = ["auto", "device", "host"] as const;
 /**
@@ -93,7 +99,8 @@ type Kind =
   | { t: "string" }
   | { t: "path?" }
   | { t: "bool" }
-  | { t: "enum"; values: readonly string[] };
+  | { t: "enum"; values: readonly string[] }
+  | { t: "policy" };
 
 /** The kinds a key of TypeScript type V may have (a boolean key cannot be given an integer kind, ...). */
 type KindFor<V> = [V] extends [boolean]
@@ -103,7 +110,7 @@ type KindFor<V> = [V] extends [boolean]
     : [V] extends [number | null]
       ? Extract<Kind, { t: "int?" }>
       : [V] extends [string]
-        ? Extract<Kind, { t: "string" | "enum" }>
+        ? Extract<Kind, { t: "string" | "enum" | "policy" }>
         : [V] extends [string | null]
           ? Extract<Kind, { t: "path?" }>
           : never;
@@ -145,10 +152,10 @@ export const FIELDS: { readonly [K in keyof TrainConfig]: Field<TrainConfig[K]> 
   eps: { kind: { t: "number", min: 0 }, flag: "eps", meta: "X", help: "AdamW epsilon" },
   gradClip: { kind: { t: "number", min: 0 }, flag: "grad-clip", meta: "X", help: "clip the global gradient norm to this (0: off)" },
   policy: {
-    kind: { t: "enum", values: POLICIES },
+    kind: { t: "policy" },
     flag: "policy",
     meta: "NAME",
-    help: `activation checkpointing (${POLICIES.join(", ")})`,
+    help: `activation checkpointing (${POLICIES.join(", ")}, or per layer: remat-aware*8,none*24)`,
   },
   optimizer: {
     kind: { t: "enum", values: OPTIMIZERS },
@@ -296,6 +303,8 @@ function expected(k: Kind): string {
       return "true or false";
     case "enum":
       return `one of ${k.values.join(", ")}`;
+    case "policy":
+      return `auto, ${POLICIES.slice(1).join(", ")} or runs of them (remat-aware*8,none*24)`;
   }
 }
 
@@ -322,6 +331,16 @@ export function checkValue(key: keyof TrainConfig, v: unknown, where: string): u
     case "enum":
       if (typeof v !== "string" || !kind.values.includes(v)) throw bad();
       return v;
+    case "policy":
+      if (typeof v !== "string") throw bad();
+      if (v !== "auto") {
+        try {
+          parsePolicy(v);
+        } catch (e) {
+          throw new ConfigError(`${where}: "${key}": ${(e as Error).message}`);
+        }
+      }
+      return v;
   }
 }
 
@@ -347,6 +366,14 @@ export function parseFlagValue(key: keyof TrainConfig, text: string): unknown {
       throw new ConfigError(`${where}: expected true or false, got "${text}"`);
     case "path?":
       return text === "" ? null : text;
+    case "policy":
+      if (text === "auto") return text;
+      try {
+        parsePolicy(text);
+      } catch (e) {
+        throw new ConfigError(`${where}: ${(e as Error).message}`);
+      }
+      return text;
     default:
       return checkFlag(key, text, text);
   }

@@ -133,3 +133,14 @@ describe("metrics.jsonl", () => {
     expect(resumed.read().map((r) => r.step)).toEqual([1, 2, 3, 4]);
   });
 });
+
+test("GPU ranks: the step line and the record carry the peak host memory; CPU ranks do not", () => {
+  const shape = { dim: 64, layers: 2, heads: 4, kvHeads: 4, headDim: 16, ffn: 128, vocab: 100, tiedEmbeddings: false };
+  const base = { step: 1, loss: 2, lr: 1e-3, gradNorm: 1, sequences: 1, seq: 64, seconds: 1, ranks: 1, shape, peakMemBytes: 2 ** 31 };
+  const gpu = stepRecord({ ...base, hostMemBytes: 80.5 * 2 ** 30 });
+  expect(gpu.host_mem_bytes).toBe(80.5 * 2 ** 30);
+  expect(formatStepLine(gpu, 10)).toContain("| mem 2.0 GiB (host 80.5 GiB) |");
+  const cpu = stepRecord(base);
+  expect("host_mem_bytes" in cpu).toBe(false);
+  expect(formatStepLine(cpu, 10)).toContain("| mem 2.0 GiB |");
+});

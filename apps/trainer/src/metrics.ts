@@ -65,6 +65,8 @@ export interface StepRecord {
   mfu: number;
   /** Peak memory of the busiest rank (device memory on a GPU, resident set on the CPU). */
   peak_mem_bytes: number;
+  /** GPU ranks: the largest peak resident set of a rank's process (its pinned optimizer state and spilled checkpoints included). */
+  host_mem_bytes?: number;
 }
 
 export interface StepInput {
@@ -80,6 +82,8 @@ export interface StepInput {
   ranks: number;
   shape: LlamaShape;
   peakMemBytes: number;
+  /** GPU ranks: peak resident host memory of the busiest rank. */
+  hostMemBytes?: number;
   peakFlops?: number;
 }
 
@@ -99,6 +103,7 @@ export function stepRecord(i: StepInput): StepRecord {
     tflops_per_gpu: perRank / 1e12,
     mfu: perRank / (i.peakFlops ?? PEAK_BF16_FLOPS),
     peak_mem_bytes: i.peakMemBytes,
+    ...(i.hostMemBytes === undefined ? {} : { host_mem_bytes: i.hostMemBytes }),
   };
 }
 
@@ -118,7 +123,7 @@ export function formatStepLine(r: StepRecord, totalSteps: number): string {
     `${Math.round(r.tokens_per_s).toLocaleString("en-US")} tok/s`,
     `${r.tflops_per_gpu.toFixed(r.tflops_per_gpu < 1 ? 3 : 1)} TFLOP/s/GPU`,
     `MFU ${(100 * r.mfu).toFixed(r.mfu < 0.01 ? 3 : 1)}%`,
-    `mem ${fmtBytes(r.peak_mem_bytes)}`,
+    `mem ${fmtBytes(r.peak_mem_bytes)}${r.host_mem_bytes === undefined ? "" : ` (host ${fmtBytes(r.host_mem_bytes)})`}`,
     `${r.step_s.toFixed(2)} s`,
   ].join(" | ");
 }

@@ -67,6 +67,10 @@ describe("stepCost", () => {
     expect(full.recomputeS - remat.recomputeS).toBeCloseTo(4 * attnFwd, 9);
     const mixed = cost({ kinds: ["remat-aware", "remat-aware", "none", "none"] });
     expect(mixed.recomputeS).toBeCloseTo(remat.recomputeS / 2, 12);
+    // a tiled MLP keeps no gate|up: even `none` layers run that GEMM again (4 T C F per layer)
+    const tiled = cost({ kinds: all("none", 4), mlpTiled: true });
+    expect(tiled.recomputeS).toBeCloseTo((4 * 4 * 32768 * 4096 * 11008) / 550e12, 12);
+    expect(cost({ kinds: all("remat-aware", 4), mlpTiled: true }).recomputeS).toBe(remat.recomputeS);
   });
 
   test("optimizer state on the host: hidden behind a 7B backward at 32K, exposed at 2K", () => {

@@ -4,7 +4,8 @@
 //
 //   forward of layer i     f_i = (2 T N + A) / rate          N: the layer's parameters, T local tokens,
 //   backward of layer i    b_i = 2 f_i                       A: its causal attention forward FLOPs
-//   recompute              none 0; remat-aware 2 T N / rate (the linear layers); full f_i
+//   recompute              none 0 (tiled MLP: its gate|up GEMM, 4 T C F / rate, as tiles keep no
+//                          [T, ffn] tensor); remat-aware 2 T N / rate (the linear layers); full f_i
 //   checkpoint copies      c_i = kept bytes / pcie for a layer whose tensors live on the host, out
 //                          during f_i, back during the backward of layer i+1 (one layer ahead)
 //   optimizer streaming    s_i = 12 B x N / ranks / pcie each way (fp32 master, m, v in and out),
@@ -84,7 +85,8 @@ export function stepCost(i: CostInput): StepCost {
   const linear = (2 * T * N) / r.flops;
   const f = linear + attn / r.flops;
   const b = 2 * f;
-  const rec = (k: LayerKind) => (k === "none" ? 0 : k === "remat-aware" ? linear : f);
+  const gateUp = i.mlpTiled ? (4 * T * m.dim * m.ffn) / r.flops : 0;
+  const rec = (k: LayerKind) => (k === "none" ? gateUp : k === "remat-aware" ? linear : f);
   const copy = (l: number) => (l < i.hostLayers ? (keptBytesPerToken(m, kinds[l] as LayerKind, i.mlpTiled) * T) / r.pcie : 0);
   const stream = i.optimizer === "host" ? (12 * N) / i.ranks / r.pcie : 0;
   let exposed = 0;

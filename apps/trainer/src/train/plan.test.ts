@@ -2,6 +2,7 @@
 // chosen from the memory estimate before anything is allocated (one H200: 143,771 MiB as the driver
 // counts it).
 import { expect, test } from "bun:test";
+import { formatPolicy } from "@lightseq/checkpointing";
 import { layerLayout, llamaPreset } from "@lightseq/llama";
 import { paramCount } from "../metrics.ts";
 import { estimate, MLP_CHUNK, planRun, TILE_ABOVE, trainerExtraBytes } from "./plan.ts";
@@ -9,19 +10,39 @@ import { estimate, MLP_CHUNK, planRun, TILE_ABOVE, trainerExtraBytes } from "./p
 const GiB = 2 ** 30;
 const h200 = { gpu: true, deviceBytes: 143771 * 2 ** 20, hostBytes: 108 * GiB, cp: 1, dp: 1, perLayer: false } as const;
 
-test("llama2-7b at 32K on one H200, update after the backward: the tiled MLP lets full recompute fit beside the device state", () => {
+test("llama2-7b at 32K on one H200, update after the backward: the host state leaves room to keep 19 layers whole", () => {
   const p = planRun({ ...h200, model: llamaPreset("llama2-7b"), seq: 32768, policy: "auto", optimizer: "auto" });
-  expect([p.state, p.policy.kind, p.offload, p.mlpChunkTokens]).toEqual(["device", "full", "none", 8192]);
-  expect(p.reason).toMatch(/^full, tiled MLP \(8192-token chunks\), optimizer state on the device: [\d.]+ GiB of 133\.4 GiB usable/);
-  expect(p.reason).toMatch(/faster ones do not fit \(none needs [\d.]+ GiB, remat-aware needs [\d.]+ GiB\)$/);
-  const host = planRun({ ...h200, model: llamaPreset("llama2-7b"), seq: 32768, policy: "auto", optimizer: "host" });
-  expect([host.state, host.policy.kind]).toEqual(["host", "none"]);
+  expect([p.state, formatPolicy(p.policy), p.offload, p.mlpChunkTokens]).toEqual(["host", "remat-aware x13 + none x19", "none", null]);
+  expect(p.reason).toMatch(
+    /^remat-aware x13 \+ none x19, optimizer state in pinned host memory \(streamed\): [\d.]+ GiB of 133\.4 GiB usable/,
+  );
+  expect(p.reason).toMatch(
+    /; faster ones do not fit \(none needs [\d.]+ GiB\); model step ~4\.\d\d s against .* with the state on the device ~5\.\d\d s/,
+  );
+  expect(p.gpuBytes).toBeLessThanOrEqual(0.95 * h200.deviceBytes);
 });
 
-test("llama2-7b at 32K with the update per layer: no whole gradient, the state fits on the device", () => {
+test("llama2-7b at 32K with the update per layer: 25 layers kept whole with the host state; 12 with the device state", () => {
   const p = planRun({ ...h200, perLayer: true, model: llamaPreset("llama2-7b"), seq: 32768, policy: "auto", optimizer: "auto" });
-  expect([p.state, p.policy.kind]).toEqual(["device", "remat-aware"]);
-  expect(p.reason).toMatch(/^remat-aware, tiled MLP \(8192-token chunks\), optimizer state on the device: [\d.]+ GiB of 133\.4 GiB usable/);
+  expect([p.state, formatPolicy(p.policy), p.mlpChunkTokens]).toEqual(["host", "remat-aware x7 + none x25", null]);
+  const dev = planRun({ ...h200, perLayer: true, model: llamaPreset("llama2-7b"), seq: 32768, policy: "auto", optimizer: "device" });
+  expect([dev.state, formatPolicy(dev.policy), dev.mlpChunkTokens]).toEqual(["device", "remat-aware x20 + none x12", 8192]);
+  expect(dev.reason).toMatch(
+    /^remat-aware x20 \+ none x12, tiled MLP \(8192-token chunks\), optimizer state on the device: [\d.]+ GiB of 133\.4 GiB usable/,
+  );
+});
+
+test("an explicit per-layer --policy is kept when it fits, and refused with its numbers when it does not", () => {
+  const m = llamaPreset("llama2-7b");
+  const p = planRun({ ...h200, perLayer: true, model: m, seq: 32768, policy: "remat-aware*16,none*16", optimizer: "host" });
+  expect([formatPolicy(p.policy), p.state]).toEqual(["remat-aware x16 + none x16", "host"]);
+  expect(p.reason).toMatch(/; --policy/);
+  expect(() => planRun({ ...h200, perLayer: true, model: m, seq: 32768, policy: "none*32", optimizer: "device" })).toThrow(
+    /does not fit .*none needs [\d.]+ GiB.*: use more ranks/,
+  );
+  expect(() => planRun({ ...h200, perLayer: true, model: m, seq: 32768, policy: "none*30", optimizer: "host" })).toThrow(
+    "its counts add up to 30 layers, the model has 32",
+  );
 });
 
 test("trainerExtraBytes: per layer, a ring of the largest buffer's shard instead of 4 B/param (3 with the host state, 1 with the device state)", () => {
@@ -61,7 +82,7 @@ test("--optimizer device where it cannot fit, even with the checkpoints spilled,
 test("a small model on a GPU keeps everything on the device and recomputes nothing", () => {
   const p = planRun({ ...h200, model: llamaPreset("tinyllama-1.1b"), seq: 2048, policy: "auto", optimizer: "auto" });
   expect([p.state, p.policy.kind]).toEqual(["device", "none"]);
-  expect(p.reason).toMatch(/the fastest policy fits$/);
+  expect(p.reason).toMatch(/the fastest policy fits; model step ~[\d.]+ s against none with the state on the host/);
 });
 
 test("CPU ranks: the state in the rank's memory; an explicit --policy is kept and said so", () => {
@@ -92,21 +113,27 @@ test("llama2-7b on one GPU from 32K to 512K tokens: what planRun picks (the tabl
       `${String(seq / 1024).padStart(4)}K ${perLayer ? "per-layer " : "after-bwd "} ${p.policy.kind.padEnd(11)} ${p.state.padEnd(6)} ` +
         `${p.offload.padEnd(5)} ${String(p.deviceLayers).padStart(2)}/32 ${String(p.mlpChunkTokens ?? "-").padStart(4)}  ${p.memory}`,
     );
-    return [p.policy.kind, p.state, p.offload, p.deviceLayers, p.mlpChunkTokens];
+    return [formatPolicy(p.policy), p.state, p.offload, p.deviceLayers, p.mlpChunkTokens];
   };
-  expect(pick(32768, true)).toEqual(["remat-aware", "device", "none", 32, 8192]);
-  expect(pick(65536, true)).toEqual(["remat-aware", "device", "none", 32, 8192]);
-  expect(pick(131072, true)).toEqual(["remat-aware", "host", "none", 32, 8192]);
-  expect(pick(262144, true)).toEqual(["full", "host", "none", 32, 8192]);
-  // Past what fits on the GPU alone: the device state leaves the host to the checkpoints, 30 layers of them.
-  expect(pick(393216, true)).toEqual(["full", "device", "spill", 2, 8192]);
+  expect(pick(32768, true)).toEqual(["remat-aware x7 + none x25", "host", "none", 32, null]);
+  expect(pick(65536, true)).toEqual(["remat-aware x8 + none x24", "host", "none", 32, 8192]);
+  expect(pick(131072, true)).toEqual(["remat-aware x26 + none x6", "host", "none", 32, 8192]);
+  // 256K: the state on the device, 28 layers' checkpoints spilled (copies hide behind a 1.2 s layer
+  // forward), 3 full layers, beats the state on the host with 19 full layers (the model: ~126 s vs ~142 s).
+  expect(pick(262144, true)).toEqual(["full x3 + remat-aware x29", "device", "spill", 4, 8192]);
+  expect(pick(393216, true)).toEqual(["full x28 + remat-aware x4", "host", "spill", 22, 8192]);
   expect(() => pick(524288, true)).toThrow(/135\.3 GiB of 108\.0 GiB pinned host memory/);
-  // Updating after the backward keeps the whole gradient on the GPU: at 320K the checkpoints spill.
-  expect(pick(262144, false)).toEqual(["full", "host", "none", 32, 8192]);
-  expect(pick(327680, false)).toEqual(["full", "host", "spill", 25, 8192]);
-  // 512K with more host memory: 15 layers' checkpoints spilled beside the state.
+  // Updating after the backward keeps the whole gradient on the GPU: at 256K the checkpoints spill.
+  expect(pick(262144, false)).toEqual(["full x16 + remat-aware x16", "host", "spill", 17, 8192]);
+  expect(pick(327680, false)).toEqual(["full x27 + remat-aware x5", "host", "spill", 20, 8192]);
+  // 512K with more host memory: 21 layers' checkpoints spilled beside the state.
   const more = planRun({ ...one, hostBytes: 160 * GiB, perLayer: true, model: llamaPreset("llama2-7b"), seq: 524288 });
-  expect([more.policy.kind, more.state, more.offload, more.deviceLayers]).toEqual(["full", "host", "spill", 17]);
+  expect([formatPolicy(more.policy), more.state, more.offload, more.deviceLayers]).toEqual([
+    "full x26 + remat-aware x6",
+    "host",
+    "spill",
+    11,
+  ]);
   console.log(
     `llama2-7b, one 139.8 GiB GPU, 108 GiB host (seq, update, policy, state, offload, layers on the GPU, MLP tile):\n${rows.join("\n")}`,
   );
@@ -114,23 +141,22 @@ test("llama2-7b on one GPU from 32K to 512K tokens: what planRun picks (the tabl
 
 test("spill is chosen only when nothing fits on the GPU alone; the reason and the memory line name it", () => {
   const p = planRun({ ...one, perLayer: false, optimizer: "host", model: llamaPreset("llama2-7b"), seq: 327680 });
-  expect([p.offload, p.deviceLayers]).toEqual(["spill", 25]);
-  expect(p.reason).toMatch(/^full \+ spill \(checkpoints of 25 of 32 layers on the GPU, the rest pinned on the host\), tiled MLP/);
-  expect(p.reason).toMatch(/; faster ones do not fit \(remat-aware needs [\d.]+ GiB \+ [\d.]+ GiB of 108\.0 GiB on the host\); /);
+  expect([formatPolicy(p.policy), p.offload, p.deviceLayers]).toEqual(["full x27 + remat-aware x5", "spill", 20]);
   expect(p.reason).toMatch(
-    /with the optimizer state on the host no policy fits in 132\.8 GiB \(none needs [\d.]+ GiB, remat-aware needs [\d.]+ GiB, full needs [\d.]+ GiB\)$/,
+    /^full x27 \+ remat-aware x5 \+ spill \(checkpoints of 20 of 32 layers on the GPU, the rest pinned on the host\), tiled MLP/,
   );
+  expect(p.reason).toMatch(/; faster ones do not fit \(remat-aware needs [\d.]+ GiB \+ [\d.]+ GiB of 108\.0 GiB on the host\)$/);
   expect(p.hostStateBytes / GiB).toBeCloseTo(75.3, 1);
-  expect(p.hostCheckpointBytes).toBe(7 * 327680 * 8192); // 7 layers' x: 8 KiB per token
+  expect(p.hostCheckpointBytes).toBe(12 * 327680 * 8192); // the first 12 layers (full) spilled: x, 8 KiB per token
   expect(p.memory).toMatch(
-    /^memory: GPU [\d.]+ GiB of 132\.8 GiB usable \(139\.8 GiB\) at the attention backward peak \(327680 local tokens\); host 75\.3 GiB optimizer state \+ 17\.5 GiB spilled checkpoints = 92\.8 GiB of 108\.0 GiB pinned$/,
+    /^memory: GPU [\d.]+ GiB of 132\.8 GiB usable \(139\.8 GiB\) at the attention backward peak \(327680 local tokens\); host 75\.3 GiB optimizer state \+ 30\.0 GiB spilled checkpoints = 105\.3 GiB of 108\.0 GiB pinned$/,
   );
   expect(p.gpuBytes).toBeLessThanOrEqual(0.95 * one.deviceBytes);
 });
 
 test("refused when the host cannot take the rest either, with the smallest candidate's numbers", () => {
   expect(() => planRun({ ...one, perLayer: true, optimizer: "host", model: llamaPreset("llama2-7b"), seq: 524288 })).toThrow(
-    /does not fit .*with the optimizer state on the host, checkpoints spilled to the host, no policy fits .*the smallest, full \+ spill with the state on the host, needs [\d.]+ GiB of 132\.8 GiB on the GPU and 135\.3 GiB of 108\.0 GiB pinned host memory\): use more ranks/,
+    /does not fit .*with the optimizer state on the host, checkpoints spilled to the host, nothing fits .*the smallest, full \+ spill with the state on the host, needs [\d.]+ GiB of 132\.8 GiB on the GPU and 135\.3 GiB of 108\.0 GiB pinned host memory\): use more ranks/,
   );
   // Less host memory: even 256K, which fits on the GPU alone, is refused for want of room for the state.
   expect(() =>
@@ -141,8 +167,9 @@ test("refused when the host cannot take the rest either, with the smallest candi
 test("the MLP is tiled once the local tokens exceed TILE_ABOVE (sequence / cp)", () => {
   const m = llamaPreset("llama2-7b");
   const at = (seq: number, cp: number) => planRun({ ...one, cp, perLayer: true, model: m, seq }).mlpChunkTokens;
-  expect(at(TILE_ABOVE, 1)).toBeNull();
-  expect(at(TILE_ABOVE + 1, 1)).toBe(MLP_CHUNK);
+  expect(at(TILE_ABOVE, 1)).toBeNull(); // never tiled at or below
+  expect(at(TILE_ABOVE + 1, 1)).toBe(MLP_CHUNK); // tiled `none` (gate|up again) beats a mix untiled
+  expect(at(65536, 1)).toBe(MLP_CHUNK); // needed: 24 layers whole fit only tiled
   expect(at(65536, 4)).toBeNull(); // 16K local tokens per rank
-  expect(at(131072, 4)).toBe(MLP_CHUNK);
+  expect(at(131072, 4)).toBeNull(); // untiled with the host state: 28 layers whole, faster
 });

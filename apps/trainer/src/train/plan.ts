@@ -4,10 +4,15 @@
 // state there, else pinned host memory), whether the checkpoints spill to pinned host memory, and the
 // MLP's tiling. Each choice comes with its reason, printed at start with the plan's memory numbers.
 //
-// Order of preference (GPU ranks): everything on the GPU (no offload) before checkpoints spilled to
-// the host (copies that must hide behind compute); within each, the optimizer places in order, then
-// the policies in pickPolicy's order. At long local lengths (over TILE_ABOVE tokens) the MLP runs in
-// MLP_CHUNK-token chunks, so no [T, ffn] tensor exists whole (DESIGN.md section 6).
+// The choice (GPU ranks): every setting (optimizer state on the device or the host, checkpoints all on
+// the GPU or spilled to the host, the MLP whole or tiled) gets the fastest checkpoint policy that fits
+// it (`bestMixed`: per layer, the cheap kind on the last layers), and the setting whose policy the
+// step-time model (@lightseq/checkpointing stepCost: recompute, and the PCIe copies of spilled
+// checkpoints and streamed optimizer state that cannot hide behind compute) calls fastest wins; on a
+// tie, the earlier setting (no offload before spill, the device before the host, untiled before tiled).
+// Layers kept whole (`none`) never spill: their copies are bound by PCIe (BENCHMARKS.md, issue 12).
+// Tiling is tried only when local tokens exceed TILE_ABOVE (MLP_CHUNK-token chunks, DESIGN.md
+// section 6); a tiled `none` layer recomputes gate|up, which the model counts.
 //
 // The estimator's "host" plan updates each layer as its gradients arrive and keeps no gradient
 // buffer; this trainer keeps the fp32 gradient shards on the GPU until the global norm is known (an
@@ -18,12 +23,18 @@
 // (how many layers keep their checkpoints on the GPU) leaves room for them.
 
 import {
+  bestMixed,
   type CheckpointPolicy,
   estimateMemory,
   fmtGiB,
+  formatPolicy,
+  layerKinds,
   type MemoryEstimate,
   MemoryEstimateError,
   parsePolicy,
+  type StepCost,
+  stepCost,
+  type UniformKind,
 } from "@lightseq/checkpointing";
 import { defaultChunkTokens, type LlamaConfig, layerLayout } from "@lightseq/llama";
 import type { OptimizerPlace, Policy } from "../config.ts";
@@ -31,9 +42,6 @@ import { paramCount } from "../metrics.ts";
 import { slotBytes } from "../optim/streamed.ts";
 import type { StatePlace } from "./state.ts";
 import { gradientRing } from "./zero.ts";
-
-/** Fastest first (DESIGN.md section 6): nothing recomputed, then attention kept, then everything recomputed. */
-const ORDER: readonly CheckpointPolicy["kind"][] = ["none", "remat-aware", "full"];
 
 /** Local tokens above which the MLP is tiled, and the tokens per tile. */
 export const TILE_ABOVE = 16384;
@@ -108,15 +116,16 @@ const usable = (i: PlanInput) => (i.gpu ? GPU_USABLE : 1) * i.deviceBytes;
  * added, and the estimator's "optimizer stream buffers" (a whole layer's state in and out) replaced by
  * what StreamedAdamW holds (DEFAULT_SLOTS chunks of master, m, v: 288 MiB for 7B against 4.5 GiB).
  */
-export function estimate(i: PlanInput, kind: CheckpointPolicy["kind"], s: Setting): PlanEstimate {
+export function estimate(i: PlanInput, policy: CheckpointPolicy | CheckpointPolicy["kind"], s: Setting): PlanEstimate {
   const R = i.cp * i.dp;
+  const pol = typeof policy === "string" ? parsePolicy(policy) : policy;
   let extra = i.gpu ? trainerExtraBytes(i.model, s.place, R, i.perLayer) : 0;
-  let e = estimateWith(i, kind, s, extra);
+  let e = estimateWith(i, pol, s, extra);
   const counted = e.gpu.filter((t) => t.name === "optimizer stream buffers").reduce((a, t) => a + t.bytes, 0);
   const held = i.gpu && s.place === "host" ? slotBytes(maxShardLen(i.model, R)) : counted;
   if (counted > held) {
     extra -= counted - held;
-    e = estimateWith(i, kind, s, extra);
+    e = estimateWith(i, pol, s, extra);
   }
   return { e, gpuBytes: e.gpuBytes + extra, fits: e.fits };
 }
@@ -127,12 +136,12 @@ function maxShardLen(m: LlamaConfig, ranks: number): number {
 }
 
 /** The estimator's plan with `extra` bytes of the GPU's usable memory taken by what its terms do not count. */
-function estimateWith(i: PlanInput, kind: CheckpointPolicy["kind"], s: Setting, extra: number): MemoryEstimate {
+function estimateWith(i: PlanInput, policy: CheckpointPolicy, s: Setting, extra: number): MemoryEstimate {
   return estimateMemory({
     model: i.model,
     seqLen: i.seq,
     mesh: { cp: i.cp, dp: i.dp },
-    policy: parsePolicy(kind),
+    policy,
     offload: s.offload,
     optimizer: s.place,
     deviceBytes: Math.max(1, Math.floor(usable(i) - extra)),
@@ -165,34 +174,61 @@ export function trainerExtraBytes(m: LlamaConfig, optimizer: "device" | "host", 
 }
 
 export interface PolicyChoice {
-  kind: CheckpointPolicy["kind"];
+  policy: CheckpointPolicy;
   est: PlanEstimate;
+  cost: StepCost;
+}
+
+/** Whether a policy may be used with a setting: layers kept whole (`none`) never spill (see the header). */
+function allowed(i: PlanInput, s: Setting, p: CheckpointPolicy): boolean {
+  return s.offload === "none" || !layerKinds(p, i.model.layers).includes("none");
+}
+
+/** The step-time model's cost of a policy with a setting (GPU and CPU ranks alike: it ranks, it does not promise). */
+function costOf(i: PlanInput, s: Setting, p: CheckpointPolicy, e: MemoryEstimate): StepCost {
+  const L = i.model.layers;
+  return stepCost({
+    model: i.model,
+    seqLen: i.seq,
+    cp: i.cp,
+    ranks: i.cp * i.dp,
+    kinds: layerKinds(p, L),
+    hostLayers: s.offload === "spill" ? L - e.deviceLayers : 0,
+    mlpTiled: s.mlpChunkTokens !== null,
+    optimizer: s.place,
+  });
 }
 
 /**
- * The policies pickPolicy tries, fastest first. `none` never spills (as in the estimator's autoPolicy):
- * its ~L x 130 KiB per token each way per step would bound the step by PCIe.
- */
-function candidates(i: PlanInput, s: Setting): CheckpointPolicy["kind"][] {
-  return (i.policy === "auto" ? ORDER : [i.policy]).filter((k) => s.offload === "none" || k !== "none");
-}
-
-/**
- * The checkpoint policy for one setting: with `--policy auto` the fastest that fits, else the one
- * asked for if it fits. `tried` says what each rejected candidate needs; `smallest` is the last one
- * tried (the one the refusal quotes). The one place the policy search lives: a per-layer mixed search
- * can replace it.
+ * The checkpoint policy for one setting: with `--policy auto` the fastest that fits (bestMixed), else
+ * the one asked for if it fits. `tried` says what the faster uniform policies need; `smallest` is the
+ * estimate a refusal quotes (the policy that keeps least).
  */
 export function pickPolicy(i: PlanInput, s: Setting): { found: PolicyChoice | null; tried: string[]; smallest: PlanEstimate | null } {
+  const L = i.model.layers;
   const tried: string[] = [];
-  let smallest: PlanEstimate | null = null;
-  for (const kind of candidates(i, s)) {
-    const est = estimate(i, kind, s);
-    if (est.fits) return { found: { kind, est }, tried, smallest };
-    smallest = est;
-    tried.push(`${kind} needs ${needs(i, est)}`);
+  const fits = (p: CheckpointPolicy) => allowed(i, s, p) && estimate(i, p, s).fits;
+  const wanted = i.policy === "auto" ? null : parsePolicy(i.policy, L);
+  const found = wanted === null ? bestMixed(L, fits) : fits(wanted) ? wanted : null;
+  if (wanted === null) {
+    // the uniform policies faster than what was found (all of them when nothing fits)
+    const uniform: UniformKind[] = ["none", "remat-aware", "full"];
+    const kinds = found === null ? [] : layerKinds(found, L);
+    const cheapest = found === null ? uniform.length : Math.min(...kinds.map((k) => uniform.indexOf(k)));
+    const faster = found === null ? uniform : uniform.slice(0, cheapest + (kinds.every((k) => k === uniform[cheapest]) ? 0 : 1));
+    for (const kind of faster) if (allowed(i, s, { kind })) tried.push(`${kind} needs ${needs(i, estimate(i, kind, s))}`);
   }
-  return { found: null, tried, smallest };
+  const last = wanted ?? { kind: "full" as const };
+  const smallest = found === null && allowed(i, s, last) ? estimate(i, last, s) : null;
+  if (found === null) {
+    if (wanted !== null)
+      tried.push(
+        `${formatPolicy(wanted)} ${allowed(i, s, wanted) ? `needs ${needs(i, estimate(i, wanted, s))}` : "keeps layers whole, which never spill"}`,
+      );
+    return { found: null, tried, smallest };
+  }
+  const est = estimate(i, found, s);
+  return { found: { policy: found, est, cost: costOf(i, s, found, est.e) }, tried, smallest };
 }
 
 /** "X GiB" on the GPU, and "+ Y of Z GiB on the host" when the host is over its budget. */
@@ -204,19 +240,12 @@ function needs(i: PlanInput, est: PlanEstimate): string {
 /** Bytes of the estimate's host term `name` (0 when absent). */
 const hostTerm = (e: MemoryEstimate, name: string) => e.host.filter((t) => t.name === name).reduce((a, t) => a + t.bytes, 0);
 
-/** Layers whose checkpoints the estimate keeps on the GPU: its split of the checkpoint bytes. */
-function deviceLayersOf(e: MemoryEstimate, layers: number): number {
-  const gpu = e.gpu.filter((t) => t.name === "checkpoints").reduce((a, t) => a + t.bytes, 0);
-  const host = hostTerm(e, "offloaded checkpoints");
-  return host === 0 ? layers : Math.round((layers * gpu) / (gpu + host));
-}
-
 const placeName = (p: "device" | "host") => (p === "host" ? "on the host" : "on the device");
 
 export function planRun(i: PlanInput): RunPlan {
   const where = i.gpu ? "on the GPU" : "per CPU rank";
   const T = Math.ceil(i.seq / i.cp);
-  const mlpChunkTokens = T > TILE_ABOVE ? MLP_CHUNK : null;
+  const tilings: (number | null)[] = T > TILE_ABOVE ? [null, MLP_CHUNK] : [null];
   const lossChunkTokens = defaultChunkTokens(i.model.vocab, i.gpu ? "cuda" : "cpu");
   const places: ("device" | "host")[] =
     !i.gpu || i.optimizer === "device" ? ["device"] : i.optimizer === "host" ? ["host"] : ["device", "host"];
@@ -224,23 +253,31 @@ export function planRun(i: PlanInput): RunPlan {
   const offloads: CheckpointOffload[] = i.gpu ? ["none", "spill"] : ["none"];
   const notes: string[] = [];
   let smallest: { s: Setting; est: PlanEstimate } | null = null;
+  let best: { s: Setting; p: PolicyChoice; tried: string[] } | null = null;
+  const others: string[] = [];
   for (const offload of offloads)
-    for (const place of places) {
-      const s: Setting = { place, offload, mlpChunkTokens, lossChunkTokens };
-      if (candidates(i, s).length === 0) continue;
-      const p = pickPolicy(i, s);
-      if (p.smallest) smallest = { s, est: p.smallest };
-      if (p.found === null) {
-        const spill = offload === "spill" ? ", checkpoints spilled to the host," : "";
-        notes.push(`with the optimizer state ${placeName(place)}${spill} no policy fits in ${fmtGiB(usable(i))} (${p.tried.join(", ")})`);
-        continue;
+    for (const place of places)
+      for (const mlpChunkTokens of tilings) {
+        const s: Setting = { place, offload, mlpChunkTokens, lossChunkTokens };
+        const p = pickPolicy(i, s);
+        if (p.smallest) smallest = { s, est: p.smallest };
+        if (p.found === null) {
+          if (mlpChunkTokens === tilings[tilings.length - 1])
+            notes.push(
+              `with the optimizer state ${placeName(place)}${offload === "spill" ? ", checkpoints spilled to the host," : ""} nothing fits in ${fmtGiB(usable(i))} (${p.tried.join(", ")})`,
+            );
+          continue;
+        }
+        if (best === null || p.found.cost.totalS < best.p.cost.totalS) {
+          if (best) others.push(settingLine(best.s, best.p));
+          best = { s, p: p.found, tried: p.tried };
+        } else others.push(settingLine(s, p.found));
       }
-      return describe(i, s, p.found, p.tried, notes, where);
-    }
+  if (best !== null) return describe(i, best.s, best.p, best.tried, i.gpu ? others.slice(0, 2) : [], where);
   const last =
     smallest === null
       ? ""
-      : `; the smallest, ${smallest.est.e.plan.policy.kind}${smallest.s.offload === "spill" ? " + spill" : ""} with the state ${placeName(smallest.s.place)}, ` +
+      : `; the smallest, ${formatPolicy(smallest.est.e.plan.policy)}${smallest.s.offload === "spill" ? " + spill" : ""} with the state ${placeName(smallest.s.place)}, ` +
         `needs ${fmtGiB(smallest.est.gpuBytes)} of ${fmtGiB(usable(i))} ${where}` +
         (i.gpu ? ` and ${fmtGiB(smallest.est.e.hostBytes)} of ${fmtGiB(i.hostBytes)} pinned host memory` : "");
   throw new MemoryEstimateError(
@@ -249,21 +286,22 @@ export function planRun(i: PlanInput): RunPlan {
   );
 }
 
-function describe(i: PlanInput, s: Setting, p: PolicyChoice, tried: string[], notes: string[], where: string): RunPlan {
+/** "policy, state on the host, spill, tiled: ~4.41 s" for the alternatives the reason lists. */
+function settingLine(s: Setting, p: PolicyChoice): string {
+  const spill = s.offload === "spill" ? " + spill" : "";
+  const tile = s.mlpChunkTokens === null ? "" : ", tiled MLP";
+  return `${formatPolicy(p.policy)}${spill}${tile} with the state ${placeName(s.place)} ~${p.cost.totalS.toFixed(2)} s`;
+}
+
+function describe(i: PlanInput, s: Setting, p: PolicyChoice, tried: string[], others: string[], where: string): RunPlan {
   const { e, gpuBytes } = p.est;
   const L = i.model.layers;
-  const deviceLayers = s.offload === "spill" ? deviceLayersOf(e, L) : L;
+  const deviceLayers = s.offload === "spill" ? e.deviceLayers : L;
   const hostStateBytes = hostTerm(e, "optimizer state");
   const hostCheckpointBytes = hostTerm(e, "offloaded checkpoints");
   const why = [
-    i.policy !== "auto"
-      ? "--policy"
-      : tried.length > 0
-        ? `faster ones do not fit (${tried.join(", ")})`
-        : s.offload === "spill"
-          ? "the fastest policy that may spill (none never does) fits"
-          : "the fastest policy fits",
-    ...notes,
+    i.policy !== "auto" ? "--policy" : tried.length > 0 ? `faster ones do not fit (${tried.join(", ")})` : "the fastest policy fits",
+    ...(others.length > 0 ? [`model step ~${p.cost.totalS.toFixed(2)} s against ${others.join(", ")}`] : []),
   ].join("; ");
   const spill =
     s.offload === "spill" ? ` + spill (checkpoints of ${deviceLayers} of ${L} layers on the GPU, the rest pinned on the host)` : "";
@@ -274,7 +312,7 @@ function describe(i: PlanInput, s: Setting, p: PolicyChoice, tried: string[], no
     ? `; host ${fmtGiB(hostStateBytes)} optimizer state + ${fmtGiB(hostCheckpointBytes)} spilled checkpoints = ${fmtGiB(e.hostBytes)} of ${fmtGiB(i.hostBytes)} pinned`
     : "";
   return {
-    policy: parsePolicy(p.kind),
+    policy: p.policy,
     state: i.gpu ? s.place : "cpu",
     offload: s.offload,
     deviceLayers,
@@ -283,7 +321,7 @@ function describe(i: PlanInput, s: Setting, p: PolicyChoice, tried: string[], no
     gpuBytes,
     hostStateBytes,
     hostCheckpointBytes,
-    reason: `${p.kind}${spill}${tile}${opt}: ${fmtGiB(gpuBytes)} of ${budget} ${where}; ${why}`,
+    reason: `${formatPolicy(p.policy)}${spill}${tile}${opt}: ${fmtGiB(gpuBytes)} of ${budget} ${where}; ${why}`,
     memory: `memory: ${i.gpu ? "GPU" : "rank"} ${fmtGiB(gpuBytes)} of ${budget} at the ${e.peakPhase} peak (${e.localTokens} local tokens)${hostLine}`,
   };
 }

@@ -259,7 +259,8 @@ async function main(): Promise<void> {
       }
     }
     const mem = peakMemoryBytes(gpu ? "cuda:0" : "cpu") / 2 ** 20;
-    const all = await combine([lossSum, sq, stop.requested ? 1 : 0, mem]);
+    const hostMem = gpu ? peakMemoryBytes("cpu") / 2 ** 20 : 0;
+    const all = await combine([lossSum, sq, stop.requested ? 1 : 0, mem, hostMem]);
     const total = (k: number) => all.reduce((a, v) => a + (v[k] as number), 0);
     const norm = globalNorm(total(1));
     const lr = live.lr;
@@ -285,6 +286,7 @@ async function main(): Promise<void> {
         ranks: R,
         shape: model,
         peakMemBytes: Math.max(...all.map((v) => v[3] as number)) * 2 ** 20,
+        ...(gpu ? { hostMemBytes: Math.max(...all.map((v) => v[4] as number)) * 2 ** 20 } : {}),
       });
       console.log(formatStepLine(rec, cfg.steps));
       metrics.append(rec);
