@@ -3,11 +3,20 @@
 // forward is the same computation on the same bits, and the loss and the gradients must be as close as
 // two runs of the in-place model are to each other: equal where the kernels are deterministic, within
 // their own run-to-run noise where one accumulates with atomics (an attention backward may).
+// Per-layer mixes (kept in place and spilled) against `none` kept in place: what a layer recomputes is
+// the same computation on the same bits, so the same tolerance holds.
 // Skipped visibly without a GPU.
 
 import { describe, expect, test } from "bun:test";
 import { selectAttentionBackend } from "@lightseq/attention";
-import { type ActivationStore, OffloadActivationStore, POLICY_KINDS, type PolicyKind } from "@lightseq/checkpointing";
+import {
+  type ActivationStore,
+  type CheckpointPolicy,
+  OffloadActivationStore,
+  POLICY_KINDS,
+  type PolicyKind,
+  parsePolicy,
+} from "@lightseq/checkpointing";
 import { skipWithoutGpu } from "@lightseq/cuda";
 import { toFloat32Array } from "@lightseq/tensor";
 import { makeLlamaConfig } from "./config.ts";
@@ -37,14 +46,14 @@ const cfg = makeLlamaConfig({
 });
 const T = 300;
 
-async function step(params: ModelParams, policy: PolicyKind, store: ActivationStore) {
+async function step(params: ModelParams, policy: PolicyKind | CheckpointPolicy, store: ActivationStore) {
   const attn = selectAttentionBackend("auto", dev);
   const model = new LlamaModel({
     config: cfg,
     weights: new LocalWeightSource(params),
     attention: localAttention(attn.backend),
     store,
-    policy: { kind: policy },
+    policy: typeof policy === "string" ? { kind: policy } : policy,
   });
   using grads = zeroParams(cfg, { device: dev });
   const loss = await model.forwardBackward(sequenceBatch(seqTokens(T, cfg.vocab, 3)), new LocalGradientSink(grads), {
@@ -89,6 +98,29 @@ describe.skipIf(noGpu)("tiny bf16 model on the GPU: offloaded = kept in place", 
         // 4x the measured run-to-run noise (0 when deterministic) + 1e-6 for an unlucky draw of atomics.
         expect({ deviceLayers, worst: worst(got, ref) <= 4 * noise + 1e-6 }).toEqual({ deviceLayers, worst: true });
         expect(store.report().copiesOut).toBeGreaterThan(0);
+      }
+    }, 120_000);
+  }
+});
+
+describe.skipIf(noGpu)("tiny bf16 model on the GPU: per-layer mixes = none kept in place", () => {
+  for (const spec of ["full*1,remat-aware*1,none*1", "remat-aware*2,none*1", "full*2,remat-aware*1"]) {
+    test(`${spec}: in place and spilled (the last layer on the GPU)`, async () => {
+      using params = initParams(cfg, { seed: 7, dtype: "bf16", device: dev, std: 0.05 });
+      const ref = await step(params, "none", new LocalActivationStore());
+      const again = await step(params, "none", new LocalActivationStore());
+      const noise = worst(again, ref);
+      const lossNoise = Math.abs(again.loss.lossSum - ref.loss.lossSum);
+      const policy = parsePolicy(spec, cfg.layers);
+      for (const store of [new LocalActivationStore(), new OffloadActivationStore({ layers: cfg.layers, deviceLayers: 1 })]) {
+        const got = await step(params, policy, store);
+        const where = store instanceof OffloadActivationStore ? "spilled" : "in place";
+        expect({ where, lossDiff: Math.abs(got.loss.lossSum - ref.loss.lossSum) <= 4 * lossNoise + 1e-4 }).toEqual({
+          where,
+          lossDiff: true,
+        });
+        expect({ where, worst: worst(got, ref) <= 4 * noise + 1e-6 }).toEqual({ where, worst: true });
+        if (store instanceof OffloadActivationStore) store[Symbol.dispose]();
       }
     }, 120_000);
   }
