@@ -256,6 +256,8 @@ describe("mistakes are one line and exit 2", () => {
       [["--data", join(dir, "empty.txt")], /^trainer: .*empty.txt: no text in its 1 file\(s\)$/],
       [["--init-from", join(dir, "nowhere")], /^trainer: .*nowhere/],
       [["--resume", "--out", join(dir, "never")], /^trainer: --resume: no complete snapshot in /],
+      [["--attention", "cuda"], /^trainer: --attention cuda needs a GPU; CPU ranks run the reference attention/],
+      [["--policy", "none*3"], /^trainer: --policy: checkpoint policy "none\*3": its counts add up to 3 layers, the model has 4$/],
     ];
     for (const [args, msg] of cases) {
       const r = run(args);

@@ -9,6 +9,7 @@
 // others and exit non-zero, naming it.
 
 import { join } from "node:path";
+import { parsePolicy } from "@lightseq/checkpointing";
 import { launch } from "@lightseq/comm";
 import { probeGpus } from "@lightseq/cuda";
 import { LlamaConfigError, llamaPreset } from "@lightseq/llama";
@@ -41,6 +42,15 @@ if (lead) console.log(`config (preset ${cfg.preset}):\n${formatConfig(cfg)}`);
 let tokenPath: string;
 try {
   const model = llamaPreset(cfg.model);
+  if (cfg.policy !== "auto") {
+    try {
+      parsePolicy(cfg.policy, model.layers);
+    } catch (e) {
+      throw new ConfigError(`--policy: ${(e as Error).message}`);
+    }
+  }
+  if (machine.gpus === 0 && cfg.attention !== "auto")
+    throw new ConfigError(`--attention ${cfg.attention} needs a GPU; CPU ranks run the reference attention (leave --attention auto)`);
   if (lead) {
     checkFreshRunDir(cfg);
     if (cfg.resume) {

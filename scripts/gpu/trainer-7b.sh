@@ -10,7 +10,9 @@
 #   small  tinyllama-1.1b at 2K tokens: 4 steps uninterrupted with the export (run A); our loss and
 #          transformers' on a held-out sequence of the export (f32 on both sides); then 2 steps + a
 #          snapshot and --resume to 4 (run B): B's losses against A's                 est ~2.5 min
-#          (SMALL_HF=0: run A without the export and the transformers check)
+#          (SMALL_HF=0: run A without the export and the transformers check; SMALL_EXTRA: more flags
+#          for the three runs, e.g. "--attention cuda", whose backward is deterministic, so A and B
+#          can agree to the bit: cuDNN's attention backward need not give the same bits twice)
 # Each run is capped (timeout). Writes $OUT/<run>.log and <run>.metrics.jsonl; the table comes last.
 # Usage (device tool, repository root): source .device/setup.sh && PARTS="smoke 7b" bash scripts/gpu/trainer-7b.sh
 set -uo pipefail
@@ -59,7 +61,8 @@ if want 7b; then
 fi
 
 if want small; then
-  SMALL=(--model tinyllama-1.1b --seq 2048 --batch 1 --lr 3e-4 --min-lr 3e-5 --warmup 2 --decay-steps 4 --nprocs 1 --cp 1 --keep-snapshots 1)
+  # shellcheck disable=SC2206  # SMALL_EXTRA is a list of flags (e.g. "--attention cuda": a deterministic backward)
+  SMALL=(--model tinyllama-1.1b --seq 2048 --batch 1 --lr 3e-4 --min-lr 3e-5 --warmup 2 --decay-steps 4 --nprocs 1 --cp 1 --keep-snapshots 1 ${SMALL_EXTRA:-})
   if [ "${SMALL_HF:-1}" = 0 ]; then
     run small-a 150 "${SMALL[@]}" --steps 4 --snapshots=false --export=false --out "$RUNS/small-a"
   else

@@ -24,6 +24,14 @@ export const OPTIMIZERS = ["auto", "device", "host"] as const;
  */
 export type OptimizerPlace = (typeof OPTIMIZERS)[number];
 
+export const ATTENTIONS = ["auto", "cudnn", "cuda"] as const;
+/**
+ * GPU ranks' attention blocks (@lightseq/attention selectAttentionBackend): `auto` takes cuDNN when it
+ * is present (the fastest), `cuda` our flash-attention kernels, whose backward is deterministic (no
+ * atomics: two runs, or a run and its resume, give the same bits). CPU ranks use the reference.
+ */
+export type AttentionChoice = (typeof ATTENTIONS)[number];
+
 export const UPDATES = ["after-backward", "per-layer"] as const;
 /**
  * When AdamW runs: after the whole backward (the clip uses this step's global gradient norm; every
@@ -67,6 +75,7 @@ export interface TrainConfig {
   gradClip: number;
   policy: Policy;
   optimizer: OptimizerPlace;
+  attention: AttentionChoice;
   update: UpdateMode;
   /** Text, JSONL or parquet files or a folder of them; null: the shipped Brown corpus. */
   data: string | null;
@@ -157,6 +166,12 @@ export const FIELDS: { readonly [K in keyof TrainConfig]: Field<TrainConfig[K]> 
     meta: "NAME",
     help: `activation checkpointing (${POLICIES.join(", ")}, or per layer: remat-aware*8,none*24)`,
   },
+  attention: {
+    kind: { t: "enum", values: ATTENTIONS },
+    flag: "attention",
+    meta: "BACKEND",
+    help: "GPU attention blocks: auto (cuDNN when present), cudnn, or cuda (ours: deterministic backward)",
+  },
   optimizer: {
     kind: { t: "enum", values: OPTIMIZERS },
     flag: "optimizer",
@@ -214,6 +229,7 @@ const common = {
   gradClip: 1.0,
   policy: "auto",
   optimizer: "auto",
+  attention: "auto",
   update: "after-backward",
   data: null,
   tokenizer: null,

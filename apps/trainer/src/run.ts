@@ -61,7 +61,8 @@ export const RESUME_RULES: { readonly [K in keyof TrainConfig]: Rule } = {
   eps: "must-match",
   gradClip: "must-match",
   policy: "may-differ", // recomputation gives the same numbers
-  optimizer: "may-differ", // the streamed optimizer equals the device one bit for bit
+  optimizer: "may-differ",
+  attention: "may-differ", // the streamed optimizer equals the device one bit for bit
   update: "must-match", // which norm clips which step
   data: "must-match",
   tokenizer: "must-match",

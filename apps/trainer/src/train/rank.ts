@@ -84,8 +84,10 @@ async function main(): Promise<void> {
     const m = cpuMatmulInfo();
     log(`cpu matmul: ${m.mode}${m.blas ? ` (${m.blas.flavor}, ${m.blas.threads} thread(s), ${m.blas.path})` : ""}`);
   }
+  if (!gpu && cfg.attention !== "auto")
+    throw new Error(`--attention ${cfg.attention} needs a GPU; CPU ranks run the reference attention (leave --attention auto)`);
   const attention = gpu
-    ? selectAttentionBackend("auto", device)
+    ? selectAttentionBackend(cfg.attention, device)
     : { backend: referenceBackend, reason: "attention: reference (cpu ranks)" };
   log(attention.reason);
 
