@@ -11,8 +11,8 @@
 #          transformers' on a held-out sequence of the export (f32 on both sides); then 2 steps + a
 #          snapshot and --resume to 4 (run B): B's losses against A's                 est ~2.5 min
 #          (SMALL_HF=0: run A without the export and the transformers check; SMALL_EXTRA: more flags
-#          for the three runs, e.g. "--attention cuda", whose backward is deterministic, so A and B
-#          can agree to the bit: cuDNN's attention backward need not give the same bits twice)
+#          for the three runs, e.g. "--attention cuda". Neither GPU attention backward is deterministic
+#          (dQ by f32 atomics): A and B agree to run-to-run noise, from step 2 on, not to the bit)
 # Each run is capped (timeout). Writes $OUT/<run>.log and <run>.metrics.jsonl; the table comes last.
 # Usage (device tool, repository root): source .device/setup.sh && PARTS="smoke 7b" bash scripts/gpu/trainer-7b.sh
 set -uo pipefail
@@ -61,7 +61,7 @@ if want 7b; then
 fi
 
 if want small; then
-  # shellcheck disable=SC2206  # SMALL_EXTRA is a list of flags (e.g. "--attention cuda": a deterministic backward)
+  # shellcheck disable=SC2206  # SMALL_EXTRA is a list of flags (e.g. "--attention cuda")
   SMALL=(--model tinyllama-1.1b --seq 2048 --batch 1 --lr 3e-4 --min-lr 3e-5 --warmup 2 --decay-steps 4 --nprocs 1 --cp 1 --keep-snapshots 1 ${SMALL_EXTRA:-})
   if [ "${SMALL_HF:-1}" = 0 ]; then
     run small-a 150 "${SMALL[@]}" --steps 4 --snapshots=false --export=false --out "$RUNS/small-a"

@@ -27,8 +27,9 @@ export type OptimizerPlace = (typeof OPTIMIZERS)[number];
 export const ATTENTIONS = ["auto", "cudnn", "cuda"] as const;
 /**
  * GPU ranks' attention blocks (@lightseq/attention selectAttentionBackend): `auto` takes cuDNN when it
- * is present (the fastest), `cuda` our flash-attention kernels, whose backward is deterministic (no
- * atomics: two runs, or a run and its resume, give the same bits). CPU ranks use the reference.
+ * is present (the fastest), `cudnn` insists on it, `cuda` runs our flash-attention kernels. Neither
+ * GPU backward is deterministic (dQ is accumulated with f32 atomics), so two GPU runs agree to
+ * run-to-run noise, not to the bit. CPU ranks use the reference.
  */
 export type AttentionChoice = (typeof ATTENTIONS)[number];
 
@@ -170,7 +171,7 @@ export const FIELDS: { readonly [K in keyof TrainConfig]: Field<TrainConfig[K]> 
     kind: { t: "enum", values: ATTENTIONS },
     flag: "attention",
     meta: "BACKEND",
-    help: "GPU attention blocks: auto (cuDNN when present), cudnn, or cuda (ours: deterministic backward)",
+    help: "GPU attention blocks: auto (cuDNN when present), cudnn, or cuda (our kernels)",
   },
   optimizer: {
     kind: { t: "enum", values: OPTIMIZERS },
