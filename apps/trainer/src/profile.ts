@@ -18,7 +18,10 @@
 //                      per-layer updates (grads.settle); with micro-batches, first the next sequence's setup
 //   settled         -> optimizer: the gradient norm, the after-backward update, the step's end
 // With a GPU clock, an interval whose host time is much longer than its GPU time is one in which the
-// GPU ran ahead and then waited for the host (`gaps`).
+// GPU ran ahead and then waited for the host (`gaps`; an interval holding a host synchronize shows the
+// same while the GPU drains earlier work, so read it with the lags). The step starts with an idle GPU
+// (the previous step ended with a synchronize), so the two clocks start together, and a mark's GPU
+// time minus its host time is how far the GPU ran behind: near 0, it had caught up and waited.
 
 import { appendFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -87,6 +90,13 @@ export interface Breakdown {
   totalHostMs: number;
   totalGpuMs: number | null;
   gaps: Gap[];
+  /**
+   * GPU clock: how far the GPU ran behind the host at the phase boundaries, and the mark where it was
+   * least behind (the step starts with an idle GPU, so both clocks start together: a lag near 0 means
+   * the GPU had done everything the host had given it, and waited for more). Empty on the host clock.
+   */
+  lags: { mark: string; lagMs: number }[];
+  leastLag: { mark: string; lagMs: number } | null;
 }
 
 export function markName(m: Mark): string {
@@ -214,7 +224,25 @@ export function breakdown(
     totalHostMs: t(hostMs) as number,
     totalGpuMs: t(gpuMs),
     gaps: largestGaps(ivs),
+    ...lagsOf(marks, hostMs, gpuMs),
   };
+}
+
+const LAG_AT: readonly Mark["at"][] = ["loss", "sequence-end", "settled"];
+
+function lagsOf(marks: readonly Mark[], hostMs: readonly number[], gpuMs: readonly number[] | null): Pick<Breakdown, "lags" | "leastLag"> {
+  if (!gpuMs) return { lags: [], leastLag: null };
+  const lag = (k: number) => ({ mark: markName(marks[k] as Mark), lagMs: (gpuMs[k] as number) - (hostMs[k] as number) });
+  const lags = LAG_AT.map((at) => marks.findIndex((m) => m.at === at))
+    .filter((k) => k >= 0)
+    .map(lag);
+  // The end mark's host time is taken after the synchronize: not a lag.
+  let leastLag: Breakdown["leastLag"] = null;
+  for (let k = 1; k + 1 < marks.length; k++) {
+    const l = lag(k);
+    if (!leastLag || l.lagMs < leastLag.lagMs) leastLag = l;
+  }
+  return { lags, leastLag };
 }
 
 const ms = (x: number) => x.toFixed(1);
@@ -259,6 +287,10 @@ export function formatBreakdown(b: Breakdown): string {
         ? "  gaps (host - GPU): none"
         : `  gaps (host - GPU): ${b.gaps.map((g) => `${g.interval} +${ms(g.excessMs)} (host ${ms(g.hostMs)}, GPU ${ms(g.gpuMs)})`).join("; ")}`,
   );
+  if (gpu && b.leastLag)
+    rows.push(
+      `  GPU behind the host: ${b.lags.map((l) => `${l.mark} ${ms(l.lagMs)}`).join(", ")}; least at ${b.leastLag.mark} ${b.leastLag.lagMs.toFixed(2)} ms (near 0: the GPU waited for the host)`,
+    );
   return rows.join("\n");
 }
 
@@ -287,6 +319,8 @@ export function profileRecord(b: Breakdown, marks: readonly Mark[], hostMs: read
     backward_ms: arr(b.backwardMs),
     backward_wait_ms: arr(b.backwardWaitMs),
     kinds: b.kinds.map((k) => ({ kind: k.kind, forward: roundStats(k.forward), backward: roundStats(k.backward) })),
+    lags: b.lags.map((l) => ({ mark: l.mark, lag_ms: r3(l.lagMs) })),
+    least_lag: b.leastLag && { mark: b.leastLag.mark, lag_ms: r3(b.leastLag.lagMs) },
     gaps: b.gaps.map((g) => ({ interval: g.interval, host_ms: r3(g.hostMs), gpu_ms: r3(g.gpuMs), excess_ms: r3(g.excessMs) })),
     marks: marks.map((m, k) => ({ mark: markName(m), host_ms: r3(hostMs[k] as number), gpu_ms: gpuMs ? r3(gpuMs[k] as number) : null })),
   };
@@ -409,7 +443,7 @@ export class StepProfiler implements Disposable {
         gpu_ms: gpu ? r3(gpu[k] as number) : null,
       }));
       appendFileSync(this.path, `${JSON.stringify({ step, error: (e as Error).message, marks })}\n`);
-      return `profile step ${step}: ${(e as Error).message}; raw marks in ${this.path}`;
+      return `profile step ${step}: ${(e as Error).message.replace(/^profile: /, "")}; raw marks in ${this.path}`;
     }
     appendFileSync(this.path, `${JSON.stringify(profileRecord(b, this.#marks, this.#host, gpu))}\n`);
     return formatBreakdown(b);
