@@ -8,6 +8,7 @@
 // - SIGKILL while a snapshot is being written: --resume continues from the previous complete one;
 // - SIGTERM: a snapshot, exit 0; a rank killed: every rank stops, the launcher names it, non-zero;
 // - meshes: cp=1, 2, 4 and dp=2 give the same losses (within f32 reordering, see the test);
+// - --profile: a block after each step line and DIR/profile.jsonl;
 // - bad flags, config files and data: one line on stderr, exit 2.
 
 import { afterAll, describe, expect, test } from "bun:test";
@@ -240,6 +241,65 @@ describe("meshes", () => {
     expect(l).toHaveLength(3);
     expect(Math.abs((l[2] as number) - (ref[2] as number)) / (ref[2] as number)).toBeLessThan(1e-6);
   }, 150_000);
+});
+
+describe("--profile", () => {
+  test("a block after each step line and DIR/profile.jsonl (host clock on CPU ranks), by kind for a mixed policy", () => {
+    const out = join(dir, "profile");
+    const r = run([
+      ...BASE,
+      "--steps",
+      "2",
+      "--profile",
+      "--policy",
+      "remat-aware*2,none*2",
+      "--snapshots=false",
+      "--export=false",
+      "--out",
+      out,
+    ]);
+    expect(r.code).toBe(0);
+    const lines = r.out.split("\n");
+    for (const step of [1, 2]) {
+      const at = lines.findIndex((l) => l.startsWith(`step ${step}/2 |`));
+      expect(at).toBeGreaterThan(0);
+      expect(lines[at + 1]).toMatch(new RegExp(`^profile step ${step} \\(host clock only\\): total [\\d.]+ ms$`));
+      const block = lines.slice(at + 2, at + 10);
+      expect(block.map((l) => l.trim().split(" ")[0])).toEqual([
+        "setup",
+        "forward",
+        "loss",
+        "backward",
+        "backward-rest",
+        "tail",
+        "optimizer",
+        "gaps:",
+      ]);
+      expect(block[1]).toMatch(
+        /4 layers [\d.]+\/[\d.]+\/[\d.]+ min\/med\/max; remat-aware x2 [\d.]+ \(.*\); none x2 [\d.]+ \(.*\); weight waits/,
+      );
+    }
+    const recs = readFileSync(join(out, "profile.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    expect(recs.map((x) => x.step)).toEqual([1, 2]);
+    const m = metrics(out) as unknown as { step_s: number }[];
+    for (const [i, x] of recs.entries()) {
+      expect(x.clock).toBe("host");
+      expect(x.total_gpu_ms).toBeNull();
+      expect(x.forward_ms).toHaveLength(4);
+      expect(x.backward_ms).toHaveLength(4);
+      expect(x.kinds.map((k: { kind: string }) => k.kind)).toEqual(["remat-aware", "none"]);
+      // One sequence through 4 layers: the step, 4 forwards (start, end), the loss, 4 backwards (start,
+      // end), the sequence's end, settled, end.
+      expect(x.marks).toHaveLength(1 + 2 * 4 + 1 + 2 * 4 + 3);
+      const phases = Object.values(x.phases as Record<string, { host_ms: number }>).reduce((a, p) => a + p.host_ms, 0);
+      expect(Math.abs(phases - x.total_host_ms)).toBeLessThan(0.1);
+      // The profile's step is the step line's (begin just after the loop's clock starts, finish just after it stops).
+      expect(Math.abs(x.total_host_ms - 1000 * (m[i]?.step_s as number))).toBeLessThan(20);
+    }
+  }, 60_000);
 });
 
 describe("mistakes are one line and exit 2", () => {

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The GPU tests of what changed in the second session of 2026-12-01: the trainer on one GPU (device vs
 # host state, after the backward and per layer through zero.ts's gradient ring: equal losses), the
-# tiny bf16 model with per-layer mixed checkpoint policies, in place and spilled, against `none`, and
-# the model's GPU suite. Writes $OUT/gpu-tests.log; the pass/fail lines come last.
+# tiny bf16 model with per-layer mixed checkpoint policies, in place and spilled, against `none`, the
+# model's GPU suite, and --profile's timing events (profile.gpu.test.ts). Writes $OUT/gpu-tests.log;
+# the pass/fail lines come last.
 # Usage (device tool, repository root): source .device/setup.sh && bash scripts/gpu/gpu-tests.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 bun kernels/build.ts 2>&1 | tail -1
-timeout 280 env LIGHTSEQ_REQUIRE_GPU=1 bun test tests/trainer.gpu.test.ts packages/llama/src/offload-model.gpu.test.ts \
+timeout 280 env LIGHTSEQ_REQUIRE_GPU=1 bun test tests/trainer.gpu.test.ts apps/trainer/src/profile.gpu.test.ts packages/llama/src/offload-model.gpu.test.ts \
   packages/llama/src/model.gpu.test.ts packages/checkpointing >"$OUT/gpu-tests.log" 2>&1
 echo "exit $?"
 grep -E '^\(fail\)|^\(pass\)|^ *[0-9]+ (pass|fail|skip)$|^error' "$OUT/gpu-tests.log" | tail -30

@@ -97,6 +97,8 @@ export interface TrainConfig {
   snapshots: boolean;
   /** Write DIR/hf (Hugging Face config.json + safetensors) at the end. */
   export: boolean;
+  /** Time every step's phases and layers (src/profile.ts): a block after each step line, DIR/profile.jsonl. */
+  profile: boolean;
 }
 
 export class ConfigError extends Error {
@@ -209,6 +211,11 @@ export const FIELDS: { readonly [K in keyof TrainConfig]: Field<TrainConfig[K]> 
     help: "write snapshots (every --snapshot-every steps, at the end, on SIGINT/SIGTERM); --snapshots=false: none",
   },
   export: { kind: { t: "bool" }, flag: "export", help: "write DIR/hf (Hugging Face config.json + safetensors) at the end" },
+  profile: {
+    kind: { t: "bool" },
+    flag: "profile",
+    help: "time each step's phases and layers (CUDA events on GPUs, host clock on CPUs): a block per step, DIR/profile.jsonl",
+  },
 };
 
 export const CONFIG_KEYS = Object.keys(FIELDS) as (keyof TrainConfig)[];
@@ -240,6 +247,7 @@ const common = {
   keepSnapshots: 2,
   snapshots: true,
   export: true,
+  profile: false,
 } as const satisfies Partial<TrainConfig>;
 
 export const PRESETS: Readonly<Record<string, Preset>> = {

@@ -74,6 +74,7 @@ export const RESUME_RULES: { readonly [K in keyof TrainConfig]: Rule } = {
   keepSnapshots: "may-differ",
   snapshots: "may-differ",
   export: "may-differ",
+  profile: "may-differ", // timing only
 };
 
 /** Refuses a resume whose config changes the numbers, naming every such key with both values. */

@@ -15,7 +15,7 @@
 
 import { hostname, totalmem } from "node:os";
 import { localRanges, placeSequence, referenceBackend, selectAttentionBackend } from "@lightseq/attention";
-import { storeForOffload } from "@lightseq/checkpointing";
+import { layerKinds, storeForOffload } from "@lightseq/checkpointing";
 import { type Communicator, initCommunicator } from "@lightseq/comm";
 import type { Stream } from "@lightseq/cuda";
 import { llamaPreset, parallelize } from "@lightseq/llama";
@@ -38,6 +38,7 @@ import { formatStepLine, MetricsLog, peakMemoryBytes, stepRecord } from "../metr
 import { clipCoefficient, globalNorm } from "../optim/clip.ts";
 import { lrAt } from "../optim/schedule.ts";
 import { writeLossPlot } from "../plot.ts";
+import { StepProfiler } from "../profile.ts";
 import { StepProgress } from "../progress.ts";
 import { type RunState, runPaths } from "../run.ts";
 import { StopRequest } from "../signals.ts";
@@ -202,11 +203,22 @@ async function main(): Promise<void> {
   const progress = new StepProgress(model.layers, { out: log });
   let forwardDone = 0;
   let backwardDone = 0;
-  weights.onLayer = () => {
+  // --profile (rank 0): marks at the same hooks, one block per step after its line (profile.ts).
+  using profiler =
+    cfg.profile && rank0 ? new StepProfiler(layerKinds(plan.policy, model.layers), compute, cfg.out, { resume: cfg.resume }) : null;
+  weights.onLayer = (i) => {
+    profiler?.layer(i);
     // The forward asks for each layer once; the backward's requests come after it.
     if (forwardDone < model.layers) progress.layerDone("forward", ++forwardDone);
   };
-  grads.onLayerDone = () => progress.layerDone("backward", ++backwardDone);
+  grads.onLayerDone = (i) => {
+    profiler?.layerDone(i);
+    progress.layerDone("backward", ++backwardDone);
+  };
+  if (profiler) {
+    weights.onRelease = (i) => profiler.released(i);
+    grads.onNonLayer = () => profiler.loss();
+  }
 
   async function snapshot(step: number): Promise<void> {
     const t0 = performance.now();
@@ -233,6 +245,7 @@ async function main(): Promise<void> {
   let step = startStep;
   for (; step < cfg.steps; step++) {
     const t0 = performance.now();
+    profiler?.begin();
     progress.begin(step + 1);
     grads.beginStep();
     live.t = step + 1;
@@ -249,8 +262,10 @@ async function main(): Promise<void> {
       backwardDone = 0;
       const r = await pm.model.forwardBackward(b, grads, { gradScale: 1 / count });
       lossSum += r.lossSum;
+      profiler?.sequenceEnd();
     }
     grads.settle();
+    profiler?.settled();
     let sq = 0;
     if (perLayer) {
       for (const t of grads.sumSquares) sq += toFloat32Array(t, { stream: compute ?? undefined })[0] as number;
@@ -273,8 +288,10 @@ async function main(): Promise<void> {
     prevNorm = norm;
     state.stepsDone();
     weights.invalidate();
+    profiler?.end();
     compute?.synchronize();
     const seconds = (performance.now() - t0) / 1000;
+    const profile = profiler?.finish(step + 1);
     const loss = total(0) / count;
     if (metrics) {
       const rec = stepRecord({
@@ -291,6 +308,7 @@ async function main(): Promise<void> {
         ...(gpu ? { hostMemBytes: Math.max(...all.map((v) => v[4] as number)) * 2 ** 20 } : {}),
       });
       console.log(formatStepLine(rec, cfg.steps));
+      if (profile) console.log(profile);
       metrics.append(rec);
       points.push({ step: rec.step, loss: rec.loss });
       if (performance.now() - lastPlot > 2000 || step + 1 === cfg.steps) {

@@ -97,6 +97,8 @@ export class ZeroWeightSource implements WeightSource, Disposable {
   readonly #nonLayerReleased: Event | null;
   /** Called with the layer index each time the model asks for a layer's weights. */
   onLayer: ((layer: number) => void) | null = null;
+  /** Called with the layer index each time the model releases a layer's weights (after its compute is enqueued). */
+  onRelease: ((layer: number) => void) | null = null;
 
   constructor(
     readonly cfg: LlamaConfig,
@@ -178,6 +180,7 @@ export class ZeroWeightSource implements WeightSource, Disposable {
     if (!slot) throw new RangeError(`ZeRO weights: releaseLayer(${layer}) of a layer not gathered`);
     slot.inUse = false;
     if (this.streams) slot.released?.record(this.streams.compute);
+    this.onRelease?.(layer);
   }
 
   async nonLayer(): Promise<NonLayerWeights> {
@@ -274,6 +277,8 @@ export class ZeroGradientSink implements GradientSink, Disposable {
   readonly #numel: number;
   /** Called with the layer index as each layer's gradients are handed over. */
   onLayerDone: ((layer: number) => void) | null = null;
+  /** Called as the model asks for the non-layer gradients: its trunk is done, the loss begins. */
+  onNonLayer: (() => void) | null = null;
 
   /**
    * Per-layer update (`--update per-layer`): called with each buffer's final gradient shard as soon as
@@ -412,6 +417,7 @@ export class ZeroGradientSink implements GradientSink, Disposable {
   }
 
   nonLayer(): NonLayerWeights {
+    this.onNonLayer?.();
     if (!this.#nonLayer) {
       const names = ["embed", "finalNorm", ...(this.cfg.tiedEmbeddings ? [] : ["head"])];
       if (this.#nonLayerFlats.length === 0) {
