@@ -229,6 +229,14 @@ describe("meshes", () => {
     expect(ref).toHaveLength(3);
     for (const l of all.slice(1))
       for (const [j, v] of l.entries()) expect(Math.abs(v - (ref[j] as number)) / (ref[j] as number)).toBeLessThan(1e-6);
+    // Layers 1 and 3 keeping nothing (their inputs re-run in the backward, through ZeRO's gathered
+    // weights and DistAttn on cp=2): recomputation gives the very losses of cp=2.
+    const skip = join(dir, "mesh-skip");
+    const s = run([...base, ...(meshes[1] as string[]), "--policy", "(full, skip) x2", "--steps", "3", "--out", skip]);
+    expect(s.err).toBe("");
+    expect(s.code).toBe(0);
+    expect(s.out).toMatch(/^policy \(full, skip\) x2: .*; --policy$/m);
+    expect(losses(skip)).toEqual(all[1] as number[]);
 
     // A snapshot of cp=2 resumed on one rank: the shards are re-cut, and step 3 continues as above.
     const moved = join(dir, "mesh-moved");

@@ -167,7 +167,7 @@ export const FIELDS: { readonly [K in keyof TrainConfig]: Field<TrainConfig[K]> 
     kind: { t: "policy" },
     flag: "policy",
     meta: "NAME",
-    help: `activation checkpointing (${POLICIES.join(", ")}, or per layer: remat-aware*8,none*24)`,
+    help: `activation checkpointing (${POLICIES.join(", ")}, or per layer: remat-aware*8,none*24; skip keeps nothing, not on layer 0: "(full,skip)*16")`,
   },
   attention: {
     kind: { t: "enum", values: ATTENTIONS },

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
-import { type CostInput, keptBytesPerToken, type LayerKind, stepCost } from "./cost.ts";
+import { type CostInput, keptBytesPerToken, stepCost } from "./cost.ts";
 import type { ModelShape } from "./estimator.ts";
+import type { LayerKind } from "./policy.ts";
 
 const LLAMA2_7B: ModelShape = {
   dim: 4096,
@@ -71,6 +72,22 @@ describe("stepCost", () => {
     const tiled = cost({ kinds: all("none", 4), mlpTiled: true });
     expect(tiled.recomputeS).toBeCloseTo((4 * 4 * 32768 * 4096 * 11008) / 550e12, 12);
     expect(cost({ kinds: all("remat-aware", 4), mlpTiled: true }).recomputeS).toBe(remat.recomputeS);
+  });
+
+  test("a skip layer recomputes as full does plus the forward again of each layer from the nearest kept x", () => {
+    const full = cost({ kinds: all("full", 4) });
+    const f = full.recomputeS / 4; // full recomputes one layer forward per layer
+    expect(cost({ kinds: ["full", "skip", "full", "skip"] }).recomputeS).toBeCloseTo(4 * f + 2 * f, 12);
+    // a run of two: layer 1 re-runs layer 0, layer 2 re-runs layers 0 and 1
+    expect(cost({ kinds: ["full", "skip", "skip", "full"] }).recomputeS).toBeCloseTo(4 * f + 3 * f, 12);
+    expect(cost({ kinds: ["remat-aware", "skip", "skip", "none"] }).recomputeS).toBeCloseTo(
+      cost({ kinds: ["remat-aware", "full", "full", "none"] }).recomputeS + 3 * f,
+      12,
+    );
+    // it keeps nothing: on the host it copies nothing
+    const host = cost({ kinds: ["full", "skip", "full", "skip"], hostLayers: 4 });
+    expect(keptBytesPerToken(LLAMA2_7B, "skip", false)).toBe(0);
+    expect(host.exposedS).toBe(cost({ kinds: ["full", "skip", "full", "skip"] }).exposedS);
   });
 
   test("optimizer state on the host: hidden behind a 7B backward at 32K, exposed at 2K", () => {

@@ -5,7 +5,9 @@
 //   forward of layer i     f_i = (2 T N + A) / rate          N: the layer's parameters, T local tokens,
 //   backward of layer i    b_i = 2 f_i                       A: its causal attention forward FLOPs
 //   recompute              none 0 (tiled MLP: its gate|up GEMM, 4 T C F / rate, as tiles keep no
-//                          [T, ffn] tensor); remat-aware 2 T N / rate (the linear layers); full f_i
+//                          [T, ffn] tensor); remat-aware 2 T N / rate (the linear layers); full f_i;
+//                          skip f_i + the forward again of each layer from the nearest kept x to it,
+//                          (i - j) f for the kept x of layer j (one layer for a lone skip)
 //   checkpoint copies      c_i = kept bytes / pcie for a layer whose tensors live on the host, out
 //                          during f_i, back during the backward of layer i+1 (one layer ahead)
 //   optimizer streaming    s_i = 12 B x N / ranks / pcie each way (fp32 master, m, v in and out),
@@ -22,9 +24,7 @@
 
 import type { ModelShape } from "./estimator.ts";
 import { paramCounts, savedBytesPerToken } from "./estimator.ts";
-import { keptTensors, type SavedName } from "./policy.ts";
-
-export type LayerKind = "none" | "full" | "remat-aware";
+import { inputSource, keptTensors, type LayerKind, type SavedName } from "./policy.ts";
 
 /** FLOP/s of the layer's compute and bytes/s of one direction of the host link. */
 export interface Rates {
@@ -86,18 +86,32 @@ export function stepCost(i: CostInput): StepCost {
   const f = linear + attn / r.flops;
   const b = 2 * f;
   const gateUp = i.mlpTiled ? (4 * T * m.dim * m.ffn) / r.flops : 0;
-  const rec = (k: LayerKind) => (k === "none" ? gateUp : k === "remat-aware" ? linear : f);
+  const rec = (l: number): number => {
+    const k = kinds[l] as LayerKind;
+    switch (k) {
+      case "none":
+        return gateUp;
+      case "remat-aware":
+        return linear;
+      case "full":
+        return f;
+      case "skip":
+        return f + (l - inputSource(kinds, l)) * f;
+      default:
+        throw new RangeError(`stepCost: unknown layer kind ${JSON.stringify(k satisfies never)}`);
+    }
+  };
   const copy = (l: number) => (l < i.hostLayers ? (keptBytesPerToken(m, kinds[l] as LayerKind, i.mlpTiled) * T) / r.pcie : 0);
   const stream = i.optimizer === "host" ? (12 * N) / i.ranks / r.pcie : 0;
   let exposed = 0;
   let recompute = 0;
   for (let l = 0; l < L; l++) {
-    recompute += rec(kinds[l] as LayerKind);
+    recompute += rec(l);
     exposed += Math.max(0, copy(l) - HIDE_FRACTION * f);
     // while layer l runs its backward (with its recompute), layer l-1's checkpoints come back and
     // layer l+1's state streams (its gradients were reduced when l+1's backward ended)
     const h2d = (l > 0 ? copy(l - 1) : 0) + (l + 1 < L ? stream : 0);
-    exposed += Math.max(0, h2d - HIDE_FRACTION * (b + rec(kinds[l] as LayerKind)));
+    exposed += Math.max(0, h2d - HIDE_FRACTION * (b + rec(l)));
   }
   if (i.optimizer === "host") {
     const p = paramCounts(m);

@@ -240,7 +240,7 @@ describe("auto", () => {
     expect(err).toBeInstanceOf(MemoryEstimateError);
     const msg = (err as Error).message;
     expect(msg).toMatch(
-      /^no checkpoint policy fits 131072 tokens on cp=1 x dp=1 ranks: the smallest, full, overflows GPU: needs .* of 78\.0 GiB \(model states 100\.4 GiB, /,
+      /^no checkpoint policy fits 131072 tokens on cp=1 x dp=1 ranks: the smallest, \(full, skip\) x16, overflows GPU: needs .* of 78\.0 GiB \(model states 100\.4 GiB, /,
     );
     expect(msg).toMatch(/Try more sequence-parallel ranks \(cp\), or the optimizer on the host/);
   });
@@ -343,6 +343,36 @@ describe("mixed policies", () => {
   test("host offload: the largest two adjacent layers in flight on the GPU, every layer on the host", () => {
     const e = estimateMemory(small("full*2,remat-aware*2,none*2", { offload: "host", hostBytes: GiB }));
     expect([bytes(e, "checkpoints"), bytes(e, "offloaded checkpoints"), e.deviceLayers]).toEqual([40000, 51200, 0]);
+  });
+
+  test("skip layers keep nothing; their backward adds their re-run input x and a re-forward phase (by hand)", () => {
+    const e = estimateMemory(small("(full, skip) x3"));
+    expect(keptLayerBytes(SMALL, parsePolicy("(full, skip) x3"), T)).toEqual([1600, 0, 1600, 0, 1600, 0]);
+    expect(bytes(e, "checkpoints")).toBe(3 * 16 * T);
+    // full's MLP backward: dy 16 + attention inputs 52 + o, lse 24 + h, rstd2, hn 36 = 128 narrow, gu, a 72 +
+    // dgu 48 + max(da 24, dhn 16) = 144 wide; attention backward: dh 16 + 52 + 24 + dO 16 + dq 16 + dk, dv 16 = 140;
+    // a skip layer's x (16) is alive in both
+    expect(bytes(estimateMemory(small("full")), "working set (MLP backward)")).toBe(272 * T);
+    expect(bytes(e, "working set (MLP backward)")).toBe(288 * T);
+    expect(bytes(e, "working set (attention backward)")).toBe(156 * T);
+    // the re-forward: dy 16 + its largest stage, MLP out: h, rstd2, hn 36 + gu, a 72 + down 16 + y 16 = 140
+    expect(bytes(e, "working set (skip re-forward)")).toBe(156 * T);
+    expect(e.gpu.find((t) => t.name === "working set (skip re-forward)")?.detail).toBe(
+      "0.2 KiB per token (dy beside the forward of the layer before a skip layer, keeping nothing)",
+    );
+    expect(e.peakPhase).toBe("MLP backward");
+    // a run of two skips re-runs a layer from its own (re-run) input: MLP in is then the largest,
+    // input 16 + o, lse 24 + 36 + gu, a 72 = 148
+    expect(bytes(estimateMemory(small("full*1,skip*2,full*3")), "working set (skip re-forward)")).toBe((16 + 148) * T);
+    // tiled (10-token tiles): QKV is the largest, xn 16 + rstd1 4 + qkv and q, k, v 2 x 32 = 84
+    expect(bytes(estimateMemory(small("(full, skip) x3", { mlpChunkTokens: 10 })), "working set (skip re-forward)")).toBe((16 + 84) * T);
+    // no skip layer, no such phase; on cp > 1 the re-forward's DistAttn buffers join it
+    expect(estimateMemory(small("full")).gpu.some((t) => t.phase === "skip re-forward")).toBe(false);
+    const cp = estimateMemory(small("(full, skip) x3", { seqLen: 2 * T, mesh: { cp: 2, dp: 1 } }));
+    expect(cp.gpu.filter((t) => t.phase === "skip re-forward").map((t) => t.name)).toEqual([
+      "working set (skip re-forward)",
+      "DistAttn buffers (re-forward)",
+    ]);
   });
 
   test("a mixed policy of another length than the model is refused, naming both", () => {

@@ -23,9 +23,21 @@
 // - A mixed policy (one kind per layer): the checkpoints are the sum of each layer's kept bytes; each
 //   phase's working set is the largest over the kinds present; spill keeps the last layers on the GPU
 //   by their own sizes, from the last layer down while they fit (at least two).
+// - A skip layer (policy.ts) keeps nothing. Its backward first re-runs the forward of the layers
+//   since the nearest kept x (a phase of its own: dy beside a forward that keeps nothing), then runs as
+//   `full`'s with its recomputed input x alive too.
 // - Runtime and allocator slack (CUDA context, cuBLAS workspace, NCCL buffers, fragmentation): 3 GiB.
 
-import { bestMixed, type CheckpointPolicy, formatPolicy, keptTensors, layerKinds, type SavedName, type UniformKind } from "./policy.ts";
+import {
+  bestMixed,
+  type CheckpointPolicy,
+  formatPolicy,
+  inputSource,
+  keptTensors,
+  type LayerKind,
+  layerKinds,
+  type SavedName,
+} from "./policy.ts";
 
 /** The [T, ffn]-wide saved tensors: gate|up and SwiGLU. */
 const MLP_WIDE: readonly SavedName[] = ["gu", "a"];
@@ -80,7 +92,7 @@ export interface MemoryTerm {
   readonly phase?: Phase;
 }
 
-export type Phase = "loss" | "MLP backward" | "attention backward";
+export type Phase = "loss" | "MLP backward" | "attention backward" | "skip re-forward";
 
 export interface MemoryEstimate {
   readonly plan: MemoryPlan;
@@ -152,7 +164,7 @@ export function savedBytesPerToken(m: ModelShape, name: SavedName): number {
 }
 
 /** What a layer of kind k keeps; a tiled MLP never keeps gate|up and SwiGLU (they exist one chunk of tokens at a time: layer.ts). */
-function keptNames(k: UniformKind, tiled: boolean): readonly SavedName[] {
+function keptNames(k: LayerKind, tiled: boolean): readonly SavedName[] {
   return keptTensors({ kind: k }).filter((n) => !(tiled && MLP_WIDE.includes(n)));
 }
 
@@ -189,7 +201,7 @@ const term = (name: string, bytes: number, detail: string, phase?: Phase): Memor
   ...(phase === undefined ? {} : { phase }),
 });
 
-const PHASES: readonly Phase[] = ["loss", "MLP backward", "attention backward"];
+const PHASES: readonly Phase[] = ["loss", "MLP backward", "attention backward", "skip re-forward"];
 
 /** Always-alive terms plus the largest phase's terms. */
 function peakOf(terms: readonly MemoryTerm[]): { bytes: number; phase: Phase } {
@@ -208,7 +220,8 @@ function peakOf(terms: readonly MemoryTerm[]): { bytes: number; phase: Phase } {
  *   MLP backward:       dy, the recomputed attention inputs (full only) and attention output,
  *                       the recomputed MLP inputs, dgu and max(da, dhn) (tiled: da and dgu per chunk,
  *                       dhn whole);
- *   attention backward: dh, the recomputed attention inputs and output, dO, dq, dk, dv.
+ *   attention backward: dh, the recomputed attention inputs and output, dO, dq, dk, dv;
+ * and in both the layer input x when it was not kept (skip: re-run from an earlier layer).
  */
 export function layerBackwardPhases(
   m: ModelShape,
@@ -227,10 +240,11 @@ export function layerBackwardPhases(
   const attnOut = sum(["o", "lse"]);
   const attnInDuringMlp = attnOut > 0 ? attnIn : 0; // recomputed first only when attention itself is
   const tiled = wide < T;
-  const narrow = C2 + attnInDuringMlp + attnOut + sum(["h", "rstd2", "hn"]) + (tiled ? C2 : 0);
+  const x = b("x");
+  const narrow = C2 + x + attnInDuringMlp + attnOut + sum(["h", "rstd2", "hn"]) + (tiled ? C2 : 0);
   const wideBytes = sum(MLP_WIDE) + dgu + (tiled ? da : Math.max(da, C2));
   const mlp = narrow * T + wideBytes * wide;
-  const attention = (C2 + attnIn + attnOut + q + q + 2 * kv) * T;
+  const attention = (C2 + x + attnIn + attnOut + q + q + 2 * kv) * T;
   return {
     mlp: {
       bytes: mlp,
@@ -238,7 +252,40 @@ export function layerBackwardPhases(
         ? `${KiB(narrow)} per token + ${KiB(wideBytes)} per token of a ${wide}-token MLP tile (recomputed MLP inputs, gradients)`
         : `${KiB(narrow + wideBytes)} per token (recomputed MLP inputs, gradients)`,
     },
-    attention: { bytes: attention, detail: `${KiB(attention / T)} per token (dh, recomputed attention inputs, dO, dq, dk, dv)` },
+    attention: {
+      bytes: attention,
+      detail: `${KiB(attention / T)} per token (dh, ${x > 0 ? "the re-run input x, " : ""}recomputed attention inputs, dO, dq, dk, dv)`,
+    },
+  };
+}
+
+/**
+ * Bytes alive beyond the kept tensors while a skip layer's backward re-runs an earlier layer's forward
+ * keeping nothing (layer.ts frees each stage's tensors once the next stage has run), for T local
+ * tokens, the MLP's [T, ffn] tensors `wide` tokens at a time: dy, the re-run layer's input when it is
+ * itself re-run (`ownInput`: a run of skips; else it is the kept x) and the largest of its stages:
+ *   QKV:        xn, rstd1, the qkv GEMM output and q, k, v after RoPE;
+ *   attention:  xn, rstd1, q, k, v, o, lse;
+ *   MLP in:     o, lse, h, rstd2, hn and the o-proj output (untiled: gu and a instead, the larger);
+ *   MLP out:    h, rstd2, hn, gu, a, the down GEMM output and y (tiled: gu, a, down per chunk).
+ */
+export function reforwardPhase(m: ModelShape, T: number, wide: number, ownInput: boolean): { bytes: number; detail: string } {
+  const s = (ns: readonly SavedName[]) => ns.reduce((n, k) => n + savedBytesPerToken(m, k), 0);
+  const C2 = 2 * m.dim;
+  const qkv = s(["q", "k", "v"]);
+  const tiled = wide < T;
+  const input = ownInput ? C2 : 0;
+  const mlpNarrow = s(["h", "rstd2", "hn"]);
+  const stages = [
+    (input + s(["xn", "rstd1"]) + 2 * qkv) * T,
+    (input + s(["xn", "rstd1", "q", "k", "v", "o", "lse"])) * T,
+    (input + s(["o", "lse"]) + mlpNarrow) * T + (tiled ? C2 * T : Math.max(C2, s(MLP_WIDE)) * T),
+    tiled ? (mlpNarrow + C2) * T + (s(MLP_WIDE) + C2) * wide : (mlpNarrow + s(MLP_WIDE) + 2 * C2) * T,
+  ];
+  const peak = C2 * T + Math.max(...stages);
+  return {
+    bytes: peak,
+    detail: `${KiB(peak / T)} per token (dy beside the forward of the layer before a skip layer, keeping nothing${ownInput ? ", its input re-run too" : ""})`,
   };
 }
 const KiB = (b: number) => `${(b / 1024).toFixed(1)} KiB`;
@@ -305,10 +352,10 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
   const tiled = tile !== undefined && tile < T;
   const kinds = layerKinds(policy, L);
   const present = [...new Set(kinds)]; // the kinds of the layers, layer 0's first
-  const keptOf = (k: UniformKind) => keptNames(k, tiled);
+  const keptOf = (k: LayerKind) => keptNames(k, tiled);
   const layerBytes = keptLayerBytes(m, policy, T, tile);
   const keptTotal = layerBytes.reduce((a, b) => a + b, 0);
-  const perToken = (k: UniformKind) => `${KiB(sumBytes(m, keptOf(k)))} per token (${keptOf(k).join(", ")})`;
+  const perToken = (k: LayerKind) => `${KiB(sumBytes(m, keptOf(k)))} per token (${keptOf(k).join(", ")})`;
   const keptLine =
     policy.kind === "mixed"
       ? `${formatPolicy(policy)}: ${present.map((k) => `${k} ${perToken(k)}`).join(", ")} per layer x ${T} tokens`
@@ -334,18 +381,21 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
   const attnPhase = worst((p) => p.attention);
   gpu.push(term("working set (MLP backward)", mlpPhase.bytes, mlpPhase.detail, "MLP backward"));
   gpu.push(term("working set (attention backward)", attnPhase.bytes, attnPhase.detail, "attention backward"));
+  const skipping = kinds.includes("skip");
+  if (skipping) {
+    // a run of skips re-runs the layers after the kept x too: their inputs are the re-run's own
+    const ownInput = kinds.some((k, i) => k === "skip" && inputSource(kinds, i) < i - 1);
+    const r = reforwardPhase(m, T, tiled ? tile : T, ownInput);
+    gpu.push(term("working set (skip re-forward)", r.bytes, r.detail, "skip re-forward"));
+  }
   if (mesh.cp > 1) {
     const q = m.heads * m.headDim;
     const kv = m.kvHeads * m.headDim;
     const perToken = 2 * 2 * kv * 2 + 2 * 2 * kv * 4 + q * 4;
-    gpu.push(
-      term(
-        "DistAttn buffers",
-        perToken * T,
-        `K,V bf16 current + next, dK,dV f32 current + next, dQ f32: ${KiB(perToken)} per token`,
-        "attention backward",
-      ),
-    );
+    const detail = `K,V bf16 current + next, dK,dV f32 current + next, dQ f32: ${KiB(perToken)} per token`;
+    gpu.push(term("DistAttn buffers", perToken * T, detail, "attention backward"));
+    // the re-forward's attention communicates too; the backward's buffers bound what it needs
+    if (skipping) gpu.push(term("DistAttn buffers (re-forward)", perToken * T, `at most the backward's: ${detail}`, "skip re-forward"));
   }
   const chunk = Math.min(plan.lossChunkTokens ?? DEFAULT_LOSS_CHUNK_TOKENS, T);
   positiveInt(chunk, "lossChunkTokens");
@@ -456,19 +506,25 @@ export interface AutoChoice {
 const planName = (c: { policy: CheckpointPolicy; offload: OffloadMode }) =>
   c.offload === "none" ? formatPolicy(c.policy) : `${formatPolicy(c.policy)} + ${c.offload} offload`;
 
-/** The kinds of a two-kind mix, its cheap (last) part and its size; null for a uniform policy. */
-function mixShape(p: CheckpointPolicy): { first: UniformKind; last: UniformKind; lastCount: number } | null {
+/**
+ * The family of a mix bestMixed tries and how far it is from fitting (the smaller, the nearer): a
+ * two-kind mix by its kinds and the size of its cheap (last) part; full with skip layers by the layers
+ * that do not skip. Null for a uniform policy.
+ */
+function mixShape(p: CheckpointPolicy): { family: string; distance: number } | null {
   if (p.kind !== "mixed") return null;
-  const first = p.layers[0] as UniformKind;
-  const last = p.layers[p.layers.length - 1] as UniformKind;
-  return { first, last, lastCount: p.layers.length - p.layers.indexOf(last) };
+  const skips = p.layers.filter((k) => k === "skip").length;
+  if (skips > 0) return { family: "skip", distance: p.layers.length - skips };
+  const first = p.layers[0] as LayerKind;
+  const last = p.layers[p.layers.length - 1] as LayerKind;
+  return { family: `${first}/${last}`, distance: p.layers.length - p.layers.indexOf(last) };
 }
 
 /**
  * The fastest plan that fits, with the reason (what it needs, and which faster ones did not fit).
  * Fastest first (bestMixed): none; remat-aware with as many last layers under none as fit;
  * remat-aware, on the GPU then spilled; full with as many last layers under remat-aware as fit, on
- * the GPU then spilled; full, on the GPU then spilled. A policy is tried with each of its offload
+ * the GPU then spilled; full, on the GPU then spilled; full with as few odd layers skipping as fit. A policy is tried with each of its offload
  * modes (offloadsFor), the GPU first. Throws MemoryEstimateError when nothing fits, with the terms of
  * the smallest candidate.
  */
@@ -492,16 +548,16 @@ export function autoPolicy(base: Omit<MemoryPlan, "policy" | "offload">): AutoCh
   const chosen = best === null ? undefined : fitted.get(best);
   if (best !== null && chosen !== undefined) {
     const { offload, estimate: e } = chosen;
-    // of each mix tried, the one nearest to fitting (the fewest cheap layers) says what did not fit
+    // of each mix tried, the one nearest to fitting (the fewest cheap layers, the most skips) says what did not fit
     const nearest = new Map<string, number>();
     for (const f of failed) {
       const s = mixShape(f.policy);
-      if (s !== null) nearest.set(`${s.first}/${s.last}`, Math.min(nearest.get(`${s.first}/${s.last}`) ?? L, s.lastCount));
+      if (s !== null) nearest.set(s.family, Math.min(nearest.get(s.family) ?? L, s.distance));
     }
     const tried = failed
       .filter((f) => {
         const s = mixShape(f.policy);
-        return s === null || nearest.get(`${s.first}/${s.last}`) === s.lastCount;
+        return s === null || nearest.get(s.family) === s.distance;
       })
       .map((f) => f.line);
     const why = tried.length === 0 ? "the fastest policy fits" : `faster ones do not fit: ${tried.join("; ")}`;

@@ -91,7 +91,11 @@ test("spill: the last layers stay on the device, the first go to the host; at mo
   expect(spillLayers({ layers: 4, layerBytes: [10, 4, 1, 1], deviceBytes: 6 })).toBe(3);
   expect(spillLayers({ layers: 4, layerBytes: [1, 1, 4, 10], deviceBytes: 9 })).toBe(0);
   expect(() => spillLayers({ layers: 3, layerBytes: [1, 1], deviceBytes: 9 })).toThrow("layerBytes lists 2 layers, the model has 3");
-  expect(() => spillLayers({ layers: 2, layerBytes: [1, 0], deviceBytes: 9 })).toThrow("layerBytes must be positive, got 0 for layer 1");
+  expect(() => spillLayers({ layers: 2, layerBytes: [1, -1], deviceBytes: 9 })).toThrow(
+    "layerBytes must be non-negative, got -1 for layer 1",
+  );
+  // a skip layer keeps nothing: it always fits
+  expect(spillLayers({ layers: 3, layerBytes: [4, 0, 4], deviceBytes: 5 })).toBe(2);
 });
 
 test("a tensor split at a slot boundary of several segments, and a slot grown for a larger tensor later", () => {

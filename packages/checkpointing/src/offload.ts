@@ -92,8 +92,9 @@ export function spillLayers(o: { layers: number; layerBytes: number | readonly n
   const sizes = o.layerBytes;
   if (sizes.length !== o.layers)
     throw new TensorError(`spillLayers: layerBytes lists ${sizes.length} layers, the model has ${o.layers} (one size per layer)`);
-  const bad = sizes.findIndex((b) => !(b > 0));
-  if (bad >= 0) throw new TensorError(`spillLayers: layerBytes must be positive, got ${sizes[bad]} for layer ${bad}`);
+  // a skip layer keeps nothing (0)
+  const bad = sizes.findIndex((b) => !(b >= 0));
+  if (bad >= 0) throw new TensorError(`spillLayers: layerBytes must be non-negative, got ${sizes[bad]} for layer ${bad}`);
   return layersThatFit(sizes, o.deviceBytes);
 }
 

@@ -3,14 +3,19 @@ import {
   bestMixed,
   type CheckpointPolicy,
   formatPolicy,
+  inputSource,
   keptTensors,
   keptTensorsOf,
+  LAYER_KINDS,
+  type LayerKind,
   layerKinds,
   layerPolicy,
   mixedPolicy,
   POLICY_KINDS,
   parsePolicy,
+  policyOfKinds,
   SAVED_NAMES,
+  skipPolicy,
   type UniformPolicy,
 } from "./policy.ts";
 
@@ -18,6 +23,7 @@ test("each policy keeps what DESIGN.md section 6 says", () => {
   expect(keptTensors({ kind: "none" })).toEqual(SAVED_NAMES);
   expect(keptTensors({ kind: "full" })).toEqual(["x"]);
   expect(keptTensors({ kind: "remat-aware" })).toEqual(["x", "o", "lse"]);
+  expect(keptTensors({ kind: "skip" })).toEqual([]);
 });
 
 test("every kind parses and round-trips; an unknown one is refused by name", () => {
@@ -70,7 +76,7 @@ describe("mixed policies", () => {
 
   test("bad specs are refused in one line naming the bad part", () => {
     const cases: [string, string][] = [
-      ["remat-aware*8,nne*24", 'part "nne*24": expected a kind of none, full, remat-aware, got "nne"'],
+      ["remat-aware*8,nne*24", 'part "nne*24": expected a kind of none, full, remat-aware, skip, got "nne"'],
       ["remat-aware*0,none*32", 'part "remat-aware*0": the layer count must be a positive integer, got "0"'],
       ["remat-aware*1.5,none*30", 'the layer count must be a positive integer, got "1.5"'],
       ["remat-aware*-2,none*34", 'the layer count must be a positive integer, got "-2"'],
@@ -94,8 +100,8 @@ describe("mixed policies", () => {
 });
 
 describe("bestMixed", () => {
-  /** A synthetic budget: none costs 10 per layer, remat-aware 4, full 1; fits when the sum is within budget. */
-  const cost = { none: 10, "remat-aware": 4, full: 1 } as const;
+  /** A synthetic budget: none costs 10 per layer, remat-aware 4, full 1, skip 0; fits when the sum is within budget. */
+  const cost = { none: 10, "remat-aware": 4, full: 1, skip: 0 } as const;
   function search(L: number, budget: number) {
     const calls: string[] = [];
     const fits = (p: CheckpointPolicy) => {
@@ -126,7 +132,10 @@ describe("bestMixed", () => {
     expect(search(8, 4 * 8 + 5).p).toBe("remat-aware"); // k = 1 costs 38 > 37
     expect(search(8, 8 + 3).p).toBe("full x7 + remat-aware x1");
     expect(search(8, 8).p).toBe("full");
-    expect(search(8, 7).p).toBeNull();
+    expect(search(8, 7).p).toBe("full x1 + skip x1 + full x6"); // one skip: 7
+    expect(search(8, 4).p).toBe("(full, skip) x4"); // the most skips: 4
+    expect(search(8, 3).p).toBeNull();
+    expect(search(9, 5).p).toBe("(full, skip) x4 + full x1");
     // one layer: no mix exists; the uniform kinds in order
     expect(search(1, 4)).toEqual({ p: "remat-aware", calls: ["none", "remat-aware"] });
     expect(search(1, 0)).toEqual({ p: null, calls: ["none", "remat-aware", "full"] });
@@ -135,6 +144,7 @@ describe("bestMixed", () => {
   test("every budget: the result fits, and the next faster candidate does not", () => {
     const L = 6;
     for (let budget = 0; budget <= 10 * L; budget++) {
+      // (with L = 6: 0..2 fit nothing, 3..5 a skip mix)
       const { p } = search(L, budget);
       const all = [
         "none",
@@ -142,10 +152,80 @@ describe("bestMixed", () => {
         "remat-aware",
         ...Array.from({ length: L - 1 }, (_, i) => formatPolicy(mixedPolicy(L, "remat-aware", L - 1 - i, "full"))),
         "full",
+        ...Array.from({ length: Math.floor(L / 2) }, (_, k) => formatPolicy(skipPolicy(L, k + 1))),
       ];
       const costOf = (s: string) => layerKinds(parsePolicy(s, L), L).reduce((n, k) => n + cost[k], 0);
       const first = all.find((s) => costOf(s) <= budget) ?? null;
       expect({ budget, p }).toEqual({ budget, p: first });
     }
+  });
+});
+
+describe("skip: a per-layer kind that keeps nothing", () => {
+  test("after full, the smallest k of odd layers 1, 3, ... that skip and fits, by binary search", () => {
+    // full costs 1 per layer, skip 0: with L = 32 and a budget of 20, k = 12 skips fit, 11 do not
+    const calls: string[] = [];
+    const p = bestMixed(32, (q) => {
+      calls.push(formatPolicy(q));
+      return layerKinds(q, 32).filter((k) => k !== "skip").length <= 20;
+    });
+    expect(p).toEqual(skipPolicy(32, 12));
+    expect(formatPolicy(p as CheckpointPolicy)).toBe("(full, skip) x12 + full x8");
+    expect(calls.indexOf("full")).toBeLessThan(calls.indexOf("(full, skip) x16"));
+    const after = calls.slice(calls.indexOf("full") + 1);
+    expect(after[0]).toBe("(full, skip) x16"); // the most skips first: nothing fits when they do not
+    expect(after.length).toBeLessThanOrEqual(1 + Math.ceil(Math.log2(16)));
+    expect(layerKinds(skipPolicy(6, 2), 6)).toEqual(["full", "skip", "full", "skip", "full", "full"]);
+    expect(() => skipPolicy(6, 4)).toThrow("skipPolicy: k must be an integer in [0, 3]");
+  });
+
+  test("parse and format: runs and repeated groups, in both spellings, round trip for any kinds", () => {
+    expect(formatPolicy(skipPolicy(32, 16))).toBe("(full, skip) x16");
+    expect(parsePolicy("(full, skip) x16", 32)).toEqual(skipPolicy(32, 16));
+    expect(parsePolicy("(full*1,skip*1)*16", 32)).toEqual(skipPolicy(32, 16));
+    expect(parsePolicy("full*1,skip*1,full*1,skip*1", 4)).toEqual({ kind: "mixed", layers: ["full", "skip", "full", "skip"] });
+    const q = parsePolicy("remat-aware*1,skip*2,none*1", 4);
+    expect(formatPolicy(q)).toBe("remat-aware x1 + skip x2 + none x1");
+    expect(formatPolicy(parsePolicy("(remat-aware*2, skip)*3, none*1"))).toBe("(remat-aware x2, skip) x3 + none x1");
+    // a pseudo-random sequence of kinds (layer 0 not skip): format, then parse, gives it back
+    let seed = 12345;
+    const rand = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed / 2 ** 31;
+    };
+    let grouped = 0;
+    for (let n = 0; n < 300; n++) {
+      const L = 2 + Math.floor(rand() * 40);
+      // two kinds half the time: repeated groups are frequent then
+      const alphabet: readonly LayerKind[] = rand() < 0.5 ? ["full", "skip"] : LAYER_KINDS;
+      const kinds = Array.from({ length: L }, () => alphabet[Math.floor(rand() * alphabet.length)] as LayerKind);
+      kinds[0] = "remat-aware";
+      kinds[1] = "skip";
+      const text = formatPolicy(policyOfKinds(kinds));
+      if (text.includes("(")) grouped++;
+      expect({ n, back: layerKinds(parsePolicy(text, L), L) }).toEqual({ n, back: kinds });
+    }
+    expect(grouped).toBeGreaterThan(50);
+  });
+
+  test("skip on layer 0 and a uniform skip are refused, saying why", () => {
+    const first = "layer 0 cannot be skip: its input is the embedding's output";
+    const all = "skip cannot be every layer's kind";
+    expect(() => parsePolicy("skip")).toThrow(all);
+    expect(() => parsePolicy("skip*4", 4)).toThrow(`checkpoint policy "skip*4": ${all}`);
+    expect(() => parsePolicy("skip*1,full*3", 4)).toThrow(`checkpoint policy "skip*1,full*3": ${first}`);
+    expect(() => parsePolicy("(skip, full) x2")).toThrow(first);
+    expect(() => policyOfKinds(["skip", "full"])).toThrow(first);
+    const bogus: CheckpointPolicy = { kind: "mixed", layers: ["skip", "full"] };
+    expect(() => layerPolicy(bogus, 1, 2)).toThrow(`checkpoint policy skip x1 + full x1: ${first}`);
+    expect(() => parsePolicy("(full, skp)*2")).toThrow('part "(full, skp)*2": expected a kind of none, full, remat-aware, skip, got "skp"');
+    expect(() => parsePolicy("(full, skip)*0")).toThrow('part "(full, skip)*0": the layer count must be a positive integer, got "0"');
+    expect(() => parsePolicy("(full, skip")).toThrow('part "(full, skip": expected kind*count');
+  });
+
+  test("inputSource: a skip layer re-runs from the nearest earlier layer that is not skip", () => {
+    const kinds: LayerKind[] = ["remat-aware", "skip", "skip", "none", "skip"];
+    expect(kinds.map((_, i) => inputSource(kinds, i))).toEqual([0, 0, 0, 3, 3]);
+    expect(() => inputSource(["skip", "full"], 0)).toThrow("layer 0 cannot be skip");
   });
 });

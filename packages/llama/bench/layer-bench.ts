@@ -16,7 +16,7 @@
 // --mlp-chunk runs the tiled MLP (layer.ts) with that many tokens per chunk.
 
 import { selectAttentionBackend } from "@lightseq/attention";
-import { layerPolicy, parsePolicy, type UniformPolicy } from "@lightseq/checkpointing";
+import { type LayerPolicy, layerPolicy, parsePolicy } from "@lightseq/checkpointing";
 import { DeviceAllocator, deviceInfo, Event, requireDevice } from "@lightseq/cuda";
 import { currentStream, memoryReport, randn, zeros } from "@lightseq/tensor";
 import { llamaPreset } from "../src/config.ts";
@@ -34,7 +34,7 @@ const outPath = args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsW
 const tokenList = (flag("--tokens") ?? "32768,65536").split(",").map(Number);
 const reps = Number(flag("--reps") ?? 5);
 // one layer: each entry is one kind
-const policies: UniformPolicy[] = (flag("--policies") ?? "none,remat-aware").split(",").map((s) => layerPolicy(parsePolicy(s, 1), 0, 1));
+const policies: LayerPolicy[] = (flag("--policies") ?? "none,remat-aware").split(",").map((s) => layerPolicy(parsePolicy(s, 1), 0, 1));
 const torchPath = flag("--torch");
 const mlpChunkTokens = flag("--mlp-chunk") === undefined ? undefined : Number(flag("--mlp-chunk"));
 for (const T of tokenList)

@@ -13,11 +13,16 @@
 // The saved tensors are named (checkpointing/src/policy.ts); the forward keeps those of the policy and
 // the backward recomputes a stage (A, B or C) whenever one of its tensors was not kept: `none`
 // recomputes nothing, `remat-aware` recomputes A and C (never attention), `full` A, B and C. A layer
-// sees only its own kind: a mixed policy is resolved per layer by the model.
+// sees only its own kind: a mixed policy is resolved per layer by the model. `skip` keeps nothing, not
+// even x: the model re-runs the earlier layers' forward (layerForward without a store) to get x back and
+// hands it to layerBackward, which then recomputes A, B and C as `full` does.
+// The forward frees each stage's tensors that are not kept as soon as the next stage has run (A after
+// attention, B and x after C), so a forward that keeps nothing (evaluation, a skip layer's re-run in
+// the backward) holds at most two stages at once (estimator.ts reforwardPhase).
 // Weight gradients are accumulated (+=) into the f32 views the gradient sink gives. The residual
 // branches' gradients are added inside the RMSNorm backwards (their `residual` option).
 
-import { keptTensors, type SavedName, type UniformPolicy } from "@lightseq/checkpointing";
+import { keptTensors, type LayerPolicy, type SavedName } from "@lightseq/checkpointing";
 import type { Stream } from "@lightseq/cuda";
 import { empty, type Tensor, TensorError } from "@lightseq/tensor";
 import type { LlamaConfig } from "./config.ts";
@@ -36,10 +41,12 @@ export interface LayerCounters {
   /** Stages recomputed in the backward. */
   recomputeAttnIn: number;
   recomputeMlpIn: number;
+  /** Layer forwards re-run in the backward to give a skip layer its input (model.ts). */
+  reforward: number;
 }
 
 export function newCounters(): LayerCounters {
-  return { attentionForward: 0, attentionBackward: 0, recomputeAttnIn: 0, recomputeMlpIn: 0 };
+  return { attentionForward: 0, attentionBackward: 0, recomputeAttnIn: 0, recomputeMlpIn: 0, reforward: 0 };
 }
 
 export interface LayerContext {
@@ -48,7 +55,7 @@ export interface LayerContext {
   /** cos/sin at this rank's global positions, shared by every layer. */
   rope: RopeTable;
   /** This layer's kind (the model resolves a mixed policy to one per layer). */
-  policy: UniformPolicy;
+  policy: LayerPolicy;
   counters: LayerCounters;
   stream?: Stream;
   /** Tiled MLP: tokens per chunk (a positive integer); undefined runs the MLP over all T at once. */
@@ -199,16 +206,20 @@ export async function layerForward(
   ctx: LayerContext,
   store: ActivationStore | null,
 ): Promise<Tensor> {
+  const kept = new Set(store === null ? [] : keptTensors(ctx.policy));
+  const keepOrFree = (stage: Partial<{ [K in SavedName]: SavedValue<K> }>) => {
+    for (const [name, t] of Object.entries(stage) as [SavedName, Tensor | Tensor[]][]) {
+      if (kept.has(name)) (store as ActivationStore).put(i, name, t as never);
+      else disposeAll([t]);
+    }
+  };
   const A = attnIn(x, w, ctx);
   const B = await attnCore(A, ctx);
+  keepOrFree(A);
   const C = mlpIn(x, B.o, w, ctx);
+  keepOrFree({ x, ...B });
   const y = mlpOut(C, w, ctx);
-  const all: Partial<{ [K in SavedName]: SavedValue<K> }> = { x, ...A, ...B, ...C };
-  const kept = new Set(store === null ? [] : keptTensors(ctx.policy));
-  for (const [name, t] of Object.entries(all) as [SavedName, Tensor | Tensor[]][]) {
-    if (kept.has(name)) (store as ActivationStore).put(i, name, t as never);
-    else disposeAll([t]);
-  }
+  keepOrFree(C);
   return y;
 }
 
@@ -223,9 +234,26 @@ function keptStage<K extends SavedName>(store: ActivationStore, i: number, names
   return out;
 }
 
+/** Layer i's input for its backward: the kept x, or (skip) `input`, re-run by the caller and owned by the backward. */
+function inputOf(i: number, ctx: LayerContext, store: ActivationStore, input: Tensor | undefined): Tensor {
+  if (ctx.policy.kind === "skip") {
+    if (input === undefined)
+      throw new TensorError(`layer ${i} backward: a skip layer keeps nothing; its input x must be re-run and given (the model does)`);
+    return input;
+  }
+  if (input !== undefined)
+    throw new TensorError(`layer ${i} backward: an input was given to a ${ctx.policy.kind} layer, which keeps its own`);
+  const x = store.get(i, "x");
+  if (x === undefined)
+    throw new TensorError(
+      `layer ${i} backward: the layer input x was not kept (every policy but skip keeps it; was the forward run with a store?)`,
+    );
+  return x;
+}
+
 /**
- * Layer i backward: takes ownership of dy, returns dx; adds the weight gradients into `g`; releases
- * the layer's saved tensors.
+ * Layer i backward: takes ownership of dy (and of `input`, a skip layer's re-run input), returns dx;
+ * adds the weight gradients into `g`; releases the layer's saved tensors.
  */
 export async function layerBackward(
   i: number,
@@ -234,14 +262,14 @@ export async function layerBackward(
   g: LayerWeights,
   ctx: LayerContext,
   store: ActivationStore,
+  input?: Tensor,
 ): Promise<Tensor> {
   const o = { stream: ctx.stream };
-  const x = store.get(i, "x");
-  if (x === undefined)
-    throw new TensorError(`layer ${i} backward: the layer input x was not kept (every policy keeps it; was the forward run with a store?)`);
   const temps: (Tensor | Tensor[])[] = [dy];
+  if (input !== undefined) temps.push(input);
   const mlpTemps: Tensor[] = [];
   try {
+    const x = inputOf(i, ctx, store, input);
     // Recompute in the order that keeps the least alive: attention's inputs only when attention
     // itself must be recomputed (full), then the MLP's inputs, freed right after the MLP backward,
     // then the attention's inputs (remat-aware), needed by the attention backward.

@@ -5,6 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { referenceBackend } from "@lightseq/attention";
 import {
   type CheckpointPolicy,
+  inputSource,
   keptTensors,
   keptTensorsOf,
   layerKinds,
@@ -15,7 +16,14 @@ import {
 import type { Tensor } from "@lightseq/tensor";
 import { compareClose } from "@lightseq/tensor/testing";
 import { namedTensors, seqTokens, TEST_STD, tinyConfig } from "./fixtures/tiny.ts";
-import { LocalActivationStore, LocalGradientSink, LocalWeightSource, localAttention, type SavedValue } from "./interfaces.ts";
+import {
+  LocalActivationStore,
+  LocalGradientSink,
+  LocalWeightSource,
+  localAttention,
+  type SavedValue,
+  type WeightSource,
+} from "./interfaces.ts";
 import { LlamaModel, localModel, sequenceBatch } from "./model.ts";
 import { initParams, type ModelParams, zeroParams } from "./weights.ts";
 
@@ -28,11 +36,27 @@ class RecordingStore extends LocalActivationStore {
   }
 }
 
+/** Records the weight source calls in order: "p3" prefetch, "l3" layer, "r3" release. */
+class RecordingWeights extends LocalWeightSource {
+  readonly calls: string[] = [];
+  override prefetch(i: number): void {
+    this.calls.push(`p${i}`);
+  }
+  override async layer(i: number) {
+    this.calls.push(`l${i}`);
+    return super.layer(i);
+  }
+  override releaseLayer(i: number): void {
+    this.calls.push(`r${i}`);
+  }
+}
+
 async function gradsOf(params: ModelParams, policy: CheckpointPolicy, tokens: Int32Array, gradScale = 1, mlpChunkTokens?: number) {
   const store = new RecordingStore();
+  const weights = new RecordingWeights(params);
   const model = new LlamaModel({
     config: params.config,
-    weights: new LocalWeightSource(params),
+    weights: weights as WeightSource,
     attention: localAttention(referenceBackend),
     store,
     policy,
@@ -42,7 +66,7 @@ async function gradsOf(params: ModelParams, policy: CheckpointPolicy, tokens: In
   const sink = new LocalGradientSink(grads);
   const loss = await model.forwardBackward(sequenceBatch(tokens), sink, { gradScale });
   expect(store.bytes()).toBe(0); // every layer released its saved tensors
-  return { loss, grads, counters: model.counters, puts: store.puts };
+  return { loss, grads, counters: model.counters, puts: store.puts, weightCalls: weights.calls };
 }
 
 function bits(t: Tensor): Uint32Array {
@@ -178,6 +202,72 @@ describe("checkpoint policies", () => {
     ref.grads.dispose();
     params.dispose();
   });
+
+  test("skip layers keep nothing and re-run the previous layers' forward: the same loss and gradients as none to the bit", async () => {
+    const cfg = tinyConfig({ layers: 4 });
+    const L = cfg.layers;
+    const params = initParams(cfg, { seed: 6, std: TEST_STD });
+    const tokens = seqTokens(23, cfg.vocab, 9);
+    const ref = await gradsOf(params, { kind: "none" }, tokens, 1 / 22);
+    const refT = ref.grads.all();
+    const cases = [
+      // attention forward: 4 in the forward, 2 for full, 2 re-runs (layers 0 and 2), 2 for the skip layers' own recompute
+      { spec: "full*1,skip*1,full*1,skip*1", reforward: 2, fwd: 10 },
+      // layer 1 re-runs layer 0; layer 2 re-runs layers 0 and 1 (each intermediate x once per skip layer)
+      { spec: "remat-aware*1,skip*2,none*1", reforward: 3, fwd: 9 },
+    ];
+    for (const c of cases) {
+      const policy = parsePolicy(c.spec, L);
+      const kinds = layerKinds(policy, L);
+      const count = (k: string) => kinds.filter((x) => x === k).length;
+      const r = await gradsOf(params, policy, tokens, 1 / 22);
+      const reruns = kinds.reduce((n, _, i) => n + i - inputSource(kinds, i), 0);
+      expect(reruns).toBe(c.reforward);
+      expect({
+        spec: c.spec,
+        fwd: r.counters.attentionForward,
+        bwd: r.counters.attentionBackward,
+        attnIn: r.counters.recomputeAttnIn,
+        mlpIn: r.counters.recomputeMlpIn,
+        reforward: r.counters.reforward,
+      }).toEqual({
+        spec: c.spec,
+        fwd: L + count("full") + count("skip") + reruns,
+        bwd: L,
+        attnIn: L - count("none"),
+        mlpIn: L - count("none"),
+        reforward: c.reforward,
+      });
+      expect(c.fwd).toBe(L + count("full") + count("skip") + reruns);
+      for (let i = 0; i < L; i++)
+        expect({ spec: c.spec, i, kept: new Set(r.puts.get(i)) }).toEqual({ spec: c.spec, i, kept: new Set(keptTensorsOf(policy, i, L)) });
+      expect({ spec: c.spec, loss: r.loss }).toEqual({ spec: c.spec, loss: ref.loss });
+      r.grads.all().forEach((t, j) => {
+        expect({ spec: c.spec, j, bits: bits(t) }).toEqual({ spec: c.spec, j, bits: bits(refT[j] as Tensor) });
+      });
+      r.grads.dispose();
+    }
+    ref.grads.dispose();
+    params.dispose();
+  });
+
+  test("skip: the backward asks for each layer's weights in the order it uses them, each prefetched just before", async () => {
+    const cfg = tinyConfig({ layers: 4 });
+    using params = initParams(cfg, { seed: 6, std: TEST_STD });
+    const tokens = seqTokens(11, cfg.vocab, 2);
+    const backwardCalls = async (spec: string) => {
+      const r = await gradsOf(params, parsePolicy(spec, 4), tokens);
+      r.grads.dispose();
+      return r.weightCalls.slice(r.weightCalls.indexOf("r3") + 1).join(" ");
+    };
+    // after the forward (which ends with layer 3), per layer of the backward: the layers it re-runs
+    // (a skip layer), then its own; "p" prefetch, "l" layer, "r" release
+    expect(await backwardCalls("none*4")).toBe("p3 l3 p2 r3 l2 p1 r2 l1 p0 r1 l0 r0");
+    // layer 3 re-runs 2 | layer 3 | layer 2 (still gathered) | layer 1 re-runs 0 | layer 1 | layer 0
+    expect(await backwardCalls("(full, skip) x2")).toBe("p2 l2 p3 r2 l3 p2 r3 l2 p0 r2 l0 p1 r0 l1 p0 r1 l0 r0");
+    // layer 3 | layer 2 re-runs 0 and 1 | layer 2 | layer 1 re-runs 0 | layer 1 | layer 0
+    expect(await backwardCalls("remat-aware*1,skip*2,none*1")).toBe("p3 l3 p0 r3 l0 p1 r0 l1 p2 r1 l2 p0 r2 l0 p1 r0 l1 p0 r1 l0 r0");
+  });
 });
 
 describe("tiled MLP", () => {
@@ -206,6 +296,8 @@ describe("tiled MLP", () => {
       tiledRuns.push(tiled);
       whole.grads.dispose();
     }
+    // a skip layer re-runs the tiled forward of the layer before it
+    tiledRuns.push(await gradsOf(params, parsePolicy("full*1,skip*1", cfg.layers), tokens, 1 / 28, 7));
     // Between policies, the tiled runs agree to the bit (the same chunked arithmetic, recomputed).
     const [ref, ...rest] = tiledRuns as [Awaited<ReturnType<typeof gradsOf>>, ...Awaited<ReturnType<typeof gradsOf>>[]];
     for (const r of rest) {

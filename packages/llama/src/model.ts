@@ -7,9 +7,14 @@
 // e.g. 1 / (global label count).
 // The model sees only the four interfaces; which ranks, schedule or memory placement lie behind
 // them is parallelize's business (parallelize.ts) and the trainer's.
+// A `skip` layer i (checkpointing policy.ts) keeps nothing: before its backward the model re-runs the
+// forward of layers j..i-1 from layer j's kept x (j the nearest earlier layer that is not skip),
+// keeping nothing, and hands the result to layer i's backward. Weights are asked in that order
+// (j, ..., i-1, then i) and each ask is prefetched one ask ahead, so a ZeRO source gathers each layer
+// once per pair in a (full, skip) pattern: layer i-1 stays gathered for its own backward, next.
 
 import type { AttentionBackend } from "@lightseq/attention";
-import { type CheckpointPolicy, layerPolicy, type UniformPolicy } from "@lightseq/checkpointing";
+import { type CheckpointPolicy, inputSource, type LayerKind, type LayerPolicy, layerPolicy } from "@lightseq/checkpointing";
 import type { Stream } from "@lightseq/cuda";
 import { fromArray, type Tensor, TensorError, toFloat32Array } from "@lightseq/tensor";
 import type { LlamaConfig } from "./config.ts";
@@ -78,7 +83,9 @@ export class LlamaModel {
   readonly #parts: ModelParts;
   readonly #invFreq: Float64Array;
   /** Each layer's kind under parts.policy. */
-  readonly #policies: readonly UniformPolicy[];
+  readonly #policies: readonly LayerPolicy[];
+  /** For each layer, the first layer whose weights and kept tensors its backward asks for: inputSource. */
+  readonly #sources: readonly number[];
 
   constructor(parts: ModelParts) {
     this.config = parts.config;
@@ -89,6 +96,8 @@ export class LlamaModel {
     this.#invFreq = ropeInvFreq(parts.config);
     const L = parts.config.layers;
     this.#policies = Array.from({ length: L }, (_, i) => layerPolicy(parts.policy, i, L));
+    const kinds: LayerKind[] = this.#policies.map((p) => p.kind);
+    this.#sources = kinds.map((_, i) => inputSource(kinds, i));
   }
 
   get attention(): AttentionFn {
@@ -141,6 +150,30 @@ export class LlamaModel {
     return x;
   }
 
+  /**
+   * A skip layer's input: the forward of layers j..i-1 again from layer j's kept x, keeping nothing
+   * (each layer's weights asked, the next one prefetched: the last prefetch is layer i's own).
+   */
+  async #rerun(j: number, i: number, ctx: readonly LayerContext[]): Promise<Tensor> {
+    const { weights, store } = this.#parts;
+    const kept = store.get(j, "x");
+    if (kept === undefined) throw new TensorError(`model: layer ${i} (skip) re-runs from layer ${j}'s input x, which was not kept`);
+    let x = kept.view(); // the forward takes ownership of its input; the kept x stays the store's
+    try {
+      for (let m = j; m < i; m++) {
+        const w = await weights.layer(m);
+        weights.prefetch(m + 1);
+        this.counters.reforward++;
+        x = await layerForward(m, x, w, ctx[m] as LayerContext, null);
+        weights.releaseLayer(m);
+      }
+    } catch (e) {
+      x.dispose();
+      throw e;
+    }
+    return x;
+  }
+
   #inputs(b: Batch, device: Tensor["device"]): { tokens: Tensor; rope: RopeTable } {
     const { stream } = this.#parts;
     return {
@@ -182,14 +215,16 @@ export class LlamaModel {
         for (const t of [dh, rstd, xL]) t.dispose();
       }
       const L = this.config.layers;
-      weights.prefetch(L - 1);
+      const first = (i: number) => this.#sources[i] as number;
+      weights.prefetch(first(L - 1));
       for (let i = L - 1; i >= 0; i--) {
+        const input = first(i) < i ? await this.#rerun(first(i), i, ctx) : undefined;
         const w = await weights.layer(i);
         if (i > 0) {
-          weights.prefetch(i - 1);
-          store.prefetch(i - 1);
+          weights.prefetch(first(i - 1));
+          store.prefetch(first(i - 1));
         }
-        dx = await layerBackward(i, dx, w, grads.layer(i), ctx[i] as LayerContext, store);
+        dx = await layerBackward(i, dx, w, grads.layer(i), ctx[i] as LayerContext, store, input);
         weights.releaseLayer(i);
         pending.push(grads.layerDone(i));
       }

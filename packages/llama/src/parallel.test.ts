@@ -48,6 +48,8 @@ describe("P ranks equal one rank (CPU communicator, real processes)", () => {
         { schedule: "zigzag", N: n2, heads: 4, kvHeads: 2, policy: "remat-aware" },
         { schedule: "lightseq", N: n2, heads: 4, kvHeads: 4, policy: "none" },
         { schedule: "lightseq", N: n1, heads: 4, kvHeads: 1, policy: "remat-aware", tied: true, mlpChunk: 4 },
+        // layer 1 keeps nothing and re-runs layer 0's forward (DistAttn included) in the backward
+        { schedule: "zigzag", N: n2, heads: 4, kvHeads: 2, policy: "full*1,skip*1" },
       ];
       const corrupt: RankCase[] =
         P === 1
@@ -65,13 +67,17 @@ describe("P ranks equal one rank (CPU communicator, real processes)", () => {
       }
       // Checkpointing and DistAttn traffic (issue 12): remat-aware runs attention forward once per
       // layer (L = 2) and so moves its forward K/V once; full runs and moves it twice.
-      const [full, remat] = [cases[1], cases[2]] as [RankCase, RankCase];
+      // full, skip: 2 in the forward, 1 for full, 1 re-run of layer 0 and 1 for the skip layer's own recompute.
+      const [full, remat, skip] = [cases[1], cases[2], cases[5]] as [RankCase, RankCase, RankCase];
       for (let rank = 0; rank < P; rank++) {
         const f = results.find((r) => r.rank === rank && same(r.case, full)) as RankResult;
         const m = results.find((r) => r.rank === rank && same(r.case, remat)) as RankResult;
-        expect([f.attention.forwardCalls, m.attention.forwardCalls]).toEqual([4, 2]);
+        const s = results.find((r) => r.rank === rank && same(r.case, skip)) as RankResult;
+        expect([f.attention.forwardCalls, m.attention.forwardCalls, s.attention.forwardCalls]).toEqual([4, 2, 5]);
         expect(f.attention.forwardSentBytes).toBe(2 * m.attention.forwardSentBytes);
+        expect(2 * s.attention.forwardSentBytes).toBe(5 * m.attention.forwardSentBytes);
         expect(f.attention.backwardSentBytes).toBe(m.attention.backwardSentBytes);
+        expect(s.attention.backwardSentBytes).toBe(m.attention.backwardSentBytes);
         if (P > 1 && rank > 0) expect(m.attention.forwardSentBytes + m.attention.backwardSentBytes).toBeGreaterThan(0);
       }
     }, 120_000);

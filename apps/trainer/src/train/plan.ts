@@ -28,11 +28,13 @@ import {
   estimateMemory,
   fmtGiB,
   formatPolicy,
+  type LayerKind,
   layerKinds,
   type MemoryEstimate,
   MemoryEstimateError,
   parsePolicy,
   type StepCost,
+  skipPolicy,
   stepCost,
   type UniformKind,
 } from "@lightseq/checkpointing";
@@ -214,11 +216,14 @@ export function pickPolicy(i: PlanInput, s: Setting): { found: PolicyChoice | nu
     // the uniform policies faster than what was found (all of them when nothing fits)
     const uniform: UniformKind[] = ["none", "remat-aware", "full"];
     const kinds = found === null ? [] : layerKinds(found, L);
-    const cheapest = found === null ? uniform.length : Math.min(...kinds.map((k) => uniform.indexOf(k)));
+    // skip (per layer only) is slower than every uniform kind
+    const rank = (k: LayerKind) => (k === "skip" ? uniform.length : uniform.indexOf(k));
+    const cheapest = found === null ? uniform.length : Math.min(...kinds.map(rank));
     const faster = found === null ? uniform : uniform.slice(0, cheapest + (kinds.every((k) => k === uniform[cheapest]) ? 0 : 1));
     for (const kind of faster) if (allowed(i, s, { kind })) tried.push(`${kind} needs ${needs(i, estimate(i, kind, s))}`);
   }
-  const last = wanted ?? { kind: "full" as const };
+  // what keeps least: full with every odd layer skipping (full on one layer)
+  const last = wanted ?? (L >= 2 ? skipPolicy(L, Math.floor(L / 2)) : { kind: "full" as const });
   const smallest = found === null && allowed(i, s, last) ? estimate(i, last, s) : null;
   if (found === null) {
     if (wanted !== null)
