@@ -25,7 +25,7 @@
 
 import { appendFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { UniformKind } from "@lightseq/checkpointing";
+import type { LayerKind } from "@lightseq/checkpointing";
 import { Event, type Stream } from "@lightseq/cuda";
 
 /** A point of the step (see the header). */
@@ -61,7 +61,7 @@ export interface Stats {
 }
 
 export interface KindStats {
-  kind: UniformKind;
+  kind: LayerKind;
   forward: Stats;
   backward: Stats;
 }
@@ -189,7 +189,7 @@ export function breakdown(
   marks: readonly Mark[],
   hostMs: readonly number[],
   gpuMs: readonly number[] | null,
-  kinds: readonly UniformKind[],
+  kinds: readonly LayerKind[],
 ): Breakdown {
   const ivs = intervals(marks, hostMs, gpuMs);
   const L = kinds.length;
@@ -205,7 +205,7 @@ export function breakdown(
     (iv.part === "wait" ? wait : per)[iv.phase][iv.layer] += iv.gpuMs ?? iv.hostMs;
   }
   const distinct = [...new Set(kinds)];
-  const pick = (xs: number[], k: UniformKind) => xs.filter((_, i) => kinds[i] === k);
+  const pick = (xs: number[], k: LayerKind) => xs.filter((_, i) => kinds[i] === k);
   const t = (ts: readonly number[] | null) => (ts ? (ts[ts.length - 1] as number) - (ts[0] as number) : null);
   return {
     step,
@@ -343,7 +343,7 @@ export class StepProfiler implements Disposable {
   readonly path: string;
 
   constructor(
-    readonly kinds: readonly UniformKind[],
+    readonly kinds: readonly LayerKind[],
     readonly stream: Stream | null,
     dir: string,
     o: { resume: boolean },

@@ -104,7 +104,13 @@ describe.skipIf(noGpu)("tiny bf16 model on the GPU: offloaded = kept in place", 
 });
 
 describe.skipIf(noGpu)("tiny bf16 model on the GPU: per-layer mixes = none kept in place", () => {
-  for (const spec of ["full*1,remat-aware*1,none*1", "remat-aware*2,none*1", "full*2,remat-aware*1"]) {
+  for (const spec of [
+    "full*1,remat-aware*1,none*1",
+    "remat-aware*2,none*1",
+    "full*2,remat-aware*1",
+    "full*1,skip*1,none*1",
+    "remat-aware*1,skip*2",
+  ]) {
     test(`${spec}: in place and spilled (the last layer on the GPU)`, async () => {
       using params = initParams(cfg, { seed: 7, dtype: "bf16", device: dev, std: 0.05 });
       const ref = await step(params, "none", new LocalActivationStore());
