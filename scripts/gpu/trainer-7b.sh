@@ -62,7 +62,7 @@ fi
 
 if want small; then
   # shellcheck disable=SC2206  # SMALL_EXTRA is a list of flags (e.g. "--attention cuda")
-  SMALL=(--model tinyllama-1.1b --seq 2048 --batch 1 --lr 3e-4 --min-lr 3e-5 --warmup 2 --decay-steps 4 --nprocs 1 --cp 1 --keep-snapshots 1 ${SMALL_EXTRA:-})
+  SMALL=(--model tinyllama-1.1b --seq 2048 --batch 1 --lr 3e-4 --min-lr 3e-5 --warmup 2 --decay-steps 4 --nprocs 1 --cp 1 ${SMALL_EXTRA:-})
   if [ "${SMALL_HF:-1}" = 0 ]; then
     run small-a 150 "${SMALL[@]}" --steps 4 --snapshots=false --export=false --out "$RUNS/small-a"
   else
@@ -73,10 +73,20 @@ if want small; then
     hf_line=$(timeout 120 python3 scripts/gpu/trainer-hf-loss.py "$RUNS/small-a/hf" "$OUT/small-ours.json" 2>&1 | grep -v -i warn | tail -1)
     echo "$hf_line"
   fi
-  run small-b 120 "${SMALL[@]}" --steps 2 --export=false --out "$RUNS/small-b"
-  run small-b-resume 150 "${SMALL[@]}" --steps 4 --resume --export=false --out "$RUNS/small-b"
+  run small-b 120 "${SMALL[@]}" --steps 2 --keep-snapshots 1 --export=false --out "$RUNS/small-b"
+  run small-b-resume 150 "${SMALL[@]}" --steps 4 --keep-snapshots 1 --resume --export=false --out "$RUNS/small-b"
   cp "$RUNS/small-b/metrics.jsonl" "$OUT/small-b.metrics.jsonl" 2>/dev/null
   rm -rf "$RUNS/small-b/snapshots"
+  # Run C: 3 steps with a snapshot at step 2 (and the end one, removed); --resume from step 2 re-runs
+  # step 3. Its loss is the forward of the restored weights on the restored data position: equal to
+  # the bit to run C's own step 3 when the restore is exact (the forward is deterministic; only the
+  # backwards' dQ atomics are not, which is why B drifts from A).
+  run small-c 200 "${SMALL[@]}" --steps 3 --snapshot-every 2 --keep-snapshots 2 --export=false --out "$RUNS/small-c"
+  cp "$RUNS/small-c/metrics.jsonl" "$OUT/small-c.metrics.jsonl" 2>/dev/null
+  rm -rf "$RUNS/small-c/snapshots/step-00000003"
+  run small-c-resume 150 "${SMALL[@]}" --steps 3 --resume --snapshots=false --export=false --out "$RUNS/small-c"
+  cp "$RUNS/small-c/metrics.jsonl" "$OUT/small-c-resume.metrics.jsonl" 2>/dev/null
+  rm -rf "$RUNS/small-c/snapshots"
 fi
 
 python3 - "$OUT" <<'EOF'
@@ -101,6 +111,10 @@ if a and b:
     same = [x["loss"] == y["loss"] for x, y in zip(a, b)]
     diffs = [abs(x["loss"] - y["loss"]) for x, y in zip(a, b)]
     print(f"\nresume: run B (2 steps, snapshot, --resume to 4) vs run A (4 steps): {len(b)} steps, equal at steps {[i + 1 for i, s in enumerate(same) if s]}, max |diff| {max(diffs):.2e}")
+c, cr = rows("small-c"), rows("small-c-resume")
+if len(c) >= 3 and cr:
+    l3 = c[2]["loss"]; r3 = cr[-1]["loss"]
+    print(f"resume: run C step 3 {l3!r} vs step 3 after --resume from its step-2 snapshot {r3!r}: " + ("equal to the bit" if l3 == r3 else f"DIFFERENT by {abs(l3 - r3):.3e}"))
 EOF
 echo "transformers check: ${hf_line}"
 echo "exit codes: smoke device/host $rc_smoke, 7b $rc7; total $((SECONDS - t_start)) s"
