@@ -14,7 +14,7 @@
 //                          during the backward of the layers below i (state on the host only)
 //   exposed                sum over layers of max(0, c_i - h f_i) + max(0, h2d_i - h (b_i + r_i))
 //                          with h2d_i = c_{i-1} + s_{i+1} (one direction of the link, shared), and
-//                          the embedding's and head's streaming after the last layer
+//                          layer 0's and the embedding's streaming after the last layer
 // h = 0.8: copies hide behind at most 80% of the compute they overlap. Measured: at 128K a layer's
 // 4 GiB of `none` checkpoints (345 ms at 50 GB/s) against a 352 ms forward cost 6% of the step, not 0.
 //
@@ -115,7 +115,9 @@ export function stepCost(i: CostInput): StepCost {
   }
   if (i.optimizer === "host") {
     const p = paramCounts(m);
-    exposed += stream + (12 * (p.embed + p.head + m.dim)) / i.ranks / r.pcie; // layer 0's and the non-layer buffers'
+    // layer 0's and the embedding's state stream after the backward; the head's and final norm's during
+    // it (their gradients are final right after the loss: GradientSink.headDone)
+    exposed += stream + (12 * (p.embed + (p.head === 0 ? m.dim : 0))) / i.ranks / r.pcie;
   }
   const compute = L * (f + b);
   return { computeS: compute, recomputeS: recompute, exposedS: exposed, totalS: compute + recompute + exposed };

@@ -128,6 +128,13 @@ export interface GradientSink {
   layerDone(layer: number): Promise<void>;
   /** f32 gradients of embedding, final norm and head (head is the embedding's when tied: both add into it). */
   nonLayer(): NonLayerWeights;
+  /**
+   * Optional: the final norm's and the (untied) head's gradients are complete for this micro-batch,
+   * right after the loss's backward, so a sink may reduce (and update) them while the layers' backward
+   * runs. Not called when the head is tied to the embedding. nonLayerDone then covers the rest.
+   */
+  headDone?(): Promise<void>;
+  /** The embedding's gradients are complete too (and the head's and final norm's, if headDone was not called). */
   nonLayerDone(): Promise<void>;
 }
 

@@ -214,6 +214,8 @@ export class LlamaModel {
         dx = rmsnormBackward(xL, nl.finalNorm, rstd, dh, ng.finalNorm, { stream });
         for (const t of [dh, rstd, xL]) t.dispose();
       }
+      // The head's and final norm's gradients are final here: a sink may reduce them during the layers' backward.
+      if (!this.config.tiedEmbeddings && grads.headDone) pending.push(grads.headDone());
       const L = this.config.layers;
       const first = (i: number) => this.#sources[i] as number;
       weights.prefetch(first(L - 1));

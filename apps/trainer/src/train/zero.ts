@@ -272,6 +272,8 @@ export class ZeroGradientSink implements GradientSink, Disposable {
   #nonLayer: { flats: Tensor[]; views: NonLayerWeights } | null = null;
   #nonLayerFlats: Tensor[] = [];
   #nonLayerConsumed: Event | null = null;
+  /** headDone() ran in this micro-batch: nonLayerDone reduces the embedding only. */
+  #headReduced = false;
   readonly #tmp = new Map<string, Tensor>();
   readonly #filled: Event | null;
   readonly #numel: number;
@@ -437,13 +439,30 @@ export class ZeroGradientSink implements GradientSink, Disposable {
     return this.#nonLayer.views;
   }
 
+  /**
+   * The final norm's and the untied head's gradients are complete (right after the loss's backward):
+   * both reduce-scatters (and, per layer, their updates) are issued now, in one tick, so they run
+   * during the layers' backward; the head's state then streams there too, not after the backward.
+   */
+  headDone(): Promise<void> {
+    const s = this.#nonLayer;
+    if (!s) throw new RangeError("ZeRO gradients: headDone() without nonLayer()");
+    if (this.cfg.tiedEmbeddings) throw new RangeError("ZeRO gradients: headDone() with a tied head (its gradient is the embedding's)");
+    if (this.#headReduced) throw new RangeError("ZeRO gradients: headDone() twice in one micro-batch");
+    this.#headReduced = true;
+    this.#handOff();
+    // Issued in the same tick (not one after the other's promise): CPU ranks match frames by issue order.
+    return Promise.all([this.#reduce("finalNorm", s.flats[1] as Tensor), this.#reduce("head", s.flats[2] as Tensor)]).then(() => {});
+  }
+
   async nonLayerDone(): Promise<void> {
     const s = this.#nonLayer;
     if (!s) throw new RangeError("ZeRO gradients: nonLayerDone() without nonLayer()");
     this.#nonLayer = null;
     disposeNonLayerViews(s.views);
     this.#handOff();
-    const names = ["embed", "finalNorm", ...(this.cfg.tiedEmbeddings ? [] : ["head"])];
+    const names = ["embed", ...(this.#headReduced ? [] : ["finalNorm", ...(this.cfg.tiedEmbeddings ? [] : ["head"])])];
+    this.#headReduced = false;
     for (const [i, n] of names.entries()) await this.#reduce(n, s.flats[i] as Tensor);
     if (this.streams) this.#nonLayerConsumed?.record(this.streams.comm);
   }
