@@ -1,18 +1,9 @@
 import { describe, expect, test } from "bun:test";
 import { type CostInput, keptBytesPerToken, stepCost } from "./cost.ts";
 import type { ModelShape } from "./estimator.ts";
+import { LLAMA2_7B } from "./fixtures/shapes.ts";
 import type { LayerKind } from "./policy.ts";
 
-const LLAMA2_7B: ModelShape = {
-  dim: 4096,
-  layers: 32,
-  heads: 32,
-  kvHeads: 32,
-  headDim: 128,
-  ffn: 11008,
-  vocab: 32000,
-  tiedEmbeddings: false,
-};
 const CUT4: ModelShape = { ...LLAMA2_7B, layers: 4 };
 const all = (k: LayerKind, L: number): LayerKind[] => Array.from({ length: L }, () => k);
 

@@ -11,19 +11,9 @@ import {
   paramCounts,
   savedBytesPerToken,
 } from "./estimator.ts";
+import { LLAMA2_7B } from "./fixtures/shapes.ts";
 import { formatPolicy, mixedPolicy, parsePolicy, type UniformKind } from "./policy.ts";
 
-// Llama-2-7B, the model of shared/reference/performance.md section 7.
-const LLAMA2_7B: ModelShape = {
-  dim: 4096,
-  layers: 32,
-  heads: 32,
-  kvHeads: 32,
-  headDim: 128,
-  ffn: 11008,
-  vocab: 32000,
-  tiedEmbeddings: false,
-};
 const GiB = 2 ** 30;
 const H100 = 78 * GiB;
 const H200 = 139 * GiB;
