@@ -4,7 +4,7 @@
 // - the run folder: metrics.jsonl (step, loss, lr, grad_norm, tokens_per_s, mfu), loss.png,
 //   snapshots, hf/ (config.json + safetensors);
 // - resume is exact: 6 steps, then --resume to 12, gives the very losses of the 12-step run (also with
-//   the update per layer, whose clip uses the previous step's norm);
+//   the update per layer, whose clip uses the previous step's norm; and with --deterministic added);
 // - SIGKILL while a snapshot is being written: --resume continues from the previous complete one;
 // - SIGTERM: a snapshot, exit 0; a rank killed: every rank stops, the launcher names it, non-zero;
 // - meshes: cp=1, 2, 4 and dp=2 give the same losses (within f32 reordering, see the test);
@@ -91,14 +91,15 @@ describe("a run", () => {
     expect(hfCfg.architectures).toEqual(["LlamaForCausalLM"]);
   }, 90_000);
 
-  test("6 steps, then --resume to 12: exactly the losses of the 12-step run", () => {
+  test("6 steps, then --resume to 12: exactly the losses of the 12-step run (--deterministic may be added: CPU ranks already are)", () => {
     const part = join(dir, "resumed");
     const a = run([...SMALL, "--steps", "6", "--out", part]);
     expect(a.code).toBe(0);
-    const b = run([...SMALL, "--steps", "12", "--resume", "--out", part]);
+    const b = run([...SMALL, "--steps", "12", "--resume", "--deterministic", "--out", part]);
     expect(b.err).toBe("");
     expect(b.code).toBe(0);
     expect(b.out).toMatch(/resumed from .*step-00000006/);
+    expect(b.out).toMatch(/^attention: reference \(cpu ranks; --deterministic: its backward is deterministic already\)$/m);
     expect(losses(part)).toEqual(losses(out));
   }, 90_000);
 
@@ -325,6 +326,10 @@ describe("mistakes are one line and exit 2", () => {
       [["--init-from", join(dir, "nowhere")], /^trainer: .*nowhere/],
       [["--resume", "--out", join(dir, "never")], /^trainer: --resume: no complete snapshot in /],
       [["--attention", "cuda"], /^trainer: --attention cuda needs a GPU; CPU ranks run the reference attention/],
+      [
+        ["--deterministic", "--attention", "cuda"],
+        /^trainer: --deterministic with --attention cuda: our flash-attention kernels sum dQ with f32 atomics/,
+      ],
       [["--policy", "none*3"], /^trainer: --policy: checkpoint policy "none\*3": its counts add up to 3 layers, the model has 4$/],
     ];
     for (const [args, msg] of cases) {

@@ -11,8 +11,10 @@
 #          transformers' on a held-out sequence of the export (f32 on both sides); then 2 steps + a
 #          snapshot and --resume to 4 (run B): B's losses against A's                 est ~2.5 min
 #          (SMALL_HF=0: run A without the export and the transformers check; SMALL_EXTRA: more flags
-#          for the three runs, e.g. "--attention cuda". Neither GPU attention backward is deterministic
-#          (dQ by f32 atomics): A and B agree to run-to-run noise, from step 2 on, not to the bit)
+#          for the three runs, e.g. "--attention cuda". By default neither GPU attention backward is
+#          deterministic (dQ by f32 atomics): A and B agree to run-to-run noise, from step 2 on, not to
+#          the bit. SMALL_EXTRA="--deterministic" takes cuDNN's deterministic backward (with --attention
+#          cuda it is refused: our kernels have none); then A and B should agree to the bit)
 # Each run is capped (timeout). Writes $OUT/<run>.log and <run>.metrics.jsonl; the table comes last.
 # Usage (device tool, repository root): source .device/setup.sh && PARTS="smoke 7b" bash scripts/gpu/trainer-7b.sh
 set -uo pipefail
@@ -80,7 +82,7 @@ if want small; then
   # Run C: 3 steps with a snapshot at step 2 (and the end one, removed); --resume from step 2 re-runs
   # step 3. Its loss is the forward of the restored weights on the restored data position: equal to
   # the bit to run C's own step 3 when the restore is exact (the forward is deterministic; only the
-  # backwards' dQ atomics are not, which is why B drifts from A).
+  # backwards' dQ atomics are not, which is why B drifts from A without --deterministic).
   run small-c 200 "${SMALL[@]}" --steps 3 --snapshot-every 2 --keep-snapshots 2 --export=false --out "$RUNS/small-c"
   cp "$RUNS/small-c/metrics.jsonl" "$OUT/small-c.metrics.jsonl" 2>/dev/null
   rm -rf "$RUNS/small-c/snapshots/step-00000003"

@@ -58,6 +58,7 @@ describe("flags", () => {
       minLr: 0,
     });
     expect(flagsOf(["--resume=false"])).toEqual({ resume: false });
+    expect(flagsOf(["--deterministic", "--attention", "cudnn"])).toEqual({ deterministic: true, attention: "cudnn" });
     expect(flagsOf(["--decay-steps", "2k"])).toEqual({ decaySteps: 2048 });
   });
 
@@ -172,9 +173,15 @@ describe("config", () => {
       [{ lr: 1e-4, minLr: 1e-3 }, /--min-lr 0.001 is above --lr 0.0001/],
       [{ decaySteps: 5, warmup: 10 }, /--warmup 10 is longer than the schedule \(--decay-steps 5\)/],
       [{ resume: true, initFrom: "hf" }, /--resume and --init-from exclude each other/],
+      [
+        { deterministic: true, attention: "cuda" },
+        /^--deterministic with --attention cuda: our flash-attention kernels sum dQ with f32 atomics \(kernels\/src\/attention_kernels.cuh\), so their backward is not deterministic; use --attention cudnn or auto$/,
+      ],
     ];
     for (const [flags, msg] of bad) expect(() => resolveConfig({ machine: cpu, flags })).toThrow(msg);
     expect(() => resolveConfig({ machine: { gpus: 2 }, flags: { nprocs: 4, cp: 4 } })).toThrow(/more than the 2 GPUs/);
+    for (const attention of ["auto", "cudnn"] as const)
+      expect(resolveConfig({ machine: { gpus: 1 }, flags: { deterministic: true, attention } }).deterministic).toBe(true);
     expect(() => resolveConfig({ machine: cpu, flags: { preset: "huge" } })).toThrow(/unknown preset "huge" \(known: tiny/);
   });
 

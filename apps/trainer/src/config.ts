@@ -27,9 +27,10 @@ export type OptimizerPlace = (typeof OPTIMIZERS)[number];
 export const ATTENTIONS = ["auto", "cudnn", "cuda"] as const;
 /**
  * GPU ranks' attention blocks (@lightseq/attention selectAttentionBackend): `auto` takes cuDNN when it
- * is present (the fastest), `cudnn` insists on it, `cuda` runs our flash-attention kernels. Neither
- * GPU backward is deterministic (dQ is accumulated with f32 atomics), so two GPU runs agree to
- * run-to-run noise, not to the bit. CPU ranks use the reference.
+ * is present (the fastest), `cudnn` insists on it, `cuda` runs our flash-attention kernels. By default
+ * neither GPU backward is deterministic (dQ is accumulated with f32 atomics), so two GPU runs agree to
+ * run-to-run noise, not to the bit; `deterministic` asks cuDNN for its deterministic backward (our
+ * kernels have none: refused). CPU ranks use the reference, which is deterministic.
  */
 export type AttentionChoice = (typeof ATTENTIONS)[number];
 
@@ -77,6 +78,8 @@ export interface TrainConfig {
   policy: Policy;
   optimizer: OptimizerPlace;
   attention: AttentionChoice;
+  /** GPU ranks: cuDNN's deterministic attention backward, so runs repeat to the bit (not with attention cuda). */
+  deterministic: boolean;
   update: UpdateMode;
   /** Text, JSONL or parquet files or a folder of them; null: the shipped Brown corpus. */
   data: string | null;
@@ -175,6 +178,11 @@ export const FIELDS: { readonly [K in keyof TrainConfig]: Field<TrainConfig[K]> 
     meta: "BACKEND",
     help: "GPU attention blocks: auto (cuDNN when present), cudnn, or cuda (our kernels)",
   },
+  deterministic: {
+    kind: { t: "bool" },
+    flag: "deterministic",
+    help: "GPU: cuDNN's deterministic attention backward, so runs repeat to the bit (slower; not with --attention cuda); CPU ranks are deterministic already",
+  },
   optimizer: {
     kind: { t: "enum", values: OPTIMIZERS },
     flag: "optimizer",
@@ -238,6 +246,7 @@ const common = {
   policy: "auto",
   optimizer: "auto",
   attention: "auto",
+  deterministic: false,
   update: "after-backward",
   data: null,
   tokenizer: null,
@@ -484,6 +493,10 @@ export function checkConsistency(cfg: TrainConfig, m: Machine): void {
   if (cfg.minLr > cfg.lr) throw new ConfigError(`--min-lr ${cfg.minLr} is above --lr ${cfg.lr}`);
   if (cfg.warmup > cfg.decaySteps)
     throw new ConfigError(`--warmup ${cfg.warmup} is longer than the schedule (--decay-steps ${cfg.decaySteps})`);
+  if (cfg.deterministic && cfg.attention === "cuda")
+    throw new ConfigError(
+      "--deterministic with --attention cuda: our flash-attention kernels sum dQ with f32 atomics (kernels/src/attention_kernels.cuh), so their backward is not deterministic; use --attention cudnn or auto",
+    );
   if (cfg.resume && cfg.initFrom !== null)
     throw new ConfigError("--resume and --init-from exclude each other: a snapshot already holds the weights");
 }

@@ -63,6 +63,7 @@ export const RESUME_RULES: { readonly [K in keyof TrainConfig]: Rule } = {
   policy: "may-differ", // recomputation gives the same numbers
   optimizer: "may-differ",
   attention: "may-differ", // the streamed optimizer equals the device one bit for bit
+  deterministic: "may-differ", // the same gradients, summed in a fixed order
   update: "must-match", // which norm clips which step
   data: "must-match",
   tokenizer: "must-match",

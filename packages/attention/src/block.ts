@@ -37,6 +37,13 @@ export interface BackwardOptions extends AttentionOptions {
    * returned (the same objects). Without it, new tensors in q's dtype are returned.
    */
   accumulate?: AttentionGrads;
+  /**
+   * true: the gradients must be a function of the inputs alone, equal to the bit from run to run (a
+   * backend that cannot refuses: our CUDA kernels sum dq with f32 atomics). false: the backend may take
+   * its fastest path, deterministic or not. Absent: the backend's default (cudnn: createCudnnBackend's,
+   * false unless asked; the reference is deterministic whatever this says).
+   */
+  deterministic?: boolean;
 }
 
 export interface AttentionOutput {
@@ -161,6 +168,8 @@ export function checkBackwardArgs(
   if (!sameShape(lse.shape, [call.Hq, call.Tq])) {
     fail(who, `lse: expected shape [Hq, Tq] = [${call.Hq}, ${call.Tq}] (from q ${fmtShape(q.shape)}), got ${fmtShape(lse.shape)}`);
   }
+  if (opts.deterministic !== undefined && typeof opts.deterministic !== "boolean")
+    fail(who, `opts.deterministic: expected true or false, got ${String(opts.deterministic)}`);
   if (opts.accumulate !== undefined) {
     const acc = opts.accumulate;
     for (const [t, name, like, likeName] of [

@@ -293,6 +293,19 @@ test("an unknown kernel set is refused on any device, before anything is loaded"
   );
 });
 
+test("deterministic: true is refused by name on any device (dq is summed with atomics); bad values too", () => {
+  using pool = new TensorPool();
+  const [q, k] = [pool.add(randn([4, 2, 64], { seed: 1, dtype: "bf16" })), pool.add(randn([4, 1, 64], { seed: 2, dtype: "bf16" }))];
+  const lse = pool.add(empty([2, 4]));
+  const backend = createCudaBackend();
+  expect(() => backend.backward(q, k, k, q, lse, q, { causal: true, deterministic: true })).toThrow(
+    "cuda.backward: opts.deterministic: our flash-attention kernels sum dq with f32 atomics (kernels/src/attention_kernels.cuh)",
+  );
+  expect(() => backend.backward(q, k, k, q, lse, q, { causal: true, deterministic: 1 as never })).toThrow(
+    "cuda.backward: opts.deterministic: expected true or false, got 1",
+  );
+});
+
 describe.skipIf(noGpu)("kernel choice", () => {
   test("auto: wgmma on compute capability 9.0, mma.sync elsewhere; mma everywhere; wgmma elsewhere refused by name", async () => {
     const { deviceInfo } = await import("@lightseq/cuda");

@@ -5,7 +5,8 @@
 //   createCudaBackend({ kernels })            a backend running kernels "auto" | "mma" | "wgmma"
 //   cudaBackend                               the same with kernels "auto" (H100/H200: wgmma)
 //   backend.forward(q, k, v)                  bf16 q [Tq,Hq,D], k/v [Tk,Hkv,D] -> o bf16, lse [Hq,Tq] f32
-//   backend.backward(q, k, v, o, lse, dO)     -> dq, dk, dv bf16 (summed in f32, rounded once)
+//   backend.backward(q, k, v, o, lse, dO)     -> dq, dk, dv bf16 (summed in f32, rounded once; dq by
+//                                             atomics, so `deterministic: true` is refused)
 //   forwardInto(q, k, v, { o, lse })          the same into preallocated o (bf16, or f32 for partials)
 //   backwardAccumulate(..., { dq, dk, dv })   f32 dq, dk, dv += this block's gradient (pieces add in fp32)
 //   mergeIntoCuda(acc, part)                  acc (f32) <- merge(acc, part), merge.ts semantics
@@ -255,6 +256,10 @@ export function mergeIntoCuda(acc: AttentionPartial, part: AttentionPartial, opt
   checkLaunch(code, `ls_attn_merge_${part.o.dtype}`, `${who}: T=${T} H=${H} D=${D}`);
 }
 
+/** Why our backward refuses `deterministic: true` (and the trainer's --deterministic refuses --attention cuda). */
+export const DQ_ATOMICS =
+  "opts.deterministic: our flash-attention kernels sum dq with f32 atomics (kernels/src/attention_kernels.cuh), so their backward is not deterministic; use the cudnn backend (createCudnnBackend({ deterministic: true }))";
+
 /** Our kernels behind the block contract, with the kernel set they run. */
 export interface CudaBackend extends AttentionBackend {
   readonly kernels: KernelChoice;
@@ -279,6 +284,7 @@ export function createCudaBackend(o: KernelOptions = {}): CudaBackend {
     backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, dO: Tensor, opts: BackwardOptions): AttentionGrads {
       const who = "cuda.backward";
       const c = checkBackwardArgs(who, q, k, v, o, lse, dO, opts);
+      if (opts.deterministic === true) fail(who, DQ_ATOMICS);
       const device = requireSupported(who, c, { q, k, v, o, dO });
       const s = streamFor(device, opts.stream);
       if (opts.accumulate !== undefined) {

@@ -3,12 +3,15 @@
 // a missing GPU an error, and LIGHTSEQ_REQUIRE_CUDNN=1 does the same for a missing cuDNN.
 //
 // Tolerance: the suite's bf16 default (atol = rtol = 2e-2 per element): cuDNN, like our kernels, rounds P
-// and dS to bf16 before the P V, dS K and dS^T Q products and writes o, dq, dk, dv in bf16.
+// and dS to bf16 before the P V, dS K and dS^T Q products and writes o, dq, dk, dv in bf16. The
+// deterministic backward is compared with itself to the bit, and with the default one within that.
 
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
-import { skipWithoutGpu } from "@lightseq/cuda";
-import { empty, randn } from "@lightseq/tensor";
-import { cudnnAvailable, cudnnBackend, cudnnBackwardInto, cudnnForwardInto } from "./cudnn/index.ts";
+import { DeviceAttr, deviceAttribute, skipWithoutGpu } from "@lightseq/cuda";
+import { empty, randn, type Tensor, toFloat32Array } from "@lightseq/tensor";
+import { expectClose } from "@lightseq/tensor/testing";
+import type { AttentionGrads } from "./block.ts";
+import { createCudnnBackend, cudnnAvailable, cudnnBackend, cudnnBackwardInto, cudnnForwardInto, cudnnPlans } from "./cudnn/index.ts";
 import { attentionBackendSuite, TensorPool } from "./testing.ts";
 
 const noGpu = skipWithoutGpu();
@@ -61,6 +64,66 @@ describe.skipIf(skip)("cudnn refuses what it cannot do, before launching", () =>
     expect(() => cudnnBackwardInto(q, k, v, o, lse, make([8, 4, 64]), g, { causal: true })).toThrow(
       "grads.dq: expected dtype bf16, got f32",
     );
+  });
+});
+
+/** "" when a and b hold the same bits (bf16 widens to f32 exactly and one-to-one), else what differs. */
+function bitDifference(a: Tensor, b: Tensor): string {
+  const [x, y] = [new Uint32Array(toFloat32Array(a).buffer), new Uint32Array(toFloat32Array(b).buffer)];
+  let n = 0;
+  let first = -1;
+  for (let i = 0; i < x.length; i++) {
+    if (x[i] === y[i]) continue;
+    if (first < 0) first = i;
+    n++;
+  }
+  return n === 0 ? "" : `${n} of ${x.length} elements differ, first at ${first}`;
+}
+
+describe.skipIf(skip)(`cudnn deterministic backward${why}`, () => {
+  test("causal, fresh random inputs: two runs equal to the bit (backend default and per-call option); within tolerance of the default backward", () => {
+    const det = createCudnnBackend({ deterministic: true });
+    const major = deviceAttribute(DeviceAttr.computeCapabilityMajor, 0);
+    // [Tq, Tk, Hq, Hkv]: the square causal block and a query chunk against a longer key prefix (DistAttn),
+    // long enough that several key tiles add into each dq row; odd lengths, GQA.
+    for (const [Tq, Tk, Hq, Hkv] of [
+      [1041, 1041, 8, 2],
+      [519, 1553, 4, 4],
+    ] as const) {
+      using pool = new TensorPool();
+      const make = (shape: number[]) => pool.add(randn(shape, { seed: seed++, dtype: "bf16", device: dev }));
+      const [q, k, v, dO] = [make([Tq, Hq, 128]), make([Tk, Hkv, 128]), make([Tk, Hkv, 128]), make([Tq, Hq, 128])];
+      const { o, lse } = pool.addAll(cudnnBackend.forward(q, k, v, { causal: true }));
+      const label = `Tq=${Tq} Tk=${Tk} Hq=${Hq} Hkv=${Hkv}`;
+      if (major === 10) {
+        expect(() => det.backward(q, k, v, o, lse, dO, { causal: true })).toThrow(
+          "cudnn: deterministic backward: on compute capability 10.x",
+        );
+        continue;
+      }
+      const runs: AttentionGrads[] = [
+        pool.addAll(det.backward(q, k, v, o, lse, dO, { causal: true })),
+        pool.addAll(det.backward(q, k, v, o, lse, dO, { causal: true })),
+        pool.addAll(cudnnBackend.backward(q, k, v, o, lse, dO, { causal: true, deterministic: true })),
+      ];
+      const fast = pool.addAll(cudnnBackend.backward(q, k, v, o, lse, dO, { causal: true }));
+      for (const name of ["dq", "dk", "dv"] as const) {
+        expect(`${label} ${name}: ${bitDifference(runs[0]?.[name] as Tensor, runs[1]?.[name] as Tensor)}`).toBe(`${label} ${name}: `);
+        expect(`${label} ${name}: ${bitDifference(runs[0]?.[name] as Tensor, runs[2]?.[name] as Tensor)}`).toBe(`${label} ${name}: `);
+        expectClose(runs[0]?.[name] as Tensor, fast[name], { atol: 2e-2, rtol: 2e-2, label: `${label} ${name} deterministic vs default` });
+      }
+    }
+    // The deterministic plans are their own, on engines that do not say NONDETERMINISTIC (printed for the log).
+    const backward = cudnnPlans().filter((p) => p.pass === "backward");
+    for (const p of backward)
+      console.log(
+        `cudnn plan ${p.key}: engine ${p.engine}, NONDETERMINISTIC note ${p.nondeterministicNote}, workspace ${p.workspaceBytes} B`,
+      );
+    if (major !== 10) {
+      const detPlans = backward.filter((p) => p.key.endsWith("deterministic=true"));
+      expect(detPlans.length).toBeGreaterThanOrEqual(2);
+      for (const p of detPlans) expect(p.nondeterministicNote).not.toBe(true);
+    }
   });
 });
 

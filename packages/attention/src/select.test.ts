@@ -1,5 +1,7 @@
 import { expect, test } from "bun:test";
 import { hasGpu } from "@lightseq/cuda";
+import { type CudnnBackend, cudnnBackend } from "./cudnn/index.ts";
+import { referenceBackend } from "./reference.ts";
 import { selectAttentionBackend } from "./select.ts";
 
 test("the cpu gets the reference; GPU-only backends refuse it with the reason", () => {
@@ -35,4 +37,32 @@ test("a bad LIGHTSEQ_ATTN_KERNEL is an error on the cpu too (it was ignored ther
     'selectAttentionBackend: kernels: expected one of auto, mma, wgmma, got "fast"',
   );
   expect(selectAttentionBackend("auto", "cpu", { kernels: "mma" }).backend.name).toBe("reference");
+});
+
+test("deterministic: the reference says it already is; cuda is refused before any GPU is probed; bad values are named", () => {
+  expect(selectAttentionBackend("auto", "cpu", { deterministic: true })).toEqual({
+    backend: referenceBackend,
+    reason: "attention backend: reference (cpu; deterministic: its backward is deterministic already)",
+  });
+  expect(selectAttentionBackend("auto", "cpu", { deterministic: false }).reason).toBe("attention backend: reference (cpu)");
+  expect(() => selectAttentionBackend("cuda", "cuda:0", { deterministic: true })).toThrow(
+    'attention backend "cuda" has no deterministic backward: our flash-attention kernels sum dq with f32 atomics',
+  );
+  expect(() => selectAttentionBackend("auto", "cpu", { deterministic: "yes" as never })).toThrow(
+    "selectAttentionBackend: deterministic: expected true or false, got yes",
+  );
+});
+
+test.skipIf(!hasGpu())("on a GPU, deterministic picks cuDNN's deterministic backward, or says cuDNN is missing", () => {
+  let s: ReturnType<typeof selectAttentionBackend>;
+  try {
+    s = selectAttentionBackend("auto", "cuda:0", { deterministic: true });
+  } catch (e) {
+    expect((e as Error).message).toContain('attention backend "auto" with a deterministic backward needs cuDNN');
+    return;
+  }
+  expect(s.backend.name).toBe("cudnn");
+  expect((s.backend as CudnnBackend).deterministic).toBe(true);
+  expect(s.reason).toContain("attention backend: cudnn, deterministic backward (auto: the deterministic backward;");
+  expect(selectAttentionBackend("auto", "cuda:0").backend).toBe(cudnnBackend); // the default stays the fastest
 });

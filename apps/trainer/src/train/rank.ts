@@ -88,8 +88,11 @@ async function main(): Promise<void> {
   if (!gpu && cfg.attention !== "auto")
     throw new Error(`--attention ${cfg.attention} needs a GPU; CPU ranks run the reference attention (leave --attention auto)`);
   const attention = gpu
-    ? selectAttentionBackend(cfg.attention, device)
-    : { backend: referenceBackend, reason: "attention: reference (cpu ranks)" };
+    ? selectAttentionBackend(cfg.attention, device, { deterministic: cfg.deterministic })
+    : {
+        backend: referenceBackend,
+        reason: `attention: reference (cpu ranks${cfg.deterministic ? "; --deterministic: its backward is deterministic already" : ""})`,
+      };
   log(attention.reason);
 
   const deviceBytes = gpu ? memoryReport(device).deviceTotal : Math.floor(totalmem() / Math.max(1, R));

@@ -3,8 +3,9 @@
 // of cuDNN 9 (included by cudnn.h; cudnn_backend.h is a shim over it). The attribute names carry
 // explicit values in the header; descriptor and attribute *types* are sequential enums that cuDNN 9 only
 // appends to. Checked: abi.c (beside this file) compiled against the cuDNN 9.6.0 headers prints exactly
-// this table; on a GPU machine bench/cudnn-check.ts runs checkCudnnAbi on abi.c's output against that
-// machine's headers before anything else.
+// this table (the three numerical-note entries, added for the deterministic backward, are not yet: they
+// were read from cuDNN 9 header transcriptions); on a GPU machine bench/cudnn-check.ts runs
+// checkCudnnAbi on abi.c's output against that machine's headers before anything else.
 
 export const CUDNN_ABI = Object.freeze({
   CUDNN_STATUS_SUCCESS: 0,
@@ -36,6 +37,7 @@ export const CUDNN_ABI = Object.freeze({
   CUDNN_TYPE_FLOAT: 4,
   CUDNN_TYPE_VOID_PTR: 6,
   CUDNN_TYPE_HEUR_MODE: 8,
+  CUDNN_TYPE_NUMERICAL_NOTE: 11,
   CUDNN_TYPE_POINTWISE_MODE: 14,
   CUDNN_TYPE_BACKEND_DESCRIPTOR: 15,
   CUDNN_TYPE_REDUCTION_OPERATOR_TYPE: 18,
@@ -70,6 +72,7 @@ export const CUDNN_ABI = Object.freeze({
   CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS: 1001,
   CUDNN_ATTR_VARIANT_PACK_WORKSPACE: 1003,
   CUDNN_ATTR_ENGINE_GLOBAL_INDEX: 1301,
+  CUDNN_ATTR_ENGINE_NUMERICAL_NOTE: 1303,
   CUDNN_ATTR_MATMUL_COMP_TYPE: 1500,
   CUDNN_ATTR_OPERATION_MATMUL_ADESC: 1520,
   CUDNN_ATTR_OPERATION_MATMUL_BDESC: 1521,
@@ -99,6 +102,8 @@ export const CUDNN_ABI = Object.freeze({
   // cudnnBackendHeurMode_t
   CUDNN_HEUR_MODE_FALLBACK: 2,
   CUDNN_HEUR_MODE_A: 3,
+  // cudnnBackendNumericalNote_t
+  CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC: 4,
 } as const);
 
 export interface AbiCheck {

@@ -4,6 +4,14 @@
 //   cudnnBackend.forward(q, k, v)              bf16 q [Tq,Hq,D], k/v [Tk,Hkv,D] -> o bf16, lse [Hq,Tq] f32 (natural log)
 //   cudnnBackend.backward(q, k, v, o, lse, dO) -> dq, dk, dv bf16
 //   cudnnForwardInto / cudnnBackwardInto        the same into preallocated outputs (benchmarks, DistAttn)
+//   createCudnnBackend({ deterministic: true })  a backend whose backward is deterministic unless a call
+//                                                says `deterministic: false` (cudnnBackend: the fastest,
+//                                                dQ accumulated by cuDNN with f32 atomics)
+//
+// Deterministic backward (`opts.deterministic`): the graph cudnn-frontend builds for
+// set_deterministic_algorithm(true) (sdpa.ts), on an engine not noted NONDETERMINISTIC (plans.ts); its
+// own plan (the key says so), no dQ accumulator scratch. Refused on compute capability 10.x, where the
+// frontend also forces an engine and knobs that we do not (plans.ts).
 //
 // What cuDNN cannot do, we refuse or reshape, never route elsewhere:
 // - causal with Tq > Tk: cuDNN's bottom-right mask needs Tq <= Tk. The first Tq - Tk query rows see no
@@ -36,7 +44,7 @@ import {
   type ForwardOptions,
 } from "../block.ts";
 import { checkGrads, checkOut as checkOutput, fail, inputsDevice, newForwardOutput, streamFor } from "../gpu-args.ts";
-import { FAST_HEAD_DIMS } from "../layout.ts";
+import { AttentionError, FAST_HEAD_DIMS } from "../layout.ts";
 import { CudnnError, fmtCuda, fmtVersion, type Library, lib } from "./library.ts";
 import { execute, getPlan, handleFor } from "./plans.ts";
 
@@ -111,7 +119,7 @@ function runForward(who: string, c: CheckedCall, device: number, s: Stream, q: T
       lseRows = keep(empty([c.Hq, rows], { dtype: "f32", device: q.device, stream: s }));
     }
     const oBf16 = oRows.dtype === "bf16" ? oRows : keep(empty([rows, c.Hq, c.D], { dtype: "bf16", device: q.device, stream: s }));
-    const plan = getPlan(device, "forward", { Tq: rows, Tk: c.Tk, Hq: c.Hq, Hkv: c.Hkv, D: c.D, causal: c.causal });
+    const plan = getPlan(device, "forward", { Tq: rows, Tk: c.Tk, Hq: c.Hq, Hkv: c.Hkv, D: c.D, causal: c.causal, deterministic: false });
     const ws =
       plan.workspaceBytes > 0 ? keep(empty([Math.ceil(plan.workspaceBytes / 4)], { dtype: "f32", device: q.device, stream: s })) : null;
     try {
@@ -151,6 +159,7 @@ function runBackward(
   s: Stream,
   t: { q: Tensor; k: Tensor; v: Tensor; o: Tensor; lse: Tensor; dO: Tensor },
   g: AttentionGrads,
+  deterministic: boolean,
 ): void {
   if (c.Tq === 0 || c.Tk === 0) {
     for (const x of [g.dq, g.dk, g.dv]) fill(x, 0, s);
@@ -171,15 +180,17 @@ function runBackward(
       lseRows = keep(empty([c.Hq, rows], { dtype: "f32", device: t.q.device, stream: s }));
       memcpy2dAsync(lseRows.ptr(), rows * 4, t.lse.ptr() + skip * 4, c.Tq * 4, rows * 4, c.Hq, s);
     }
-    const plan = getPlan(device, "backward", { Tq: rows, Tk: c.Tk, Hq: c.Hq, Hkv: c.Hkv, D: c.D, causal: c.causal });
-    // One scratch allocation: [plan workspace | Delta f32 Hq*rows | dQacc f32 Hq*rows*D], 256-byte aligned parts.
+    const shape = { Tq: rows, Tk: c.Tk, Hq: c.Hq, Hkv: c.Hkv, D: c.D, causal: c.causal, deterministic };
+    const plan = getPlan(device, "backward", shape);
+    // One scratch allocation: [plan workspace | Delta f32 Hq*rows | dQacc f32 Hq*rows*D (not deterministic)],
+    // 256-byte aligned parts.
     const deltaAt = align256(plan.workspaceBytes);
     const dqAccAt = deltaAt + align256(c.Hq * rows * 4);
-    const dqAccBytes = c.Hq * rows * c.D * 4;
+    const dqAccBytes = deterministic ? 0 : c.Hq * rows * c.D * 4;
     const scratch = keep(empty([(dqAccAt + dqAccBytes) / 4], { dtype: "f32", device: t.q.device, stream: s }));
     const base = scratch.ptr();
     // Before 9.6 the engine expects a zeroed dQ accumulator (cudnn-frontend memsets it); later ones zero it themselves.
-    if (lib().version < 90600) memsetAsync(base + dqAccAt, 0, dqAccBytes, s);
+    if (dqAccBytes > 0 && lib().version < 90600) memsetAsync(base + dqAccAt, 0, dqAccBytes, s);
     try {
       execute(
         plan,
@@ -195,7 +206,7 @@ function runBackward(
           dk: g.dk.ptr(),
           dv: g.dv.ptr(),
           delta: base + deltaAt,
-          dqAccum: base + dqAccAt,
+          ...(deterministic ? {} : { dqAccum: base + dqAccAt }),
         },
         plan.workspaceBytes > 0 ? base : 0,
         c.scale,
@@ -211,7 +222,8 @@ function runBackward(
 
 /**
  * dq [Tq,Hq,D], dk, dv [Tk,Hkv,D] (bf16, overwritten) <- the gradient of this block, given the FINAL
- * (merged) o and lse of the query rows (block.ts). Enqueued on opts.stream.
+ * (merged) o and lse of the query rows (block.ts). Enqueued on opts.stream; `opts.deterministic`: the
+ * deterministic graph (top of this file).
  */
 export function cudnnBackwardInto(
   q: Tensor,
@@ -221,14 +233,14 @@ export function cudnnBackwardInto(
   lse: Tensor,
   dO: Tensor,
   grads: AttentionGrads,
-  opts: AttentionOptions,
+  opts: AttentionOptions & Pick<BackwardOptions, "deterministic">,
 ): void {
   const who = "cudnn.backwardInto";
   const c = checkBackwardArgs(who, q, k, v, o, lse, dO, opts);
   const device = requireSupported(who, c, { q, k, v, o, dO });
   checkOut(who, lse, "lse", ["f32"], [c.Hq, c.Tq], device);
   checkGrads(who, grads, "bf16", { q, k, v }, device, CUDNN_ALIGN);
-  runBackward(who, c, device, streamFor(device, opts.stream), { q, k, v, o, lse, dO }, grads);
+  runBackward(who, c, device, streamFor(device, opts.stream), { q, k, v, o, lse, dO }, grads, opts.deterministic ?? false);
 }
 
 // ---- the backend -------------------------------------------------------------------------------------------
@@ -257,39 +269,59 @@ export function cudnnAvailable(): { ok: boolean; reason: string } {
   return availability;
 }
 
-export const cudnnBackend: AttentionBackend = {
-  name: "cudnn",
+export interface CudnnBackendOptions {
+  /** The backward's default for `opts.deterministic` (default false: the fastest engine, dQ by atomics). */
+  deterministic?: boolean;
+}
 
-  forward(q: Tensor, k: Tensor, v: Tensor, opts: ForwardOptions): AttentionOutput {
-    const who = "cudnn.forward";
-    const c = checkForwardArgs(who, q, k, v, opts);
-    const device = requireSupported(who, c, { q, k, v });
-    const s = streamFor(device, opts.stream);
-    return newForwardOutput(q, c, s, (out) => runForward(who, c, device, s, q, k, v, out.o, out.lse));
-  },
+/** cuDNN's fused attention behind the block contract, with its default backward determinism. */
+export interface CudnnBackend extends AttentionBackend {
+  readonly deterministic: boolean;
+}
 
-  backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, dO: Tensor, opts: BackwardOptions): AttentionGrads {
-    const who = "cudnn.backward";
-    const c = checkBackwardArgs(who, q, k, v, o, lse, dO, opts);
-    const device = requireSupported(who, c, { q, k, v, o, dO });
-    checkOut(who, lse, "lse", ["f32"], [c.Hq, c.Tq], device);
-    const s = streamFor(device, opts.stream);
-    const p = { dtype: "bf16" as const, device: q.device, stream: s };
-    const grads: AttentionGrads = { dq: empty(q.shape, p), dk: empty(k.shape, p), dv: empty(v.shape, p) };
-    const acc = opts.accumulate;
-    try {
-      runBackward(who, c, device, s, { q, k, v, o, lse, dO }, grads);
-      if (acc === undefined) return grads;
-      // f32 accumulation: widen this block's bf16 gradient and add it (cost: top of this file).
-      for (const name of ["dq", "dk", "dv"] as const) {
-        using wide = cast(grads[name], "f32", { stream: s });
-        axpy(1, wide, acc[name], { stream: s });
+/** A cuDNN backend whose backward is deterministic by default when `o.deterministic` (a call's own option wins). */
+export function createCudnnBackend(o: CudnnBackendOptions = {}): CudnnBackend {
+  const deterministic = o.deterministic ?? false;
+  if (typeof deterministic !== "boolean")
+    throw new AttentionError(`createCudnnBackend: deterministic: expected true or false, got ${String(o.deterministic)}`);
+  return {
+    name: "cudnn",
+    deterministic,
+
+    forward(q: Tensor, k: Tensor, v: Tensor, opts: ForwardOptions): AttentionOutput {
+      const who = "cudnn.forward";
+      const c = checkForwardArgs(who, q, k, v, opts);
+      const device = requireSupported(who, c, { q, k, v });
+      const s = streamFor(device, opts.stream);
+      return newForwardOutput(q, c, s, (out) => runForward(who, c, device, s, q, k, v, out.o, out.lse));
+    },
+
+    backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, dO: Tensor, opts: BackwardOptions): AttentionGrads {
+      const who = "cudnn.backward";
+      const c = checkBackwardArgs(who, q, k, v, o, lse, dO, opts);
+      const device = requireSupported(who, c, { q, k, v, o, dO });
+      checkOut(who, lse, "lse", ["f32"], [c.Hq, c.Tq], device);
+      const s = streamFor(device, opts.stream);
+      const p = { dtype: "bf16" as const, device: q.device, stream: s };
+      const grads: AttentionGrads = { dq: empty(q.shape, p), dk: empty(k.shape, p), dv: empty(v.shape, p) };
+      const acc = opts.accumulate;
+      try {
+        runBackward(who, c, device, s, { q, k, v, o, lse, dO }, grads, opts.deterministic ?? deterministic);
+        if (acc === undefined) return grads;
+        // f32 accumulation: widen this block's bf16 gradient and add it (cost: top of this file).
+        for (const name of ["dq", "dk", "dv"] as const) {
+          using wide = cast(grads[name], "f32", { stream: s });
+          axpy(1, wide, acc[name], { stream: s });
+        }
+        for (const t of Object.values(grads)) t.dispose();
+        return acc;
+      } catch (e) {
+        for (const t of Object.values(grads)) t.dispose();
+        throw e;
       }
-      for (const t of Object.values(grads)) t.dispose();
-      return acc;
-    } catch (e) {
-      for (const t of Object.values(grads)) t.dispose();
-      throw e;
-    }
-  },
-};
+    },
+  };
+}
+
+/** The default cuDNN backend: the fastest backward, not deterministic (what existing callers get). */
+export const cudnnBackend: CudnnBackend = createCudnnBackend();

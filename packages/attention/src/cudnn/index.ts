@@ -4,6 +4,14 @@
 // execution), backend.ts (argument checks and the block-contract backend).
 
 export { type AbiCheck, CUDNN_ABI, checkCudnnAbi } from "./abi.ts";
-export { cudnnAvailable, cudnnBackend, cudnnBackwardInto, cudnnForwardInto } from "./backend.ts";
+export {
+  type CudnnBackend,
+  type CudnnBackendOptions,
+  createCudnnBackend,
+  cudnnAvailable,
+  cudnnBackend,
+  cudnnBackwardInto,
+  cudnnForwardInto,
+} from "./backend.ts";
 export { CudnnError } from "./library.ts";
 export { type CudnnPlanInfo, clearCudnnPlans, cudnnPlans } from "./plans.ts";

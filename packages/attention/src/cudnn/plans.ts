@@ -1,10 +1,14 @@
-// Execution plans of the SDPA graphs, built once per shape (device, pass, Tq, Tk, Hq, Hkv, D, causal)
-// and cached with their workspace size. The scale is NOT in the key: it is a by-value scalar read at
-// execution, so one plan serves every scale (a plan build can take seconds when cuDNN compiles its
-// kernel at run time). Workspace and scratch are allocated by the caller (backend.ts) per call.
+// Execution plans of the SDPA graphs, built once per shape (device, pass, Tq, Tk, Hq, Hkv, D, causal,
+// deterministic) and cached with their workspace size. The scale is NOT in the key: it is a by-value
+// scalar read at execution, so one plan serves every scale (a plan build can take seconds when cuDNN
+// compiles its kernel at run time). Workspace and scratch are allocated by the caller (backend.ts) per call.
+// A deterministic backward plan is the deterministic graph (sdpa.ts) on the first engine configuration
+// that finalizes and whose engine does not carry CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC (a guard of
+// ours: cudnn-frontend does not filter SDPA by notes); none is a one-line refusal naming cuDNN's version.
 
 import { ptr } from "bun:ffi";
 import { DeviceAttr, deviceAttribute, type Stream, setDevice } from "@lightseq/cuda";
+import { AttentionError } from "../layout.ts";
 import { CUDNN_ABI as C } from "./abi.ts";
 import {
   type Desc,
@@ -20,7 +24,7 @@ import {
   setInt64,
   setPointers,
 } from "./graph.ts";
-import { CudnnError, check, lastError, lib, statusName } from "./library.ts";
+import { CudnnError, check, fmtVersion, lastError, lib, statusName } from "./library.ts";
 import { buildBackward, buildForward, type PlanShape, SCALAR, UID } from "./sdpa.ts";
 
 type Pass = "forward" | "backward";
@@ -34,6 +38,8 @@ interface Plan {
   workspaceBytes: number;
   /** cuDNN's global index of the engine the heuristics chose (-1 if it could not be read). */
   engine: number;
+  /** Whether that engine carries CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC (null: its notes could not be read). */
+  nondeterministicNote: boolean | null;
   buildMs: number;
   uids: number[];
   /** Host memory of the by-value scalars: an explicit ArrayBuffer, so its address is stable. */
@@ -46,6 +52,7 @@ export interface CudnnPlanInfo {
   key: string;
   pass: Pass;
   engine: number;
+  nondeterministicNote: boolean | null;
   workspaceBytes: number;
   buildMs: number;
 }
@@ -71,27 +78,58 @@ function getAttrInt64(d: Desc, attr: number, what: string): number {
   return Number(outI64[0]);
 }
 
+/** The engine of an engine configuration (a descriptor of `descs`). */
+function engineOf(descs: Descriptors, cfg: Desc): Desc {
+  const engine = descs.create(C.CUDNN_BACKEND_ENGINE_DESCRIPTOR, "engine query");
+  const arr = BigUint64Array.of(BigInt(engine));
+  check(
+    lib().fns.cudnnBackendGetAttribute(cfg, C.CUDNN_ATTR_ENGINECFG_ENGINE, C.CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, outCount, arr),
+    "cudnnBackendGetAttribute(ENGINECFG_ENGINE)",
+  );
+  return engine;
+}
+
 function engineIndex(descs: Descriptors, cfg: Desc): number {
   try {
-    const engine = descs.create(C.CUDNN_BACKEND_ENGINE_DESCRIPTOR, "engine query");
-    const arr = BigUint64Array.of(BigInt(engine));
-    check(
-      lib().fns.cudnnBackendGetAttribute(cfg, C.CUDNN_ATTR_ENGINECFG_ENGINE, C.CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, outCount, arr),
-      "cudnnBackendGetAttribute(ENGINECFG_ENGINE)",
-    );
-    return getAttrInt64(engine, C.CUDNN_ATTR_ENGINE_GLOBAL_INDEX, "ENGINE_GLOBAL_INDEX");
+    return getAttrInt64(engineOf(descs, cfg), C.CUDNN_ATTR_ENGINE_GLOBAL_INDEX, "ENGINE_GLOBAL_INDEX");
   } catch {
     return -1;
   }
 }
 
-/** Heuristics (mode A, then fallback) and the first engine configuration whose plan finalizes. */
+/** Room for the numerical notes of one engine (cuDNN 9 has 10 kinds): an explicit ArrayBuffer. */
+const notesOut = new Int32Array(new ArrayBuffer(64));
+
+/** Whether the engine of `cfg` says it may be non-deterministic; null when its notes cannot be read. */
+function nondeterministicNote(descs: Descriptors, cfg: Desc): boolean | null {
+  try {
+    const engine = engineOf(descs, cfg);
+    const status = lib().fns.cudnnBackendGetAttribute(
+      engine,
+      C.CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
+      C.CUDNN_TYPE_NUMERICAL_NOTE,
+      notesOut.length,
+      outCount,
+      notesOut,
+    );
+    if (status !== C.CUDNN_STATUS_SUCCESS) return null;
+    return notesOut.subarray(0, Number(outCount[0])).includes(C.CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Heuristics (mode A, then fallback) and the first engine configuration whose plan finalizes (and, when
+ * `deterministic`, whose engine is not noted NONDETERMINISTIC).
+ */
 function makeExecutionPlan(
   descs: Descriptors,
   handle: number,
   graph: Desc,
   what: string,
-): { exec: Desc; engine: number; workspaceBytes: number } {
+  deterministic: boolean,
+): { exec: Desc; engine: number; nondeterministicNote: boolean | null; workspaceBytes: number } {
   const fns = lib().fns;
   const tried: string[] = [];
   let lastStatus: number = C.CUDNN_STATUS_SUCCESS;
@@ -123,19 +161,29 @@ function makeExecutionPlan(
     const returned = Number(outCount[0]);
     for (let i = 0; i < returned; i++) {
       const cfg = cfgs[i] as Desc;
+      const note = nondeterministicNote(descs, cfg);
+      if (deterministic && note === true) {
+        tried.push(`mode ${modeName} config ${i} (engine ${engineIndex(descs, cfg)}): noted CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC`);
+        continue;
+      }
       const exec = descs.create(C.CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "execution plan");
       setHandle(exec, C.CUDNN_ATTR_EXECUTION_PLAN_HANDLE, handle, "execution plan");
       setDescs(exec, C.CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, [cfg], "execution plan");
       status = fns.cudnnBackendFinalize(exec);
       if (status === C.CUDNN_STATUS_SUCCESS) {
         const workspaceBytes = getAttrInt64(exec, C.CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, "EXECUTION_PLAN_WORKSPACE_SIZE");
-        return { exec, engine: engineIndex(descs, cfg), workspaceBytes };
+        return { exec, engine: engineIndex(descs, cfg), nondeterministicNote: note, workspaceBytes };
       }
       lastStatus = status;
       const message = lastError();
       tried.push(`mode ${modeName} config ${i} (engine ${engineIndex(descs, cfg)}): ${statusName(status)}: ${message}`);
       descs.drop(exec);
     }
+  }
+  if (deterministic) {
+    throw new AttentionError(
+      `cuDNN ${fmtVersion(lib().version)} has no deterministic engine for the SDPA backward graph without the f32 dQ accumulator (${what}): ${tried.join("; ")}`,
+    );
   }
   throw new CudnnError(
     "cudnnBackendFinalize(EXECUTION_PLAN)",
@@ -146,16 +194,29 @@ function makeExecutionPlan(
   );
 }
 
-function planKey(device: number, pass: Pass, s: PlanShape): string {
-  return `cuda:${device} ${pass} Tq=${s.Tq} Tk=${s.Tk} Hq=${s.Hq} Hkv=${s.Hkv} D=${s.D} causal=${s.causal}`;
+/** Refuses a deterministic backward where cudnn-frontend does more than build its graph (sdpa.ts). */
+function requireDeterministicEngine(device: number): void {
+  const major = deviceAttribute(DeviceAttr.computeCapabilityMajor, device);
+  if (major === 10)
+    throw new AttentionError(
+      `cudnn: deterministic backward: on compute capability 10.x cudnn-frontend also forces an engine and its knobs (cuDNN >= 9.18), which this backend does not do (cuDNN ${fmtVersion(lib().version)}, cuda:${device}); run without deterministic`,
+    );
+}
+
+/** The cache key (and log name) of a plan: everything its graph depends on. */
+export function planKey(device: number, pass: Pass, s: PlanShape): string {
+  return `cuda:${device} ${pass} Tq=${s.Tq} Tk=${s.Tk} Hq=${s.Hq} Hkv=${s.Hkv} D=${s.D} causal=${s.causal} deterministic=${s.deterministic}`;
 }
 
 export function getPlan(device: number, pass: Pass, shape: PlanShape): Plan {
+  if (pass === "forward" && shape.deterministic)
+    throw new Error("cudnn: internal error: the forward has no deterministic variant (it is deterministic); pass deterministic: false");
   const key = planKey(device, pass, shape);
   const hit = plans.get(key);
   if (hit) return hit;
   const started = performance.now();
   const handle = handleFor(device);
+  if (shape.deterministic) requireDeterministicEngine(device);
   const descs = new Descriptors();
   try {
     const g = new GraphBuilder(descs);
@@ -164,7 +225,7 @@ export function getPlan(device: number, pass: Pass, shape: PlanShape): Plan {
     setHandle(graph, C.CUDNN_ATTR_OPERATIONGRAPH_HANDLE, handle, "operation graph");
     setDescs(graph, C.CUDNN_ATTR_OPERATIONGRAPH_OPS, g.ops, "operation graph");
     finalize(graph, `${pass} operation graph (${g.ops.length} operations) for ${key}`);
-    const { exec, engine, workspaceBytes } = makeExecutionPlan(descs, handle, graph, key);
+    const { exec, engine, nondeterministicNote, workspaceBytes } = makeExecutionPlan(descs, handle, graph, key, shape.deterministic);
     const scalars = new ArrayBuffer(SCALAR.bytes);
     const view = new DataView(scalars);
     // cuDNN before 9.10 wants the most negative float rather than -inf for masked scores (cudnn-frontend).
@@ -180,6 +241,7 @@ export function getPlan(device: number, pass: Pass, shape: PlanShape): Plan {
       exec,
       workspaceBytes,
       engine,
+      nondeterministicNote,
       buildMs: performance.now() - started,
       uids,
       scalars,
@@ -199,6 +261,7 @@ export function cudnnPlans(): CudnnPlanInfo[] {
     key: p.key,
     pass: p.pass,
     engine: p.engine,
+    nondeterministicNote: p.nondeterministicNote,
     workspaceBytes: p.workspaceBytes,
     buildMs: p.buildMs,
   }));

@@ -6,12 +6,19 @@
 //             Stats = M + log Z; P = E / Z (bf16); O = P V
 //   backward: Delta = rowsum(dO * O) * 1; S = Q K^T * scale - Stats; [mask]; P = exp S;
 //             dV = P^T dO; dS = (dO V^T - Delta) * P * scale; dK = dS^T Q; dQacc = dS K (f32); dQ = dQacc
+//   deterministic backward: dQ = dS K written straight into dQ, no f32 accumulator. That is all
+//             cudnn-frontend's SDPA_backward_attributes::set_deterministic_algorithm(true) changes in
+//             the graph off Blackwell (CompositeSDPABackwardNode forces its "dP workspace" lowering, the
+//             one dBias also needs; the graph's shape is what tells cuDNN's engine which kernel to run).
+//             On compute capability 10.x the frontend also forces an engine and knobs, which we do not
+//             (plans.ts refuses there). plans.ts also skips engines noted NONDETERMINISTIC.
 //   GQA:      K/V keep Hkv heads (cuDNN broadcasts them over Hq / Hkv query heads); dK, dV are computed
 //             per query head (virtual bf16) and reduced onto the kv heads by an ADD reduction.
 //   mask:     keep key j for query i iff i + (Tk - Tq) >= j (bottom-right, layout.ts): GEN_INDEX rows and
 //             columns, (rows + Tk - Tq) >= cols, BINARY_SELECT(S, -inf, keep). With Tq == Tk the shift
 //             ops are left out (the plain causal graph).
-// Delta and dQacc are non-virtual scratch (f32) that we allocate next to the plan's workspace.
+// Delta and dQacc (not in the deterministic graph) are non-virtual scratch (f32) that we allocate next
+// to the plan's workspace.
 //
 // Our tensors seen as cuDNN's BHSD with B = 1 (no data moves):
 //   q, o, dO, dq  dims [1, Hq, Tq, D]   strides [Tq*Hq*D, D, Hq*D, 1]
@@ -53,6 +60,8 @@ export interface PlanShape {
   Hkv: number;
   D: number;
   causal: boolean;
+  /** Backward: the deterministic graph (no f32 dQ accumulator; top of this file). Forward plans: false. */
+  deterministic: boolean;
 }
 
 const BF16 = C.CUDNN_DATA_BFLOAT16;
@@ -134,9 +143,8 @@ export function buildBackward(g: GraphBuilder, shape: PlanShape): number[] {
   const dq = g.tensor(UID.dq, qv.dims, qv.strides, BF16, "real");
   const dk = g.tensor(UID.dk, kvv.dims, kvv.strides, BF16, "real");
   const dv = g.tensor(UID.dv, kvv.dims, kvv.strides, BF16, "real");
-  // Our scratch: Delta [1, Hq, Tq, 1] and the f32 dq accumulator [1, Hq, Tq, D] (head-major).
+  // Our scratch: Delta [1, Hq, Tq, 1] and (not deterministic) the f32 dq accumulator [1, Hq, Tq, D] (head-major).
   const delta = g.tensor(UID.delta, L.row.dims, L.row.strides, F32, "real");
-  const dqAccum = g.tensor(UID.dqAccum, [1, Hq, Tq, D], [Hq * Tq * D, Tq * D, D, 1], F32, "real");
   const scale = g.scalar(UID.scale, F32);
   const one = g.scalar(UID.one, F32);
   const gqa = Hq !== Hkv;
@@ -179,10 +187,14 @@ export function buildBackward(g: GraphBuilder, shape: PlanShape): number[] {
     g.reduction("dK = sum over the group", C.CUDNN_REDUCE_TENSOR_ADD, full, dk);
   }
 
-  // dQ = dS K, accumulated in f32, then written in bf16
+  // dQ = dS K: straight into dq (deterministic), or accumulated in f32, then written in bf16
   const k = g.reshape("K = (K^T)^T", kT, g.virtual(kvv.dims, kvv.strides, F32));
-  g.matmul("dQacc = dS K", ds, k, dqAccum);
-  g.pointwise("dQ = dQacc", C.CUDNN_POINTWISE_IDENTITY, dqAccum, { y: dq });
+  if (shape.deterministic) g.matmul("dQ = dS K", ds, k, dq);
+  else {
+    const dqAccum = g.tensor(UID.dqAccum, [1, Hq, Tq, D], [Hq * Tq * D, Tq * D, D, 1], F32, "real");
+    g.matmul("dQacc = dS K", ds, k, dqAccum);
+    g.pointwise("dQ = dQacc", C.CUDNN_POINTWISE_IDENTITY, dqAccum, { y: dq });
+  }
 
   const uids: number[] = [
     UID.q,
@@ -195,7 +207,7 @@ export function buildBackward(g: GraphBuilder, shape: PlanShape): number[] {
     UID.dk,
     UID.dv,
     UID.delta,
-    UID.dqAccum,
+    ...(shape.deterministic ? [] : [UID.dqAccum]),
     UID.scale,
     UID.one,
   ];
