@@ -68,6 +68,9 @@ describe("a run", () => {
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/^policy auto -> \S+: .*; the fastest policy fits$/m);
     expect(r.out).toMatch(/^memory: rank [\d.]+ GiB of [\d.]+ GiB at the \S+( \S+)? peak \(\d+ local tokens\)$/m);
+    expect(r.out).toMatch(
+      /^start-up: [\d.]+ s \(process start and imports [\d.]+, communicator [\d.]+, plan [\d.]+, optimizer state [\d.]+, model and data [\d.]+, weights [\d.]+ s\)$/m,
+    );
     expect(r.out).toMatch(/^cpu matmul: blas/m);
     expect(r.out).toMatch(
       /^step 12\/12 \| loss \d+\.\d{4} \| lr .* \| grad .* \| [\d,]+ tok\/s \| .* TFLOP\/s\/GPU \| MFU .*% \| mem .* \| .* s$/m,
