@@ -14,3 +14,9 @@ timeout 280 env LIGHTSEQ_REQUIRE_GPU=1 bun test tests/trainer.gpu.test.ts apps/t
   packages/llama/src/model.gpu.test.ts packages/checkpointing >"$OUT/gpu-tests.log" 2>&1
 echo "exit $?"
 grep -E '^\(fail\)|^\(pass\)|^ *[0-9]+ (pass|fail|skip)$|^error' "$OUT/gpu-tests.log" | tail -30
+# cuDNN: the deterministic SDPA backward (three backwards equal to the bit; the plans' engines, notes and
+# workspaces are printed as "cudnn plan ..." lines) and the backend selection
+timeout 150 env LIGHTSEQ_REQUIRE_GPU=1 LIGHTSEQ_REQUIRE_CUDNN=1 bun test packages/attention/src/cudnn.test.ts \
+  packages/attention/src/select.test.ts >"$OUT/cudnn-tests.log" 2>&1
+echo "cudnn tests: exit $?"
+grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)$|^error|cudnn plan' "$OUT/cudnn-tests.log" | tail -30
