@@ -2,8 +2,8 @@
 # The GPU tests of what changed in the second session of 2026-12-01: the trainer on one GPU (device vs
 # host state, after the backward and per layer through zero.ts's gradient ring: equal losses), the
 # tiny bf16 model with per-layer mixed checkpoint policies, in place and spilled, against `none`, the
-# model's GPU suite, and --profile's timing events (profile.gpu.test.ts). Writes $OUT/gpu-tests.log;
-# the pass/fail lines come last.
+# model's GPU suite, and --profile's timing events (profile.gpu.test.ts); then cuDNN's deterministic
+# backward and the backend selection. Writes $OUT/gpu-tests.log and cudnn-tests.log; pass/fail lines last.
 # Usage (device tool, repository root): source .device/setup.sh && bash scripts/gpu/gpu-tests.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
