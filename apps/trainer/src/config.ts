@@ -135,7 +135,7 @@ interface Field<V = unknown> {
   /** Command-line flag, without the leading dashes. */
   flag: string;
   help: string;
-  /** Value placeholder in --help. */
+  /** The name --help shows for the flag's value (e.g. N, PATH). */
   meta?: string;
 }
 

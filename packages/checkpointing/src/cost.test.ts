@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
-import { type CostInput, keptBytesPerToken, stepCost } from "./cost.ts";
+import { type CostInput, stepCost } from "./cost.ts";
 import type { ModelShape } from "./estimator.ts";
+import { keptBytesPerToken } from "./estimator.ts";
 import { LLAMA2_7B } from "./fixtures/shapes.ts";
 import type { LayerKind } from "./policy.ts";
 

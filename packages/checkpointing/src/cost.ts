@@ -23,8 +23,8 @@
 // depends on the ratios, not on the absolute numbers. Checked against measured rows in cost.test.ts.
 
 import type { ModelShape } from "./estimator.ts";
-import { paramCounts, savedBytesPerToken } from "./estimator.ts";
-import { inputSource, keptTensors, type LayerKind, type SavedName } from "./policy.ts";
+import { keptBytesPerToken, paramCounts } from "./estimator.ts";
+import { inputSource, type LayerKind } from "./policy.ts";
 
 /** FLOP/s of the layer's compute and bytes/s of one direction of the host link. */
 export interface Rates {
@@ -61,15 +61,6 @@ export interface StepCost {
   /** Checkpoint copies and optimizer streaming not hidden behind compute. */
   readonly exposedS: number;
   readonly totalS: number;
-}
-
-const WIDE: readonly SavedName[] = ["gu", "a"];
-
-/** Kept bytes per local token of one layer under `kind`. */
-export function keptBytesPerToken(m: ModelShape, kind: LayerKind, mlpTiled: boolean): number {
-  return keptTensors({ kind })
-    .filter((n) => !(mlpTiled && WIDE.includes(n)))
-    .reduce((s, n) => s + savedBytesPerToken(m, n), 0);
 }
 
 export function stepCost(i: CostInput): StepCost {

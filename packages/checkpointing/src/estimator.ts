@@ -168,10 +168,15 @@ function keptNames(k: LayerKind, tiled: boolean): readonly SavedName[] {
   return keptTensors({ kind: k }).filter((n) => !(tiled && MLP_WIDE.includes(n)));
 }
 
+/** Kept bytes per local token of one layer of kind `k` (a tiled MLP keeps no gate|up or SwiGLU). */
+export function keptBytesPerToken(m: ModelShape, k: LayerKind, tiled: boolean): number {
+  return sumBytes(m, keptNames(k, tiled));
+}
+
 /** Bytes each layer keeps under `policy` for T local tokens (layer 0 first); the spill split and the checkpoint term sum these. */
 export function keptLayerBytes(m: ModelShape, policy: CheckpointPolicy, T: number, mlpChunkTokens?: number): number[] {
   const tiled = mlpChunkTokens !== undefined && mlpChunkTokens < T;
-  return layerKinds(policy, m.layers).map((k) => sumBytes(m, keptNames(k, tiled)) * T);
+  return layerKinds(policy, m.layers).map((k) => keptBytesPerToken(m, k, tiled) * T);
 }
 
 /** How many of the LAST layers fit in `deviceBytes`, taken from the last layer down while they fit. */
