@@ -10,7 +10,7 @@
 #   small  tinyllama-1.1b at 2K tokens: 4 steps uninterrupted with the export (run A); our loss and
 #          transformers' on a held-out sequence of the export (f32 on both sides); then 2 steps + a
 #          snapshot and --resume to 4 (run B): B's losses against A's                 est ~2.5 min
-#          (SMALL_HF=0: run A without the export and the transformers check; SMALL_EXTRA: more flags
+#          (SMALL_RUNS: which of runs a, b, c (below) to run, default all; SMALL_HF=0: run A without the export and the transformers check; SMALL_EXTRA: more flags
 #          for the three runs, e.g. "--attention cuda". By default neither GPU attention backward is
 #          deterministic (dQ by f32 atomics): A and B agree to run-to-run noise, from step 2 on, not to
 #          the bit. SMALL_EXTRA="--deterministic" takes cuDNN's deterministic backward (with --attention
@@ -27,6 +27,8 @@ for p in $PARTS; do
   case $p in smoke | 7b | small) ;; *) echo "PARTS: unknown part \"$p\" (parts: smoke 7b small)"; exit 2 ;; esac
 done
 want() { [[ " $PARTS " == *" $1 "* ]]; }
+SMALL_RUNS=${SMALL_RUNS:-a b c}
+swant() { [[ " $SMALL_RUNS " == *" $1 "* ]]; }
 RUNS=${RUNS_DIR:-/tmp/trainer-runs}
 rm -rf "$RUNS" && mkdir -p "$RUNS"
 t_start=$SECONDS
@@ -65,30 +67,37 @@ fi
 if want small; then
   # shellcheck disable=SC2206  # SMALL_EXTRA is a list of flags (e.g. "--attention cuda")
   SMALL=(--model tinyllama-1.1b --seq 2048 --batch 1 --lr 3e-4 --min-lr 3e-5 --warmup 2 --decay-steps 4 --nprocs 1 --cp 1 ${SMALL_EXTRA:-})
-  if [ "${SMALL_HF:-1}" = 0 ]; then
+  if ! swant a; then
+    :
+  elif [ "${SMALL_HF:-1}" = 0 ]; then
     run small-a 150 "${SMALL[@]}" --steps 4 --snapshots=false --export=false --out "$RUNS/small-a"
   else
     run small-a 150 "${SMALL[@]}" --steps 4 --snapshots=false --out "$RUNS/small-a"
   fi
-  if [ $? -eq 0 ] && [ "${SMALL_HF:-1}" != 0 ]; then
+  if swant a && [ $? -eq 0 ] && [ "${SMALL_HF:-1}" != 0 ]; then
     timeout 180 bun scripts/gpu/trainer-hf-loss.ts "$RUNS/small-a" 512 "$OUT/small-ours.json" 2>&1 | tail -2
     hf_line=$(timeout 120 python3 scripts/gpu/trainer-hf-loss.py "$RUNS/small-a/hf" "$OUT/small-ours.json" 2>&1 | grep -v -i warn | tail -1)
     echo "$hf_line"
   fi
-  run small-b 120 "${SMALL[@]}" --steps 2 --keep-snapshots 1 --export=false --out "$RUNS/small-b"
-  run small-b-resume 150 "${SMALL[@]}" --steps 4 --keep-snapshots 1 --resume --export=false --out "$RUNS/small-b"
-  cp "$RUNS/small-b/metrics.jsonl" "$OUT/small-b.metrics.jsonl" 2>/dev/null
-  rm -rf "$RUNS/small-b/snapshots"
+  if swant b; then
+    run small-b 120 "${SMALL[@]}" --steps 2 --keep-snapshots 1 --export=false --out "$RUNS/small-b"
+    run small-b-resume 150 "${SMALL[@]}" --steps 4 --keep-snapshots 1 --resume --export=false --out "$RUNS/small-b"
+    cp "$RUNS/small-b/metrics.jsonl" "$OUT/small-b.metrics.jsonl" 2>/dev/null
+    rm -rf "$RUNS/small-b/snapshots"
+  fi
   # Run C: 3 steps with a snapshot at step 2 (and the end one, removed); --resume from step 2 re-runs
   # step 3. Its loss is the forward of the restored weights on the restored data position: equal to
   # the bit to run C's own step 3 when the restore is exact (the forward is deterministic; only the
   # backwards' dQ atomics are not, which is why B drifts from A without --deterministic).
-  run small-c 200 "${SMALL[@]}" --steps 3 --snapshot-every 2 --keep-snapshots 2 --export=false --out "$RUNS/small-c"
-  cp "$RUNS/small-c/metrics.jsonl" "$OUT/small-c.metrics.jsonl" 2>/dev/null
-  rm -rf "$RUNS/small-c/snapshots/step-00000003"
-  run small-c-resume 150 "${SMALL[@]}" --steps 3 --resume --snapshots=false --export=false --out "$RUNS/small-c"
-  cp "$RUNS/small-c/metrics.jsonl" "$OUT/small-c-resume.metrics.jsonl" 2>/dev/null
-  rm -rf "$RUNS/small-c/snapshots"
+  # C's resume goes on to step 4: with --deterministic its step 4 equals run A's to the bit as well.
+  if swant c; then
+    run small-c 200 "${SMALL[@]}" --steps 3 --snapshot-every 2 --keep-snapshots 2 --export=false --out "$RUNS/small-c"
+    cp "$RUNS/small-c/metrics.jsonl" "$OUT/small-c.metrics.jsonl" 2>/dev/null
+    rm -rf "$RUNS/small-c/snapshots/step-00000003"
+    run small-c-resume 150 "${SMALL[@]}" --steps 4 --resume --snapshots=false --export=false --out "$RUNS/small-c"
+    cp "$RUNS/small-c/metrics.jsonl" "$OUT/small-c-resume.metrics.jsonl" 2>/dev/null
+    rm -rf "$RUNS/small-c/snapshots"
+  fi
 fi
 
 python3 - "$OUT" <<'EOF'
@@ -115,8 +124,12 @@ if a and b:
     print(f"\nresume: run B (2 steps, snapshot, --resume to 4) vs run A (4 steps): {len(b)} steps, equal at steps {[i + 1 for i, s in enumerate(same) if s]}, max |diff| {max(diffs):.2e}")
 c, cr = rows("small-c"), rows("small-c-resume")
 if len(c) >= 3 and cr:
-    l3 = c[2]["loss"]; r3 = cr[-1]["loss"]
-    print(f"resume: run C step 3 {l3!r} vs step 3 after --resume from its step-2 snapshot {r3!r}: " + ("equal to the bit" if l3 == r3 else f"DIFFERENT by {abs(l3 - r3):.3e}"))
+    by = {x["step"]: x["loss"] for x in cr}
+    l3 = c[2]["loss"]; r3 = by.get(3)
+    print(f"resume: run C step 3 {l3!r} vs step 3 after --resume from its step-2 snapshot {r3!r}: " + ("equal to the bit" if l3 == r3 else f"DIFFERENT by {abs(l3 - r3):.3e}" if r3 is not None else "not run"))
+    if a:
+        la = [x["loss"] for x in a]; lc = [x["loss"] for x in c] + [by[s] for s in sorted(by) if s > len(c)]
+        print(f"determinism: run A {la} vs run C then its resume {lc}: " + ("equal to the bit" if la[:len(lc)] == lc[:len(la)] else f"equal at steps {[i + 1 for i, (x, y) in enumerate(zip(la, lc)) if x == y]}"))
 EOF
 echo "transformers check: ${hf_line}"
 echo "exit codes: smoke device/host $rc_smoke, 7b $rc7; total $((SECONDS - t_start)) s"

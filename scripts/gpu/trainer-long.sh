@@ -9,6 +9,8 @@
 # Each run is capped (CAP_<seq>, default from the estimate); a run that the estimator refuses exits at
 # start with its numbers, which is a result too. Writes $OUT/long-<seq>.log and .metrics.jsonl; the
 # table (tokens/s median of steps >= 2, MFU, peak GPU memory, peak host memory) comes last.
+# EXTRA: more trainer flags for every run (e.g. EXTRA="--profile": DIR/profile.jsonl comes back as
+# long-<seq>.profile.jsonl; SEQS=32k then times the 32K preset itself).
 # Usage (device tool, repository root): source .device/setup.sh && SEQS="64k 128k" bash scripts/gpu/trainer-long.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -24,6 +26,7 @@ free -g | sed -n 2p | awk '{print "host memory: " $2 " GiB"}'
 # seq -> default cap in seconds: start-up + STEPS steps at the rough step time above, plus a margin
 cap_of() {
   case $1 in
+    32k) echo $((90 + 8 * STEPS)) ;;
     64k) echo $((60 + 20 * STEPS)) ;;
     128k) echo $((90 + 50 * STEPS)) ;;
     256k) echo $((90 + 150 * STEPS)) ;;
@@ -31,7 +34,9 @@ cap_of() {
     *) return 1 ;;
   esac
 }
-for s in $SEQS; do cap_of "$s" >/dev/null || { echo "SEQS: unknown length \"$s\" (64k 128k 256k 512k)"; exit 2; }; done
+for s in $SEQS; do cap_of "$s" >/dev/null || { echo "SEQS: unknown length \"$s\" (32k 64k 128k 256k 512k)"; exit 2; }; done
+# shellcheck disable=SC2206  # EXTRA is a list of flags (e.g. "--profile")
+EXTRA=(${EXTRA:-})
 
 for s in $SEQS; do
   var="CAP_$s"
@@ -39,11 +44,12 @@ for s in $SEQS; do
   echo "== $s: bun run apps/trainer --preset llama2-7b-32k --seq $s --steps $STEPS (cap ${cap}s)"
   t0=$SECONDS
   timeout -k 20 "$cap" bun run apps/trainer --preset llama2-7b-32k --seq "$s" --steps "$STEPS" --decay-steps 20 \
-    --snapshots=false --export=false --out "$RUNS/$s" >"$OUT/long-$s.log" 2>&1
+    --snapshots=false --export=false --out "$RUNS/$s" "${EXTRA[@]}" >"$OUT/long-$s.log" 2>&1
   rc=$?
   grep -E "^policy|^plan|^update|^step |trainer:|rror|does not fit" "$OUT/long-$s.log" | tail -12
   echo "[$s] exit $rc in $((SECONDS - t0)) s"
   [ -f "$RUNS/$s/metrics.jsonl" ] && cp "$RUNS/$s/metrics.jsonl" "$OUT/long-$s.metrics.jsonl"
+  [ -f "$RUNS/$s/profile.jsonl" ] && cp "$RUNS/$s/profile.jsonl" "$OUT/long-$s.profile.jsonl"
 done
 
 python3 - "$OUT" $SEQS <<'EOF'
