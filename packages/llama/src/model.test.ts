@@ -377,3 +377,20 @@ test("localModel uses the activation store it is given", async () => {
   expect(new Set(store.puts.get(1))).toEqual(new Set(["x", "o", "lse"]));
   expect(store.bytes()).toBe(0);
 });
+
+test("the RoPE table the model keeps between calls follows the positions: other positions, other loss, as from a fresh model", async () => {
+  const cfg = tinyConfig();
+  const params = initParams(cfg, { seed: 3, std: TEST_STD });
+  const make = () => localModel(params, { policy: { kind: "none" }, backend: referenceBackend });
+  const a = sequenceBatch(seqTokens(13, cfg.vocab, 5));
+  // the same tokens at positions shifted by 1000 (as a later cp chunk of a long sequence would be)
+  const b = { ...a, positions: a.positions.map((p) => p + 1000) };
+  const model = make();
+  const first = await model.loss(a);
+  const shifted = await model.loss(b);
+  const again = await model.loss(a);
+  expect(shifted.lossSum).not.toBe(first.lossSum);
+  expect(shifted.lossSum).toBe((await make().loss(b)).lossSum);
+  expect(again.lossSum).toBe(first.lossSum);
+  params.dispose();
+});

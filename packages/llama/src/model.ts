@@ -31,7 +31,7 @@ import { type LayerContext, type LayerCounters, layerBackward, layerForward, new
 import { embeddingBackward, embeddingForward } from "./ops/embedding.ts";
 import { lmHeadLogits, lmHeadLoss } from "./ops/lm-head-loss.ts";
 import { rmsnormBackward, rmsnormForward } from "./ops/rmsnorm.ts";
-import { type RopeTable, ropeInvFreq, ropeTable } from "./ops/rope.ts";
+import { type RopeTable, ropeHostTable, ropeInvFreq, uploadRopeTable } from "./ops/rope.ts";
 import type { ModelParams } from "./weights.ts";
 
 /** This rank's share of one sequence. */
@@ -86,6 +86,12 @@ export class LlamaModel {
   readonly #policies: readonly LayerPolicy[];
   /** For each layer, the first layer whose weights and kept tensors its backward asks for: inputSource. */
   readonly #sources: readonly number[];
+  /**
+   * The last RoPE table's host arrays and the positions they are for: a training run's positions are
+   * the same every step (each rank's chunks of the sequence), and computing the table in JavaScript
+   * costs ~100 ms a step at 32K positions; uploading it again costs a few.
+   */
+  #rope: { positions: Int32Array; cos: Float32Array; sin: Float32Array } | null = null;
 
   constructor(parts: ModelParts) {
     this.config = parts.config;
@@ -174,11 +180,19 @@ export class LlamaModel {
     return x;
   }
 
+  #ropeHost(positions: Int32Array): { cos: Float32Array; sin: Float32Array } {
+    const c = this.#rope;
+    if (c !== null && c.positions.length === positions.length && c.positions.every((p, i) => p === positions[i])) return c;
+    const table = ropeHostTable(this.#invFreq, positions);
+    this.#rope = { positions: positions.slice(), ...table };
+    return table;
+  }
+
   #inputs(b: Batch, device: Tensor["device"]): { tokens: Tensor; rope: RopeTable } {
     const { stream } = this.#parts;
     return {
       tokens: fromArray(b.tokens, [b.tokens.length], { dtype: "i32", device, stream }),
-      rope: ropeTable(this.#invFreq, b.positions, device, { stream }),
+      rope: uploadRopeTable(this.#ropeHost(b.positions), [b.positions.length, this.#invFreq.length], device, { stream }),
     };
   }
 

@@ -5,7 +5,8 @@
 // Backward is the rotation by the negative angle: d1 = g1 cos + g2 sin, d2 = g2 cos - g1 sin; dv = gv.
 // Positions are GLOBAL token positions (a rank's chunk at offset 100000 rotates by 100000 + i).
 //
-// How angles are computed: on the host in f64, once per step (ropeTable): invFreq in f64 (with the
+// How angles are computed: on the host in f64 (ropeHostTable; the model keeps the last table while the
+// positions stay the same, so a training run computes it once): invFreq in f64 (with the
 // Llama-3 scaling), angle = pos * invFreq[j] in f64 (exact to ~1e-16 relative), cos and sin in f64,
 // stored as f32 [T, D/2] tables that every layer reuses. The kernels only read the tables. Why not in
 // f32 as Hugging Face does (pos * inv_freq as an f32 product): at position 512K an f32 angle of ~5e5
@@ -102,6 +103,11 @@ export function ropeTable(
   device: DeviceLike = "cpu",
   o: { stream?: Stream } = {},
 ): RopeTable {
+  return uploadRopeTable(ropeHostTable(invFreq, positions), [positions.length, invFreq.length], device, o);
+}
+
+/** cos and sin of ropeTable as host arrays [T * half] (the part that costs: ~100 ms at 32K positions in JS). */
+export function ropeHostTable(invFreq: Float64Array, positions: Int32Array): { cos: Float32Array; sin: Float32Array } {
   const half = invFreq.length;
   const T = positions.length;
   const c = new Float32Array(T * half);
@@ -115,10 +121,20 @@ export function ropeTable(
       s[t * half + j] = Math.sin(a);
     }
   }
+  return { cos: c, sin: s };
+}
+
+/** A host table of ropeHostTable on `device` as f32 tensors of `shape` [T, half]. */
+export function uploadRopeTable(
+  host: { cos: Float32Array; sin: Float32Array },
+  shape: [number, number],
+  device: DeviceLike = "cpu",
+  o: { stream?: Stream } = {},
+): RopeTable {
   const dev = parseDevice(device);
   return {
-    cos: fromArray(c, [T, half], { device: dev, stream: o.stream }),
-    sin: fromArray(s, [T, half], { device: dev, stream: o.stream }),
+    cos: fromArray(host.cos, shape, { device: dev, stream: o.stream }),
+    sin: fromArray(host.sin, shape, { device: dev, stream: o.stream }),
   };
 }
 
