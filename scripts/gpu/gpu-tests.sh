@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 bun kernels/build.ts 2>&1 | tail -1
-timeout 280 env LIGHTSEQ_REQUIRE_GPU=1 bun test tests/trainer.gpu.test.ts apps/trainer/src/profile.gpu.test.ts packages/llama/src/offload-model.gpu.test.ts \
+timeout 280 env LIGHTSEQ_REQUIRE_GPU=1 bun test tests/trainer.gpu.test.ts apps/trainer/src/train/state.test.ts apps/trainer/src/profile.gpu.test.ts packages/llama/src/offload-model.gpu.test.ts \
   packages/llama/src/model.gpu.test.ts packages/checkpointing >"$OUT/gpu-tests.log" 2>&1
 echo "exit $?"
 grep -E '^\(fail\)|^\(pass\)|^ *[0-9]+ (pass|fail|skip)$|^error' "$OUT/gpu-tests.log" | tail -30

@@ -93,6 +93,17 @@ describe("stepCost", () => {
     expect(short.totalS / shortDev.totalS).toBeGreaterThan(2);
   });
 
+  test("tailResident: layer 0's and the embedding's state on the GPU drop exactly their streaming after the backward", () => {
+    const base = { model: LLAMA2_7B, seqLen: 32768, cp: 1, ranks: 1, hostLayers: 0, mlpTiled: false, kinds: all("none", 32) };
+    const streamed = stepCost({ ...base, optimizer: "host" });
+    const resident = stepCost({ ...base, optimizer: "host", tailResident: true });
+    const N = 202383360; // a 7B layer's parameters
+    const embed = 32000 * 4096;
+    // 12 B of state per parameter, one direction of a 50 GB/s link: 48.6 ms + 31.5 ms
+    expect(streamed.exposedS - resident.exposedS).toBeCloseTo((12 * (N + embed)) / 50e9, 9);
+    expect(stepCost({ ...base, optimizer: "device", tailResident: true }).totalS).toBe(stepCost({ ...base, optimizer: "device" }).totalS);
+  });
+
   test("bad input is an error naming it", () => {
     expect(() => cost({ kinds: all("none", 3) })).toThrow("3 layer policies for a 4-layer model");
     expect(() => cost({ kinds: all("none", 4), hostLayers: 5 })).toThrow("hostLayers must be an integer in [0, 4]");

@@ -14,7 +14,8 @@
 //                          during the backward of the layers below i (state on the host only)
 //   exposed                sum over layers of max(0, c_i - h f_i) + max(0, h2d_i - h (b_i + r_i))
 //                          with h2d_i = c_{i-1} + s_{i+1} (one direction of the link, shared), and
-//                          layer 0's and the embedding's streaming after the last layer
+//                          layer 0's and the embedding's streaming after the last layer (none when
+//                          their state stays on the GPU: tailResident)
 // h = 0.8: copies hide behind at most 80% of the compute they overlap. Measured: at 128K a layer's
 // 4 GiB of `none` checkpoints (345 ms at 50 GB/s) against a 352 ms forward cost 6% of the step, not 0.
 //
@@ -51,6 +52,11 @@ export interface CostInput {
   /** Tiled MLP: gate|up and SwiGLU are never kept. */
   readonly mlpTiled: boolean;
   readonly optimizer: "device" | "host";
+  /**
+   * State on the host: layer 0's and the embedding's state stay on the GPU (their gradients are final
+   * last, after the backward), so nothing streams after the backward. Default false: they stream then.
+   */
+  readonly tailResident?: boolean;
   readonly rates?: Rates;
 }
 
@@ -104,7 +110,7 @@ export function stepCost(i: CostInput): StepCost {
     const h2d = (l > 0 ? copy(l - 1) : 0) + (l + 1 < L ? stream : 0);
     exposed += Math.max(0, h2d - HIDE_FRACTION * (b + rec(l)));
   }
-  if (i.optimizer === "host") {
+  if (i.optimizer === "host" && i.tailResident !== true) {
     const p = paramCounts(m);
     // layer 0's and the embedding's state stream after the backward; the head's and final norm's during
     // it (their gradients are final right after the loss: GradientSink.headDone)

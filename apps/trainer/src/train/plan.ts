@@ -42,7 +42,8 @@ import { defaultChunkTokens, type LlamaConfig, layerLayout } from "@lightseq/lla
 import type { OptimizerPlace, Policy } from "../config.ts";
 import { paramCount } from "../metrics.ts";
 import { slotBytes } from "../optim/streamed.ts";
-import type { StatePlace } from "./state.ts";
+import { bufferSpecs } from "./buffers.ts";
+import { residentBuffers, type StatePlace } from "./state.ts";
 import { gradientRing } from "./zero.ts";
 
 /** Local tokens above which the MLP is tiled, and the tokens per tile. */
@@ -55,6 +56,8 @@ export type CheckpointOffload = "none" | "spill";
 export interface RunPlan {
   policy: CheckpointPolicy;
   state: StatePlace;
+  /** State on the host: layer 0's and the embedding's stays on the GPU (state.ts residentBuffers). */
+  resident: boolean;
   offload: CheckpointOffload;
   /** Decoder layers whose checkpoints stay on the GPU (the last ones; every layer without offload). */
   deviceLayers: number;
@@ -99,6 +102,8 @@ const GPU_USABLE = 0.95;
 /** One point of the search: where the state and the checkpoints live, and the MLP tiling. */
 export interface Setting {
   place: "device" | "host";
+  /** State on the host: layer 0's and the embedding's stays on the GPU (state.ts residentBuffers). */
+  resident: boolean;
   offload: CheckpointOffload;
   mlpChunkTokens: number | null;
   lossChunkTokens: number;
@@ -121,7 +126,7 @@ const usable = (i: PlanInput) => (i.gpu ? GPU_USABLE : 1) * i.deviceBytes;
 export function estimate(i: PlanInput, policy: CheckpointPolicy | CheckpointPolicy["kind"], s: Setting): PlanEstimate {
   const R = i.cp * i.dp;
   const pol = typeof policy === "string" ? parsePolicy(policy) : policy;
-  let extra = i.gpu ? trainerExtraBytes(i.model, s.place, R, i.perLayer) : 0;
+  let extra = i.gpu ? trainerExtraBytes(i.model, s.place, R, i.perLayer, s.resident) : 0;
   let e = estimateWith(i, pol, s, extra);
   const counted = e.gpu.filter((t) => t.name === "optimizer stream buffers").reduce((a, t) => a + t.bytes, 0);
   const held = i.gpu && s.place === "host" ? slotBytes(maxShardLen(i.model, R)) : counted;
@@ -160,11 +165,19 @@ function estimateWith(i: PlanInput, policy: CheckpointPolicy, s: Setting, extra:
  * writes (2 B/param / R); the gradient shards, kept whole until the norm is known (4 B/param / R, in
  * the estimator's 16 with the state on the device), or with the update per layer a ring of shard
  * buffers each the largest buffer's (zero.ts gradientRing: 1 with the state on the device, 3 with it
- * on the host); and zero.ts's third gathered layer, second layer-gradient buffer and the embedding's
+ * on the host); with the state on the host and `resident`, the fp32 master, m and v of the buffers that
+ * stay on the GPU (residentBuffers: layer 0 and the embedding, 12 B/param / R); and zero.ts's third gathered layer, second layer-gradient buffer and the embedding's
  * and head's f32 gradients.
  */
-export function trainerExtraBytes(m: LlamaConfig, optimizer: "device" | "host", ranks: number, perLayer: boolean): number {
+export function trainerExtraBytes(
+  m: LlamaConfig,
+  optimizer: "device" | "host",
+  ranks: number,
+  perLayer: boolean,
+  resident = false,
+): number {
   const P = paramCount(m);
+  const residentState = optimizer === "host" && resident ? (12 * residentParams(m)) / ranks : 0;
   const layer = layerLayout(m).numel;
   const embed = m.vocab * m.dim;
   const nonLayer = embed * (m.tiedEmbeddings ? 1 : 2);
@@ -172,7 +185,13 @@ export function trainerExtraBytes(m: LlamaConfig, optimizer: "device" | "host", 
   const wholeGradient = (4 * P) / ranks;
   const gradients = perLayer ? ring : wholeGradient;
   const states = optimizer === "device" ? (2 * P) / ranks - wholeGradient + gradients : gradients;
-  return states + 2 * layer + 4 * layer + 4 * nonLayer;
+  return states + residentState + 2 * layer + 4 * layer + 4 * nonLayer;
+}
+
+/** Parameters of the buffers whose fp32 state stays on the GPU with the state on the host (state.ts residentBuffers). */
+export function residentParams(m: LlamaConfig): number {
+  const sizes = new Map(bufferSpecs(m).map((s) => [s.name, s.params.reduce((a, p) => a + p.numel, 0)]));
+  return residentBuffers(bufferSpecs(m)).reduce((a, n) => a + (sizes.get(n) as number), 0);
 }
 
 export interface PolicyChoice {
@@ -198,6 +217,8 @@ function costOf(i: PlanInput, s: Setting, p: CheckpointPolicy, e: MemoryEstimate
     hostLayers: s.offload === "spill" ? L - e.deviceLayers : 0,
     mlpTiled: s.mlpChunkTokens !== null,
     optimizer: s.place,
+    // layer 0's and the embedding's state on the GPU: nothing streams after the backward
+    tailResident: s.resident,
   });
 }
 
@@ -246,39 +267,49 @@ function needs(i: PlanInput, est: PlanEstimate): string {
 const hostTerm = (e: MemoryEstimate, name: string) => e.host.filter((t) => t.name === name).reduce((a, t) => a + t.bytes, 0);
 
 const placeName = (p: "device" | "host") => (p === "host" ? "on the host" : "on the device");
+const residentNote = (s: Setting) => (s.place === "host" && s.resident ? "; layer 0's and the embedding's on the GPU" : "");
 
 export function planRun(i: PlanInput): RunPlan {
   const where = i.gpu ? "on the GPU" : "per CPU rank";
   const T = Math.ceil(i.seq / i.cp);
   const tilings: (number | null)[] = T > TILE_ABOVE ? [null, MLP_CHUNK] : [null];
   const lossChunkTokens = defaultChunkTokens(i.model.vocab, i.gpu ? "cuda" : "cpu");
-  const places: ("device" | "host")[] =
-    !i.gpu || i.optimizer === "device" ? ["device"] : i.optimizer === "host" ? ["host"] : ["device", "host"];
+  const onDevice = { place: "device", resident: false } as const;
+  // with the state on the host: layer 0's and the embedding's on the GPU first (no streaming after the
+  // backward, ~80 ms of a 7B step), all of it streamed when that does not fit or costs more
+  const onHost = [
+    { place: "host", resident: true },
+    { place: "host", resident: false },
+  ] as const;
+  const places: readonly { place: "device" | "host"; resident: boolean }[] =
+    !i.gpu || i.optimizer === "device" ? [onDevice] : i.optimizer === "host" ? onHost : [onDevice, ...onHost];
   // CPU ranks: the checkpoints are already in host memory.
   const offloads: CheckpointOffload[] = i.gpu ? ["none", "spill"] : ["none"];
   const notes: string[] = [];
   let smallest: { s: Setting; est: PlanEstimate } | null = null;
   let best: { s: Setting; p: PolicyChoice; tried: string[] } | null = null;
-  const others: string[] = [];
+  const others: { line: string; s: number }[] = [];
   for (const offload of offloads)
-    for (const place of places)
+    for (const { place, resident } of places)
       for (const mlpChunkTokens of tilings) {
-        const s: Setting = { place, offload, mlpChunkTokens, lossChunkTokens };
+        const s: Setting = { place, resident, offload, mlpChunkTokens, lossChunkTokens };
         const p = pickPolicy(i, s);
         if (p.smallest) smallest = { s, est: p.smallest };
         if (p.found === null) {
-          if (mlpChunkTokens === tilings[tilings.length - 1])
+          if (mlpChunkTokens === tilings[tilings.length - 1] && !resident)
             notes.push(
               `with the optimizer state ${placeName(place)}${offload === "spill" ? ", checkpoints spilled to the host," : ""} nothing fits in ${fmtGiB(usable(i))} (${p.tried.join(", ")})`,
             );
           continue;
         }
         if (best === null || p.found.cost.totalS < best.p.cost.totalS) {
-          if (best) others.push(settingLine(best.s, best.p));
+          if (best) others.push({ line: settingLine(best.s, best.p), s: best.p.cost.totalS });
           best = { s, p: p.found, tried: p.tried };
-        } else others.push(settingLine(s, p.found));
+        } else others.push({ line: settingLine(s, p.found), s: p.found.cost.totalS });
       }
-  if (best !== null) return describe(i, best.s, best.p, best.tried, i.gpu ? others.slice(0, 2) : [], where);
+  // the reason names the two runners-up
+  const next = others.sort((a, b) => a.s - b.s).map((o) => o.line);
+  if (best !== null) return describe(i, best.s, best.p, best.tried, i.gpu ? next.slice(0, 2) : [], where);
   const last =
     smallest === null
       ? ""
@@ -295,7 +326,8 @@ export function planRun(i: PlanInput): RunPlan {
 function settingLine(s: Setting, p: PolicyChoice): string {
   const spill = s.offload === "spill" ? " + spill" : "";
   const tile = s.mlpChunkTokens === null ? "" : ", tiled MLP";
-  return `${formatPolicy(p.policy)}${spill}${tile} with the state ${placeName(s.place)} ~${p.cost.totalS.toFixed(2)} s`;
+  const resident = s.place === "host" && s.resident ? " (layer 0's and the embedding's on the GPU)" : "";
+  return `${formatPolicy(p.policy)}${spill}${tile} with the state ${placeName(s.place)}${resident} ~${p.cost.totalS.toFixed(2)} s`;
 }
 
 function describe(i: PlanInput, s: Setting, p: PolicyChoice, tried: string[], others: string[], where: string): RunPlan {
@@ -311,7 +343,9 @@ function describe(i: PlanInput, s: Setting, p: PolicyChoice, tried: string[], ot
   const spill =
     s.offload === "spill" ? ` + spill (checkpoints of ${deviceLayers} of ${L} layers on the GPU, the rest pinned on the host)` : "";
   const tile = s.mlpChunkTokens === null ? "" : `, tiled MLP (${s.mlpChunkTokens}-token chunks)`;
-  const opt = i.gpu ? `, optimizer state ${s.place === "host" ? "in pinned host memory (streamed)" : "on the device"}` : "";
+  const opt = i.gpu
+    ? `, optimizer state ${s.place === "host" ? `in pinned host memory (streamed${residentNote(s)})` : "on the device"}`
+    : "";
   const budget = i.gpu ? `${fmtGiB(usable(i))} usable (${fmtGiB(i.deviceBytes)})` : fmtGiB(i.deviceBytes);
   const hostLine = i.gpu
     ? `; host ${fmtGiB(hostStateBytes)} optimizer state + ${fmtGiB(hostCheckpointBytes)} spilled checkpoints = ${fmtGiB(e.hostBytes)} of ${fmtGiB(i.hostBytes)} pinned`
@@ -319,6 +353,7 @@ function describe(i: PlanInput, s: Setting, p: PolicyChoice, tried: string[], ot
   return {
     policy: p.policy,
     state: i.gpu ? s.place : "cpu",
+    resident: i.gpu && s.place === "host" && s.resident,
     offload: s.offload,
     deviceLayers,
     mlpChunkTokens: s.mlpChunkTokens,

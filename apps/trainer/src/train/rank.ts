@@ -46,7 +46,7 @@ import { finalizeSnapshot, latestComplete, readRankShards, snapshotsDir, writeRa
 import { bufferSpecs, initialTensor } from "./buffers.ts";
 import { exportHf, initFromHf } from "./hf-io.ts";
 import { planRun } from "./plan.ts";
-import { makeState } from "./state.ts";
+import { makeState, residentBuffers } from "./state.ts";
 import { ZeroGradientSink, ZeroWeightSource, zeroStreams } from "./zero.ts";
 
 /**
@@ -141,7 +141,7 @@ async function main(): Promise<void> {
   const specs = bufferSpecs(model);
   const hyper = { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay };
   startup.mark("plan");
-  const state = makeState(plan.state, specs, rank, R, hyper, compute);
+  const state = makeState(plan.state, specs, rank, R, hyper, compute, plan.resident ? residentBuffers(specs) : []);
   startup.mark(plan.state === "host" ? "optimizer state (pinned host memory)" : "optimizer state");
   const streams = compute ? zeroStreams(compute) : null;
   const weights = new ZeroWeightSource(model, world, state, streams);
