@@ -1,9 +1,9 @@
 import { describe, expect, test } from "bun:test";
 import { type CostInput, stepCost } from "./cost.ts";
-import type { ModelShape } from "./estimator.ts";
 import { keptBytesPerToken } from "./estimator.ts";
 import { LLAMA2_7B } from "./fixtures/shapes.ts";
 import type { LayerKind } from "./policy.ts";
+import type { ModelShape } from "./working-set.ts";
 
 const CUT4: ModelShape = { ...LLAMA2_7B, layers: 4 };
 const all = (k: LayerKind, L: number): LayerKind[] => Array.from({ length: L }, () => k);

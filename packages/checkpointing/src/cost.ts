@@ -23,9 +23,9 @@
 // 520-640 TFLOP/s; pinned copies at 50-55 GB/s each way, 98 GB/s both ways at once); a plan's choice
 // depends on the ratios, not on the absolute numbers. Checked against measured rows in cost.test.ts.
 
-import type { ModelShape } from "./estimator.ts";
 import { keptBytesPerToken, paramCounts } from "./estimator.ts";
 import { inputSource, type LayerKind } from "./policy.ts";
+import type { ModelShape } from "./working-set.ts";
 
 /** FLOP/s of the layer's compute and bytes/s of one direction of the host link. */
 export interface Rates {

@@ -7,12 +7,11 @@ import {
   layersThatFit,
   MemoryEstimateError,
   type MemoryPlan,
-  type ModelShape,
   paramCounts,
-  savedBytesPerToken,
 } from "./estimator.ts";
 import { LLAMA2_7B } from "./fixtures/shapes.ts";
 import { formatPolicy, mixedPolicy, parsePolicy, type UniformKind } from "./policy.ts";
+import { distAttnOneRank, type ModelShape, savedBytesPerToken } from "./working-set.ts";
 
 const GiB = 2 ** 30;
 const H100 = 78 * GiB;
@@ -80,8 +79,9 @@ describe("terms against performance.md section 7 (Llama-2-7B)", () => {
     expect(gib(e, "working set (MLP backward)")).toBeCloseTo((fullMlp * 32768) / GiB, 9);
     expect(e.peakPhase).toBe("MLP backward");
     expectTable(gib(e, "working set (MLP backward)"), 6.0); // the table's 1.5 x 131,584 B per token: 6.0 GiB as well
-    // attention backward under full: dh 8192 + attention inputs 32,772 + o, lse 8320 + dO 8192 + dq, dk, dv 24,576
-    expect(gib(e, "working set (attention backward)")).toBeCloseTo(((8192 + 32_772 + 8320 + 8192 + 24_576) * 32768) / GiB, 9);
+    // attention backward under full: dh 8192 + attention inputs 32,772 + o, lse 8320 + dq, dk, dv 24,576 beside
+    // RoPE's backward's dqkv 24,576 (more than dO 8192 beside dq, dk, dv at the attention call)
+    expect(gib(e, "working set (attention backward)")).toBeCloseTo(((8192 + 32_772 + 8320 + 2 * 24_576) * 32768) / GiB, 9);
     // remat-aware keeps o and lse: the MLP phase no longer holds the attention inputs
     const remat = 8192 + (2 * 8192 + 4) + 44_032 + 22_016 + 44_032 + 22_016;
     expect(gib(estimateMemory(plan(32768, 1, "remat-aware")), "working set (MLP backward)")).toBeCloseTo((remat * 32768) / GiB, 9);
@@ -139,9 +139,11 @@ describe("terms against performance.md section 7 (Llama-2-7B)", () => {
       const phases = (["loss", "MLP backward", "attention backward"] as const).map((p) => sumOf((t) => t.phase === p));
       expect(e.gpuBytes).toBe(sumOf((t) => t.phase === undefined) + Math.max(...phases));
     }
-    // at 64K on 2 ranks remat-aware peaks in the attention backward (its DistAttn buffers), full in the MLP's
+    // at 64K on 2 ranks remat-aware and full peak in the attention backward (its DistAttn buffers and
+    // RoPE's backward: full's 96.1 + 112 KiB per token against its MLP's 193.1); on one rank full peaks in the MLP's
     expect(estimateMemory(plan(65536, 2, "remat-aware")).peakPhase).toBe("attention backward");
-    expect(estimateMemory(plan(65536, 2, "full")).peakPhase).toBe("MLP backward");
+    expect(estimateMemory(plan(65536, 2, "full")).peakPhase).toBe("attention backward");
+    expect(estimateMemory(plan(65536, 1, "full")).peakPhase).toBe("MLP backward");
   });
 
   test("fits as the table says: 64K on one H200 with full recompute (tight), not remat-aware; 128K P=2 not on an H100", () => {
@@ -158,6 +160,41 @@ describe("terms against performance.md section 7 (Llama-2-7B)", () => {
     expect(gib(e, "bf16 weight shard")).toBeCloseTo(12.6, 1);
     expect(e.gpu.some((t) => t.name === "model states")).toBe(false);
   });
+});
+
+test("DistAttn on one rank (the trainer's): its f32 accumulators and one block's temporaries join the attention backward", () => {
+  // Llama-2-7B at 256K, zigzag over one rank: two chunks of 128K rows. At cuDNN's call for a block: dq,
+  // dk, dv f32 [T] 3 x 16,384 + the block's bf16 gradients 3 x 8192 / 2 + its dQ accumulator 16,384 / 2
+  // and Delta 128 / 2 + dO 8192, against the layer's dq, dk, dv beside dqkv 2 x 24,576: 28,736 B per token
+  const T = 262144;
+  const one = {
+    model: LLAMA2_7B,
+    mesh: { cp: 1, dp: 1 },
+    policy: { kind: "remat-aware" },
+    offload: "none",
+    optimizer: "device",
+    deviceBytes: H200,
+    mlpChunkTokens: 8192,
+  } as const;
+  const d = distAttnOneRank(LLAMA2_7B, T);
+  expect(d.backward).toBe((3 * 16_384 + (3 * 8192) / 2 + (16_384 + 128) / 2 + 8192 - 2 * 24_576) * T);
+  expect(d.backward / T).toBe(28_736);
+  expect(d.backward / GiB).toBeCloseTo(7.02, 2);
+  // forward (a skip layer's re-run): o, lse f32 of both chunks 16,512 + a block's f32 o, lse 16,512 / 2 and
+  // bf16 o 8192 / 2, against the final o, lse the stage counts 8320: 20,544 B per token
+  expect(d.forward / T).toBe(20_544);
+  const e = estimateMemory({ ...one, seqLen: T, attention: "distattn" });
+  expect(e.gpu.find((t) => t.name === "DistAttn buffers (one rank)")?.bytes).toBe(d.backward);
+  expect(e.gpu.find((t) => t.name === "DistAttn buffers (one rank)")?.phase).toBe("attention backward");
+  // the default on one rank is one backend call (localModel): no DistAttn term
+  const local = estimateMemory({ ...one, seqLen: T });
+  expect(local.gpu.some((t) => t.name.startsWith("DistAttn"))).toBe(false);
+  expect(e.gpuBytes - local.gpuBytes).toBe(d.backward); // the attention backward is the peak of both
+  const skip = estimateMemory({ ...one, policy: parsePolicy("(full, skip) x16"), seqLen: T, attention: "distattn" });
+  expect(skip.gpu.find((t) => t.name === "DistAttn buffers (one rank, re-forward)")?.bytes).toBe(d.forward);
+  expect(() => estimateMemory({ ...one, seqLen: T, mesh: { cp: 2, dp: 1 }, attention: "local" })).toThrow(
+    'attention "local" covers one rank\'s rows only; cp = 2 runs DistAttn',
+  );
 });
 
 test("optimizer none: whole bf16 weights and f32 gradients, nothing gathered", () => {
@@ -212,12 +249,13 @@ describe("auto", () => {
     const c = autoPolicy({ ...base, seqLen: 262144 });
     expect([c.policy.kind, c.offload]).toEqual(["remat-aware", "spill"]);
     expect(c.reason).toMatch(/remat-aware x31 \+ none x1 needs GPU: .*; remat-aware needs GPU/);
-    // without a host budget, no offload is considered: full recompute on the first layers only
+    // without a host budget, no offload is considered: full recompute on the first layers only (7: the
+    // attention backward counts dq, dk, dv beside dqkv, 2 GiB more at 128K local tokens than dO beside them)
     const { hostBytes: _, ...noHost } = base;
     const d = autoPolicy({ ...noHost, seqLen: 262144 });
-    expect([formatPolicy(d.policy), d.offload]).toEqual(["full x5 + remat-aware x27", "none"]);
-    expect(d.reason).toMatch(/; remat-aware needs GPU: .*; full x4 \+ remat-aware x28 needs GPU: needs .*$/);
-    expect(formatEstimate(d.estimate)).toContain("memory per rank (full x5 + remat-aware x27, offload none");
+    expect([formatPolicy(d.policy), d.offload]).toEqual(["full x7 + remat-aware x25", "none"]);
+    expect(d.reason).toMatch(/; remat-aware needs GPU: .*; full x6 \+ remat-aware x26 needs GPU: needs .*$/);
+    expect(formatEstimate(d.estimate)).toContain("memory per rank (full x7 + remat-aware x25, offload none");
   });
 
   test("a config that fits nowhere is refused with the terms that broke it", () => {
@@ -340,11 +378,11 @@ describe("mixed policies", () => {
     expect(keptLayerBytes(SMALL, parsePolicy("(full, skip) x3"), T)).toEqual([1600, 0, 1600, 0, 1600, 0]);
     expect(bytes(e, "checkpoints")).toBe(3 * 16 * T);
     // full's MLP backward: dy 16 + attention inputs 52 + o, lse 24 + h, rstd2, hn 36 = 128 narrow, gu, a 72 +
-    // dgu 48 + max(da 24, dhn 16) = 144 wide; attention backward: dh 16 + 52 + 24 + dO 16 + dq 16 + dk, dv 16 = 140;
-    // a skip layer's x (16) is alive in both
+    // dgu 48 + max(da 24, dhn 16) = 144 wide; attention backward: dh 16 + 52 + 24 + dq 16, dk, dv 16 beside
+    // dqkv 32 = 156; a skip layer's x (16) is alive in both
     expect(bytes(estimateMemory(small("full")), "working set (MLP backward)")).toBe(272 * T);
     expect(bytes(e, "working set (MLP backward)")).toBe(288 * T);
-    expect(bytes(e, "working set (attention backward)")).toBe(156 * T);
+    expect(bytes(e, "working set (attention backward)")).toBe(172 * T);
     // the re-forward: dy 16 + its largest stage, MLP out: h, rstd2, hn 36 + gu, a 72 + down 16 + y 16 = 140
     expect(bytes(e, "working set (skip re-forward)")).toBe(156 * T);
     expect(e.gpu.find((t) => t.name === "working set (skip re-forward)")?.detail).toBe(

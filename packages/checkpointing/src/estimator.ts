@@ -20,6 +20,9 @@
 //   backward follows packages/llama/src/layer.ts: attention inputs recomputed first only when attention
 //   itself is (full), then the MLP inputs, freed after the MLP backward, then the attention inputs.
 //   (performance.md's table instead takes 1.5 x a layer's saved tensors and adds every term.)
+// - Attention through DistAttn (MemoryPlan.attention; always with cp > 1, and the trainer's on one rank
+//   too): its own buffers join the attention backward (cp > 1: the ring's; one rank: the f32 gradient
+//   accumulators and one block's temporaries, distAttnOneRank) and a skip layer's re-forward.
 // - A mixed policy (one kind per layer): the checkpoints are the sum of each layer's kept bytes; each
 //   phase's working set is the largest over the kinds present; spill keeps the last layers on the GPU
 //   by their own sizes, from the last layer down while they fit (at least two).
@@ -38,21 +41,7 @@ import {
   layerKinds,
   type SavedName,
 } from "./policy.ts";
-
-/** The [T, ffn]-wide saved tensors: gate|up and SwiGLU. */
-const MLP_WIDE: readonly SavedName[] = ["gu", "a"];
-
-/** The model shape the estimate needs (a LlamaConfig is one). */
-export interface ModelShape {
-  readonly dim: number;
-  readonly layers: number;
-  readonly heads: number;
-  readonly kvHeads: number;
-  readonly headDim: number;
-  readonly ffn: number;
-  readonly vocab: number;
-  readonly tiedEmbeddings: boolean;
-}
+import { distAttnOneRank, KiB, layerBackwardPhases, MLP_WIDE, type ModelShape, reforwardPhase, savedBytesPerToken } from "./working-set.ts";
 
 /** Where the tensors a policy keeps go: the GPU, pinned host memory, or the GPU first and the host beyond. */
 export type OffloadMode = "none" | "host" | "spill";
@@ -81,6 +70,12 @@ export interface MemoryPlan {
   readonly mlpChunkTokens?: number;
   /** Runtime and allocator slack (default 3 GiB). */
   readonly runtimeBytes?: number;
+  /**
+   * How attention runs: "distattn" (DistAttn's zigzag schedule over the cp ranks, also over one rank:
+   * the trainer's parallelize) or "local" (one backend call over the rows: localModel, one rank only).
+   * Default: "distattn" with cp > 1, "local" with cp = 1.
+   */
+  readonly attention?: "distattn" | "local";
 }
 
 export interface MemoryTerm {
@@ -132,35 +127,6 @@ export function paramCounts(m: ModelShape): { layer: number; embed: number; head
   const embed = m.vocab * C;
   const head = m.tiedEmbeddings ? 0 : m.vocab * C;
   return { layer, embed, head, total: embed + head + C + m.layers * layer };
-}
-
-/** Bytes per local token of each saved tensor of one layer (activations bf16, rstd and lse f32). */
-export function savedBytesPerToken(m: ModelShape, name: SavedName): number {
-  const C = m.dim;
-  const q = m.heads * m.headDim;
-  const kv = m.kvHeads * m.headDim;
-  switch (name) {
-    case "x":
-    case "xn":
-    case "h":
-    case "hn":
-      return 2 * C;
-    case "rstd1":
-    case "rstd2":
-      return 4;
-    case "q":
-    case "o":
-      return 2 * q;
-    case "k":
-    case "v":
-      return 2 * kv;
-    case "lse":
-      return 4 * m.heads;
-    case "gu":
-      return 2 * 2 * m.ffn;
-    case "a":
-      return 2 * m.ffn;
-  }
 }
 
 /** What a layer of kind k keeps; a tiled MLP never keeps gate|up and SwiGLU (they exist one chunk of tokens at a time: layer.ts). */
@@ -219,82 +185,6 @@ function peakOf(terms: readonly MemoryTerm[]): { bytes: number; phase: Phase } {
   return { bytes: always + best.bytes, phase: best.phase };
 }
 
-/**
- * Bytes alive beyond the kept tensors during a layer's backward, in its two phases (layer.ts's order),
- * for T local tokens, the [T, ffn] tensors existing for `wide` tokens at a time (T when untiled):
- *   MLP backward:       dy, the recomputed attention inputs (full only) and attention output,
- *                       the recomputed MLP inputs, dgu and max(da, dhn) (tiled: da and dgu per chunk,
- *                       dhn whole);
- *   attention backward: dh, the recomputed attention inputs and output, dO, dq, dk, dv;
- * and in both the layer input x when it was not kept (skip: re-run from an earlier layer).
- */
-export function layerBackwardPhases(
-  m: ModelShape,
-  kept: readonly SavedName[],
-  T: number,
-  wide: number,
-): { mlp: { bytes: number; detail: string }; attention: { bytes: number; detail: string } } {
-  const b = (n: SavedName) => (kept.includes(n) ? 0 : savedBytesPerToken(m, n));
-  const sum = (ns: readonly SavedName[]) => ns.reduce((s, n) => s + b(n), 0);
-  const C2 = 2 * m.dim;
-  const q = 2 * m.heads * m.headDim;
-  const kv = 2 * m.kvHeads * m.headDim;
-  const da = 2 * m.ffn;
-  const dgu = 4 * m.ffn;
-  const attnIn = sum(["rstd1", "xn", "q", "k", "v"]);
-  const attnOut = sum(["o", "lse"]);
-  const attnInDuringMlp = attnOut > 0 ? attnIn : 0; // recomputed first only when attention itself is
-  const tiled = wide < T;
-  const x = b("x");
-  const narrow = C2 + x + attnInDuringMlp + attnOut + sum(["h", "rstd2", "hn"]) + (tiled ? C2 : 0);
-  const wideBytes = sum(MLP_WIDE) + dgu + (tiled ? da : Math.max(da, C2));
-  const mlp = narrow * T + wideBytes * wide;
-  const attention = (C2 + x + attnIn + attnOut + q + q + 2 * kv) * T;
-  return {
-    mlp: {
-      bytes: mlp,
-      detail: tiled
-        ? `${KiB(narrow)} per token + ${KiB(wideBytes)} per token of a ${wide}-token MLP tile (recomputed MLP inputs, gradients)`
-        : `${KiB(narrow + wideBytes)} per token (recomputed MLP inputs, gradients)`,
-    },
-    attention: {
-      bytes: attention,
-      detail: `${KiB(attention / T)} per token (dh, ${x > 0 ? "the re-run input x, " : ""}recomputed attention inputs, dO, dq, dk, dv)`,
-    },
-  };
-}
-
-/**
- * Bytes alive beyond the kept tensors while a skip layer's backward re-runs an earlier layer's forward
- * keeping nothing (layer.ts frees each stage's tensors once the next stage has run), for T local
- * tokens, the MLP's [T, ffn] tensors `wide` tokens at a time: dy, the re-run layer's input when it is
- * itself re-run (`ownInput`: a run of skips; else it is the kept x) and the largest of its stages:
- *   QKV:        xn, rstd1, the qkv GEMM output and q, k, v after RoPE;
- *   attention:  xn, rstd1, q, k, v, o, lse;
- *   MLP in:     o, lse, h, rstd2, hn and the o-proj output (untiled: gu and a instead, the larger);
- *   MLP out:    h, rstd2, hn, gu, a, the down GEMM output and y (tiled: gu, a, down per chunk).
- */
-export function reforwardPhase(m: ModelShape, T: number, wide: number, ownInput: boolean): { bytes: number; detail: string } {
-  const s = (ns: readonly SavedName[]) => ns.reduce((n, k) => n + savedBytesPerToken(m, k), 0);
-  const C2 = 2 * m.dim;
-  const qkv = s(["q", "k", "v"]);
-  const tiled = wide < T;
-  const input = ownInput ? C2 : 0;
-  const mlpNarrow = s(["h", "rstd2", "hn"]);
-  const stages = [
-    (input + s(["xn", "rstd1"]) + 2 * qkv) * T,
-    (input + s(["xn", "rstd1", "q", "k", "v", "o", "lse"])) * T,
-    (input + s(["o", "lse"]) + mlpNarrow) * T + (tiled ? C2 * T : Math.max(C2, s(MLP_WIDE)) * T),
-    tiled ? (mlpNarrow + C2) * T + (s(MLP_WIDE) + C2) * wide : (mlpNarrow + s(MLP_WIDE) + 2 * C2) * T,
-  ];
-  const peak = C2 * T + Math.max(...stages);
-  return {
-    bytes: peak,
-    detail: `${KiB(peak / T)} per token (dy beside the forward of the layer before a skip layer, keeping nothing${ownInput ? ", its input re-run too" : ""})`,
-  };
-}
-const KiB = (b: number) => `${(b / 1024).toFixed(1)} KiB`;
-
 /** The estimate of one plan: every term on the GPU and the host, and whether it fits the budgets. */
 export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
   const { model: m, mesh, policy } = plan;
@@ -304,6 +194,11 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
   positiveInt(plan.deviceBytes, "deviceBytes");
   const R = mesh.cp * mesh.dp;
   const T = Math.ceil(plan.seqLen / mesh.cp);
+  const attention = plan.attention ?? (mesh.cp > 1 ? "distattn" : "local");
+  if (attention !== "distattn" && attention !== "local")
+    throw new MemoryEstimateError(`memory plan: attention must be "distattn" or "local", got ${JSON.stringify(attention)}`);
+  if (attention === "local" && mesh.cp > 1)
+    throw new MemoryEstimateError(`memory plan: attention "local" covers one rank's rows only; cp = ${mesh.cp} runs DistAttn`);
   const L = m.layers;
   const p = paramCounts(m);
   const weightsOnHost = plan.optimizer === "host" && plan.weights === "host";
@@ -401,6 +296,25 @@ export function estimateMemory(plan: MemoryPlan): MemoryEstimate {
     gpu.push(term("DistAttn buffers", perToken * T, detail, "attention backward"));
     // the re-forward's attention communicates too; the backward's buffers bound what it needs
     if (skipping) gpu.push(term("DistAttn buffers (re-forward)", perToken * T, `at most the backward's: ${detail}`, "skip re-forward"));
+  } else if (attention === "distattn") {
+    const d = distAttnOneRank(m, T);
+    gpu.push(
+      term(
+        "DistAttn buffers (one rank)",
+        d.backward,
+        `dq, dk, dv f32 accumulators, a ${Math.ceil(T / 2)}-row block's bf16 gradients and cuDNN dQ accumulator: ${KiB(d.backward / T)} per token beyond the layer's`,
+        "attention backward",
+      ),
+    );
+    if (skipping)
+      gpu.push(
+        term(
+          "DistAttn buffers (one rank, re-forward)",
+          d.forward,
+          `f32 partial o, lse of both chunks and a block's: ${KiB(d.forward / T)} per token`,
+          "skip re-forward",
+        ),
+      );
   }
   const chunk = Math.min(plan.lossChunkTokens ?? DEFAULT_LOSS_CHUNK_TOKENS, T);
   positiveInt(chunk, "lossChunkTokens");

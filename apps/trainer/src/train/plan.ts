@@ -152,6 +152,8 @@ function estimateWith(i: PlanInput, policy: CheckpointPolicy, s: Setting, extra:
     offload: s.offload,
     optimizer: s.place,
     deviceBytes: Math.max(1, Math.floor(usable(i) - extra)),
+    // parallelize runs DistAttn on one rank too (its f32 accumulators: the estimator's one-rank term)
+    attention: "distattn",
     lossChunkTokens: s.lossChunkTokens,
     ...(s.mlpChunkTokens === null ? {} : { mlpChunkTokens: s.mlpChunkTokens }),
     ...(i.gpu ? { hostBytes: i.hostBytes } : {}),
