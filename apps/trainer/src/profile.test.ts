@@ -114,6 +114,30 @@ describe("breakdown", () => {
     expect(b.totalHostMs).toBe(m.length - 1);
   });
 
+  test("the optimizer phase's three parts when the loop marks them (normed, combined), on both clocks", () => {
+    const m = stepMarks(1);
+    m.splice(m.length - 1, 0, { at: "normed" }, { at: "combined" });
+    // setup 1 | fwd 2 | ->loss 0 | loss 3 | bwd 4 | rest 5 | tail 6 | read 7, all-gather 8, rest 9
+    const g = [1, 2, 0, 3, 4, 5, 6, 7, 8, 9];
+    const h = g.map((d, k) => d + (k === 8 ? 40 : 0)); // the host 40 ms longer in the all-gather
+    const b = breakdown(1, m, times(h), times(g), ["none"]);
+    expect(b.phases.optimizer).toEqual({ hostMs: 64, gpuMs: 24 });
+    expect(b.optimizerParts).toEqual([
+      { name: "sums of squares read", hostMs: 7, gpuMs: 7 },
+      { name: "step numbers all-gathered", hostMs: 48, gpuMs: 8 },
+      { name: "update, step end", hostMs: 9, gpuMs: 9 },
+    ]);
+    expect(formatBreakdown(b)).toMatch(
+      /optimizer +24\.0 \[host 64\.0\] ms {2}norm, clip, update, step end: sums of squares read 7\.0 \[host 7\.0\], step numbers all-gathered 8\.0 \[host 48\.0\], update, step end 9\.0 \[host 9\.0\]/,
+    );
+    // without them (a loop that does not mark them): no parts
+    expect(breakdown(1, stepMarks(1), times([1, 2, 0, 3, 4, 5, 6, 7]), null, ["none"]).optimizerParts).toEqual([]);
+    // a mark after settled that is none of them is out of order
+    expect(() =>
+      breakdown(1, [...stepMarks(1).slice(0, -1), { at: "loss" }, { at: "end" }], times(new Array(9).fill(1)), null, ["none"]),
+    ).toThrow(/unexpected marks settled -> loss/);
+  });
+
   test("marks out of order are an error naming them", () => {
     const m = stepMarks(2);
     const bad = [...m.slice(0, 2), { at: "forward", layer: 1 } as Mark, ...m.slice(3)];
@@ -166,6 +190,8 @@ describe("StepProfiler (host clock)", () => {
     }
     p.sequenceEnd();
     p.settled();
+    p.normed();
+    p.combined();
     p.end();
   }
 
@@ -201,7 +227,14 @@ describe("StepProfiler (host clock)", () => {
       "backward-end L0",
       "sequence-end",
       "settled",
+      "normed",
+      "combined",
       "end",
+    ]);
+    expect(r.optimizer_parts.map((o: { part: string }) => o.part)).toEqual([
+      "sums of squares read",
+      "step numbers all-gathered",
+      "update, step end",
     ]);
   });
 

@@ -16,7 +16,9 @@
 //                      the last hand-overs (backward-rest)
 //   sequence end    -> tail: the compute stream waits for the comm stream's reduce-scatters and the
 //                      per-layer updates (grads.settle); with micro-batches, first the next sequence's setup
-//   settled         -> optimizer: the gradient norm, the after-backward update, the step's end
+//   settled         -> optimizer: the gradient norm, the after-backward update, the step's end; split
+//                      by two marks inside it: normed (the sums of squares read back) and combined (the
+//                      step's numbers all-gathered over the ranks), shown as the phase's three parts
 // With a GPU clock, an interval whose host time is much longer than its GPU time is one in which the
 // GPU ran ahead and then waited for the host (`gaps`; an interval holding a host synchronize shows the
 // same while the GPU drains earlier work, so read it with the lags). The step starts with an idle GPU
@@ -38,6 +40,8 @@ export type Mark =
   | { at: "backward-end"; layer: number }
   | { at: "sequence-end" }
   | { at: "settled" }
+  | { at: "normed" }
+  | { at: "combined" }
   | { at: "end" };
 
 export const PHASES = ["setup", "forward", "loss", "backward", "backward-rest", "tail", "optimizer"] as const;
@@ -97,6 +101,27 @@ export interface Breakdown {
    */
   lags: { mark: string; lagMs: number }[];
   leastLag: { mark: string; lagMs: number } | null;
+  /** The optimizer phase's parts when its marks are there: settled -> normed -> combined -> end. */
+  optimizerParts: { name: string; hostMs: number; gpuMs: number | null }[];
+}
+
+const OPTIMIZER_PARTS: readonly { from: Mark["at"]; to: Mark["at"]; name: string }[] = [
+  { from: "settled", to: "normed", name: "sums of squares read" },
+  { from: "normed", to: "combined", name: "step numbers all-gathered" },
+  { from: "combined", to: "end", name: "update, step end" },
+];
+
+function optimizerParts(marks: readonly Mark[], hostMs: readonly number[], gpuMs: readonly number[] | null): Breakdown["optimizerParts"] {
+  const at = (a: Mark["at"]) => marks.findIndex((m) => m.at === a);
+  if (OPTIMIZER_PARTS.some((p) => at(p.from) < 0 || at(p.to) < 0)) return [];
+  return OPTIMIZER_PARTS.map((p) => {
+    const [i, j] = [at(p.from), at(p.to)];
+    return {
+      name: p.name,
+      hostMs: (hostMs[j] as number) - (hostMs[i] as number),
+      gpuMs: gpuMs ? (gpuMs[j] as number) - (gpuMs[i] as number) : null,
+    };
+  });
 }
 
 export function markName(m: Mark): string {
@@ -129,6 +154,9 @@ function classify(a: Mark, b: Mark): Omit<Interval, "hostMs" | "gpuMs"> {
       if (b.at === "settled") return { phase: "tail", layer: null, part: "compute" };
       throw bad();
     case "settled":
+    case "normed":
+    case "combined":
+      if (b.at !== "normed" && b.at !== "combined" && b.at !== "end") throw bad();
       return { phase: "optimizer", layer: null, part: "compute" };
     case "end":
       throw bad();
@@ -225,6 +253,7 @@ export function breakdown(
     totalGpuMs: t(gpuMs),
     gaps: largestGaps(ivs),
     ...lagsOf(marks, hostMs, gpuMs),
+    optimizerParts: optimizerParts(marks, hostMs, gpuMs),
   };
 }
 
@@ -278,6 +307,7 @@ export function formatBreakdown(b: Breakdown): string {
       });
       what = [spread(s), ...byKind, `weight waits ${ms(waits)}`].join("; ");
     }
+    if (p === "optimizer" && b.optimizerParts.length > 0) what += `: ${b.optimizerParts.map((o) => `${o.name} ${val(o)}`).join(", ")}`;
     rows.push(`  ${p.padEnd(13)} ${val(b.phases[p]).padStart(w)} ms  ${what}`);
   }
   rows.push(
@@ -322,13 +352,14 @@ export function profileRecord(b: Breakdown, marks: readonly Mark[], hostMs: read
     lags: b.lags.map((l) => ({ mark: l.mark, lag_ms: r3(l.lagMs) })),
     least_lag: b.leastLag && { mark: b.leastLag.mark, lag_ms: r3(b.leastLag.lagMs) },
     gaps: b.gaps.map((g) => ({ interval: g.interval, host_ms: r3(g.hostMs), gpu_ms: r3(g.gpuMs), excess_ms: r3(g.excessMs) })),
+    optimizer_parts: b.optimizerParts.map((o) => ({ part: o.name, host_ms: r3(o.hostMs), gpu_ms: o.gpuMs === null ? null : r3(o.gpuMs) })),
     marks: marks.map((m, k) => ({ mark: markName(m), host_ms: r3(hostMs[k] as number), gpu_ms: gpuMs ? r3(gpuMs[k] as number) : null })),
   };
 }
 
 /**
  * Records one step's marks (rank 0 of a --profile run). The ZeRO hooks call layer / released / loss /
- * layerDone; the loop calls begin, sequenceEnd, settled, end (before its synchronize) and finish
+ * layerDone; the loop calls begin, sequenceEnd, settled, normed, combined, end (before its synchronize) and finish
  * (after it). GPU: one timing event per mark position, created the first time a step reaches it and
  * reused by every later step.
  */
@@ -412,6 +443,16 @@ export class StepProfiler implements Disposable {
 
   settled(): void {
     this.#mark({ at: "settled" });
+  }
+
+  /** The sums of squares are read back (the host knows the gradient norm's parts). */
+  normed(): void {
+    this.#mark({ at: "normed" });
+  }
+
+  /** The step's numbers are all-gathered over the ranks. */
+  combined(): void {
+    this.#mark({ at: "combined" });
   }
 
   /** Before the step's final synchronize: the end event (GPU). */

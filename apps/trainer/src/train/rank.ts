@@ -310,9 +310,11 @@ async function main(): Promise<void> {
         sq += toFloat32Array(s, { stream: compute ?? undefined })[0] as number;
       }
     }
+    profiler?.normed();
     const mem = peakMemoryBytes(gpu ? "cuda:0" : "cpu") / 2 ** 20;
     const hostMem = gpu ? peakMemoryBytes("cpu") / 2 ** 20 : 0;
     const all = await combine([lossSum, sq, stop.requested ? 1 : 0, mem, hostMem]);
+    profiler?.combined();
     const total = (k: number) => all.reduce((a, v) => a + (v[k] as number), 0);
     const norm = globalNorm(total(1));
     const lr = live.lr;
