@@ -304,8 +304,13 @@ describe("--profile", () => {
       expect(x.backward_ms).toHaveLength(4);
       expect(x.kinds.map((k: { kind: string }) => k.kind)).toEqual(["remat-aware", "none"]);
       // One sequence through 4 layers: the step, 4 forwards (start, end), the loss, 4 backwards (start,
-      // end), the sequence's end, settled, end.
-      expect(x.marks).toHaveLength(1 + 2 * 4 + 1 + 2 * 4 + 3);
+      // end), the sequence's end, settled, normed, combined, end.
+      expect(x.marks).toHaveLength(1 + 2 * 4 + 1 + 2 * 4 + 5);
+      expect(x.optimizer_parts.map((o: { part: string }) => o.part)).toEqual([
+        "sums of squares read",
+        "step numbers all-gathered",
+        "update, step end",
+      ]);
       const phases = Object.values(x.phases as Record<string, { host_ms: number }>).reduce((a, p) => a + p.host_ms, 0);
       expect(Math.abs(phases - x.total_host_ms)).toBeLessThan(0.1);
       // The profile's step is the step line's (begin just after the loop's clock starts, finish just after it stops).
