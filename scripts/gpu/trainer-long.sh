@@ -3,9 +3,12 @@
 # STEPS steps each (default 3; the first is left out of the timing), the estimator's choices (`auto`:
 # optimizer state placement, checkpoint policy, spill of checkpoints to pinned host memory, tiled MLP),
 # the per-layer update, the Brown corpus with the Llama-2 tokenizer, no snapshots, no export.
-# Step times: 64K 12.5 s measured (48.8% MFU); the planner's model says 128K ~37 s, 256K ~126 s, 512K ~609 s
-# (the only 512K plan that fits 108 GiB of pinned host memory recomputes every layer and re-runs 8 more:
-# (full, skip) x8 + full x16) -- over the 10-minute command limit with the ~90 s start-up of a 7B run.
+# Step times (2026-12-02): 32K 4.4 s, 64K 12.5 s, 128K 39.3 s measured; the planner's model says 256K ~134 s
+# (full x11 + remat-aware x21 + spill, state on the host; its first step also pins the spilled checkpoints),
+# 512K ~636 s (the only plan that fits 107 GiB of pinned host memory recomputes every layer and re-runs 14
+# more: (full, skip) x14 + full x4) -- over the 10-minute command limit before the 60-90 s start-up of a
+# 7B run (pinning the 75 GiB optimizer state alone takes 47-58 s). Long runs train well at the lr of a
+# long-context continued pre-training: EXTRA="--lr 2e-5 --min-lr 2e-6 --warmup 1".
 # Each run is capped (CAP_<seq>, default from the estimate); a run that the estimator refuses exits at
 # start with its numbers, which is a result too. Writes $OUT/long-<seq>.log and .metrics.jsonl; the
 # table (tokens/s median of steps >= 2, MFU, peak GPU memory, peak host memory) comes last.
