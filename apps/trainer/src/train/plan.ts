@@ -192,8 +192,9 @@ export function trainerExtraBytes(
 
 /** Parameters of the buffers whose fp32 state stays on the GPU with the state on the host (state.ts residentBuffers). */
 export function residentParams(m: LlamaConfig): number {
-  const sizes = new Map(bufferSpecs(m).map((s) => [s.name, s.params.reduce((a, p) => a + p.numel, 0)]));
-  return residentBuffers(bufferSpecs(m)).reduce((a, n) => a + (sizes.get(n) as number), 0);
+  const specs = bufferSpecs(m);
+  const resident = new Set(residentBuffers(specs));
+  return specs.filter((s) => resident.has(s.name)).reduce((a, s) => a + s.params.reduce((n, p) => n + p.numel, 0), 0);
 }
 
 export interface PolicyChoice {
@@ -269,7 +270,9 @@ function needs(i: PlanInput, est: PlanEstimate): string {
 const hostTerm = (e: MemoryEstimate, name: string) => e.host.filter((t) => t.name === name).reduce((a, t) => a + t.bytes, 0);
 
 const placeName = (p: "device" | "host") => (p === "host" ? "on the host" : "on the device");
-const residentNote = (s: Setting) => (s.place === "host" && s.resident ? "; layer 0's and the embedding's on the GPU" : "");
+/** The resident buffers of a host state, as the reason line and the alternatives word them. */
+const RESIDENT = "layer 0's and the embedding's on the GPU";
+const isResident = (s: Setting) => s.place === "host" && s.resident;
 
 export function planRun(i: PlanInput): RunPlan {
   const where = i.gpu ? "on the GPU" : "per CPU rank";
@@ -328,7 +331,7 @@ export function planRun(i: PlanInput): RunPlan {
 function settingLine(s: Setting, p: PolicyChoice): string {
   const spill = s.offload === "spill" ? " + spill" : "";
   const tile = s.mlpChunkTokens === null ? "" : ", tiled MLP";
-  const resident = s.place === "host" && s.resident ? " (layer 0's and the embedding's on the GPU)" : "";
+  const resident = isResident(s) ? ` (${RESIDENT})` : "";
   return `${formatPolicy(p.policy)}${spill}${tile} with the state ${placeName(s.place)}${resident} ~${p.cost.totalS.toFixed(2)} s`;
 }
 
@@ -346,7 +349,7 @@ function describe(i: PlanInput, s: Setting, p: PolicyChoice, tried: string[], ot
     s.offload === "spill" ? ` + spill (checkpoints of ${deviceLayers} of ${L} layers on the GPU, the rest pinned on the host)` : "";
   const tile = s.mlpChunkTokens === null ? "" : `, tiled MLP (${s.mlpChunkTokens}-token chunks)`;
   const opt = i.gpu
-    ? `, optimizer state ${s.place === "host" ? `in pinned host memory (streamed${residentNote(s)})` : "on the device"}`
+    ? `, optimizer state ${s.place === "host" ? `in pinned host memory (streamed${isResident(s) ? `; ${RESIDENT}` : ""})` : "on the device"}`
     : "";
   const budget = i.gpu ? `${fmtGiB(usable(i))} usable (${fmtGiB(i.deviceBytes)})` : fmtGiB(i.deviceBytes);
   const hostLine = i.gpu

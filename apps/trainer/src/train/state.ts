@@ -249,7 +249,7 @@ class HostState implements ShardedState {
   ) {
     this.#specs = specs;
     this.#split = splitSpecs(specs, resident);
-    this.#onDevice = new Set(resident);
+    this.#onDevice = new Set(this.#split.device.map((s) => s.name));
     this.#opt = new StreamedAdamW(this.#split.host, rank, ranks, hyper, { device: 0 });
     this.#resident = new ShardedAdamWCuda(this.#split.device, rank, ranks, hyper, "cuda:0");
     this.#ready = Event.create(0);
