@@ -4,7 +4,7 @@
 # the state on the device, 116.6 GiB, and on the host, 46.8 GiB, neither with a tiled MLP) and the per-layer
 # update, once with `--optimizer device` and once with `--optimizer host` (streamed; layer 0's and the
 # embedding's state stay on the GPU). STEPS steps each (default 5; the first is left out of the timing).
-# Writes $OUT/opt-<place>.log and .metrics.jsonl; the table (median step of steps >= 2, the difference) last.
+# Writes $OUT/opt-<place>.log and .metrics.jsonl; the table (scripts/gpu/runs-table.py: median step of steps >= 2, the difference) last.
 # Usage (device tool, repository root): source .device/setup.sh && bash scripts/gpu/optimizer-place.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -24,21 +24,4 @@ for place in device host; do
   grep -E "^policy|^update|^step [0-9]+/|trainer:|rror|does not fit" "$OUT/opt-$place.log" | tail -8
   [ -f "$RUNS/$place/metrics.jsonl" ] && cp "$RUNS/$place/metrics.jsonl" "$OUT/opt-$place.metrics.jsonl"
 done
-python3 - "$OUT" <<'PY'
-import json, os, sys
-out = sys.argv[1]
-med = {}
-print("\n| optimizer state | steps | step s (median, step >= 2) | tokens/s | MFU | peak GPU GiB | peak host GiB | loss first -> last |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-for place in ("device", "host"):
-    p = os.path.join(out, f"opt-{place}.metrics.jsonl")
-    r = [json.loads(l) for l in open(p) if l.strip()] if os.path.exists(p) else []
-    if not r:
-        print(f"| {place} | 0 | see opt-{place}.log | | | | | |"); continue
-    t = sorted(r[1:] or r, key=lambda x: x["step_s"]); m = t[len(t) // 2]; med[place] = m["step_s"]
-    host = max(x.get("host_mem_bytes", 0) for x in r) / 2**30
-    print(f"| {place} | {len(r)} | {m['step_s']:.3f} | {m['tokens_per_s']:,.0f} | {100*m['mfu']:.1f}% | {max(x['peak_mem_bytes'] for x in r)/2**30:.1f} | {host:.1f} | {r[0]['loss']:.4f} -> {r[-1]['loss']:.4f} |")
-if len(med) == 2:
-    d = med["host"] - med["device"]
-    print(f"\nstreaming the state adds {d*1000:+.0f} ms a step ({100*d/med['device']:+.1f}%)")
-PY
+python3 scripts/gpu/runs-table.py "optimizer state" device="$OUT/opt-device.metrics.jsonl" host="$OUT/opt-host.metrics.jsonl" --diff --by step_s

@@ -7,10 +7,10 @@
 # (full x11 + remat-aware x21 + spill, state on the host; its first step also pins the spilled checkpoints),
 # 512K ~636 s (the only plan that fits 107 GiB of pinned host memory recomputes every layer and re-runs 14
 # more: (full, skip) x14 + full x4) -- over the 10-minute command limit before the 60-90 s start-up of a
-# 7B run (pinning the 75 GiB optimizer state alone takes 47-58 s). Long runs train well at the lr of a
+# 7B run (pinning the 75 GiB optimizer state alone takes 47-58 s): scripts/gpu/detached.sh runs it across calls. Long runs train well at the lr of a
 # long-context continued pre-training: EXTRA="--lr 2e-5 --min-lr 2e-6 --warmup 1".
 # Each run is capped (CAP_<seq>, default from the estimate); a run that the estimator refuses exits at
-# start with its numbers, which is a result too. Writes $OUT/long-<seq>.log and .metrics.jsonl; the
+# start with its numbers, which is a result too. Writes $OUT/long-<seq>.log and .metrics.jsonl; the (scripts/gpu/runs-table.py)
 # table (tokens/s median of steps >= 2, MFU, peak GPU memory, peak host memory) comes last.
 # EXTRA: more trainer flags for every run (e.g. EXTRA="--profile": DIR/profile.jsonl comes back as
 # long-<seq>.profile.jsonl; SEQS=32k then times the 32K preset itself).
@@ -55,18 +55,6 @@ for s in $SEQS; do
   [ -f "$RUNS/$s/profile.jsonl" ] && cp "$RUNS/$s/profile.jsonl" "$OUT/long-$s.profile.jsonl"
 done
 
-python3 - "$OUT" $SEQS <<'EOF'
-import json, os, sys
-out, seqs = sys.argv[1], sys.argv[2:]
-print("\n| seq | steps | loss first -> last | tokens/s (median, step >= 2) | MFU | step s | peak GPU GiB | peak host GiB |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-for s in seqs:
-    p = os.path.join(out, f"long-{s}.metrics.jsonl")
-    r = [json.loads(l) for l in open(p) if l.strip()] if os.path.exists(p) else []
-    if not r:
-        print(f"| {s} | 0 | see long-{s}.log | | | | | |")
-        continue
-    t = sorted(r[1:] or r, key=lambda x: x["tokens_per_s"]); m = t[len(t) // 2]
-    host = max(x.get("host_mem_bytes", 0) for x in r) / 2**30
-    print(f"| {s} | {len(r)} | {r[0]['loss']:.4f} -> {r[-1]['loss']:.4f} | {m['tokens_per_s']:,.0f} | {100*m['mfu']:.1f}% | {m['step_s']:.2f} | {max(x['peak_mem_bytes'] for x in r)/2**30:.1f} | {host:.1f} |")
-EOF
+rows=()
+for s in $SEQS; do rows+=("$s=$OUT/long-$s.metrics.jsonl"); done
+python3 scripts/gpu/runs-table.py seq "${rows[@]}"
