@@ -4,6 +4,8 @@
 # the state on the device, 116.6 GiB, and on the host, 46.8 GiB, neither with a tiled MLP) and the per-layer
 # update, once with `--optimizer device` and once with `--optimizer host` (streamed; layer 0's and the
 # embedding's state stay on the GPU). STEPS steps each (default 5; the first is left out of the timing).
+# Each run is capped at CAP seconds (default 200: the host run of call 3, 2026-12-02-s2, finished its steps but
+# was still freeing its 72 GiB of pinned memory at 125 s).
 # Writes $OUT/opt-<place>.log and .metrics.jsonl; the table (scripts/gpu/runs-table.py: median step of steps >= 2, the difference) last.
 # Usage (device tool, repository root): source .device/setup.sh && bash scripts/gpu/optimizer-place.sh
 set -uo pipefail
@@ -18,7 +20,7 @@ timeout 240 bun kernels/build.ts >"$OUT/build.log" 2>&1 || { echo "kernel build 
 for place in device host; do
   echo "== $place: bun run apps/trainer --preset llama2-7b-32k --policy $POLICY --optimizer $place --steps $STEPS"
   t0=$SECONDS
-  timeout -k 20 "${CAP:-125}" bun run apps/trainer --preset llama2-7b-32k --policy "$POLICY" --optimizer "$place" --steps "$STEPS" \
+  timeout -k 20 "${CAP:-200}" bun run apps/trainer --preset llama2-7b-32k --policy "$POLICY" --optimizer "$place" --steps "$STEPS" \
     --lr 2e-5 --min-lr 2e-6 --warmup 1 --decay-steps 20 --snapshots=false --export=false --out "$RUNS/$place" >"$OUT/opt-$place.log" 2>&1
   echo "[$place] exit $? in $((SECONDS - t0)) s"
   grep -E "^policy|^update|^step [0-9]+/|trainer:|rror|does not fit" "$OUT/opt-$place.log" | tail -8

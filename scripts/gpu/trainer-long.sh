@@ -10,8 +10,8 @@
 # 7B run (pinning the 75 GiB optimizer state alone takes 47-58 s): scripts/gpu/detached.sh runs it across calls. Long runs train well at the lr of a
 # long-context continued pre-training: EXTRA="--lr 2e-5 --min-lr 2e-6 --warmup 1".
 # Each run is capped (CAP_<seq>, default from the estimate); a run that the estimator refuses exits at
-# start with its numbers, which is a result too. Writes $OUT/long-<seq>.log and .metrics.jsonl; the (scripts/gpu/runs-table.py)
-# table (tokens/s median of steps >= 2, MFU, peak GPU memory, peak host memory) comes last.
+# start with its numbers, which is a result too. Writes $OUT/long-<seq>.log and .metrics.jsonl; the
+# table (scripts/gpu/runs-table.py: tokens/s median of steps >= 2, MFU, peak GPU memory, peak host memory) comes last.
 # EXTRA: more trainer flags for every run (e.g. EXTRA="--profile": DIR/profile.jsonl comes back as
 # long-<seq>.profile.jsonl; SEQS=32k then times the 32K preset itself).
 # Usage (device tool, repository root): source .device/setup.sh && SEQS="64k 128k" bash scripts/gpu/trainer-long.sh
