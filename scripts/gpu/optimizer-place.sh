@@ -4,8 +4,8 @@
 # the state on the device, 116.6 GiB, and on the host, 46.8 GiB, neither with a tiled MLP) and the per-layer
 # update, once with `--optimizer device` and once with `--optimizer host` (streamed; layer 0's and the
 # embedding's state stay on the GPU). STEPS steps each (default 5; the first is left out of the timing).
-# Each run is capped at CAP seconds (default 200: the host run of call 3, 2026-12-02-s2, finished its steps but
-# was still freeing its 72 GiB of pinned memory at 125 s).
+# Each run is capped at CAP seconds (default 200: the host run of call 3, 2026-12-02-s2, had written its steps but
+# had not exited at 125 s, its shutdown with 72 GiB of pinned memory not timed).
 # Writes $OUT/opt-<place>.log and .metrics.jsonl; the table (scripts/gpu/runs-table.py: median step of steps >= 2, the difference) last.
 # Usage (device tool, repository root): source .device/setup.sh && bash scripts/gpu/optimizer-place.sh
 set -uo pipefail
