@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# A GPU job longer than one device call (10 minutes): the 512K step of issue 14 (start-up ~90 s, the step
-# ~11 minutes by the planner's model). `start` runs the command in a new process session, which the device
+# A GPU job longer than one device call (10 minutes): the 512K step of issue 14 (start-up ~75 s, the step
+# 727 s measured, 824 s in all). `start` runs the command in a new process session, which the device
 # tool leaves running after the call returns (until the machine goes back: it stays held while calls follow
-# each other within its 30 s idle window); `wait` follows it from the next calls.
+# each other within its 30 s idle window); `wait` follows it from the next calls. A gap of more than 30 s
+# between calls gives the machine back and loses the job (2026-12-02: a first 512K attempt was lost so, 9 minutes in).
 #   start NAME CMD...    run CMD detached, with OUT=/tmp/detached/NAME/out; its output goes to
 #                        /tmp/detached/NAME/log, its exit code to /tmp/detached/NAME/rc; returns at once
 #   wait NAME SECONDS    follow NAME's log for up to SECONDS (new lines as they come); then copy its OUT and

@@ -3,11 +3,11 @@
 # STEPS steps each (default 3; the first is left out of the timing), the estimator's choices (`auto`:
 # optimizer state placement, checkpoint policy, spill of checkpoints to pinned host memory, tiled MLP),
 # the per-layer update, the Brown corpus with the Llama-2 tokenizer, no snapshots, no export.
-# Step times (2026-12-02): 32K 4.4 s, 64K 12.5 s, 128K 39.3 s measured; the planner's model says 256K ~134 s
-# (full x11 + remat-aware x21 + spill, state on the host; its first step also pins the spilled checkpoints),
-# 512K ~636 s (the only plan that fits 107 GiB of pinned host memory recomputes every layer and re-runs 14
-# more: (full, skip) x14 + full x4) -- over the 10-minute command limit before the 60-90 s start-up of a
-# 7B run (pinning the 75 GiB optimizer state alone takes 47-58 s): scripts/gpu/detached.sh runs it across calls. Long runs train well at the lr of a
+# Step times (one H200, 2026-12-02): 32K 4.4 s, 64K 12.5 s, 128K 39.3 s, 256K 147.8 s (full x11 + remat-aware
+# x21 + spill, state on the host; its first step also pins the spilled checkpoints), 512K 727 s (the only plan that
+# fits 107 GiB of pinned host memory recomputes every layer and re-runs 14 more: (full, skip) x14 + full x4 + spill):
+# with the ~75 s start-up of a 7B run (pinning the 75 GiB optimizer state alone takes 47-73 s) over the 10-minute
+# command limit, so scripts/gpu/detached.sh runs it across calls (824 s in all). Long runs train well at the lr of a
 # long-context continued pre-training: EXTRA="--lr 2e-5 --min-lr 2e-6 --warmup 1".
 # Each run is capped (CAP_<seq>, default from the estimate); a run that the estimator refuses exits at
 # start with its numbers, which is a result too. Writes $OUT/long-<seq>.log and .metrics.jsonl; the
@@ -33,7 +33,7 @@ cap_of() {
     64k) echo $((60 + 20 * STEPS)) ;;
     128k) echo $((90 + 50 * STEPS)) ;;
     256k) echo $((90 + 150 * STEPS)) ;;
-    512k) echo $((90 + 620 * STEPS)) ;;
+    512k) echo $((90 + 740 * STEPS)) ;;
     *) return 1 ;;
   esac
 }

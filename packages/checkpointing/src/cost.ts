@@ -3,7 +3,9 @@
 // recomputes, and the PCIe copies that can hide behind that compute or not.
 //
 //   forward of layer i     f_i = (2 T N + A) / rate          N: the layer's parameters, T local tokens,
-//   backward of layer i    b_i = 2 f_i                       A: its causal attention forward FLOPs
+//   backward of layer i    b_i = (4 T N + 2.5 A) / rate      A: its causal attention forward FLOPs
+//                          (the linear layers' backward is twice their forward; the attention's 2.5x:
+//                          it runs five T x T products against the forward's two)
 //   recompute              none 0 (tiled MLP: its gate|up GEMM, 4 T C F / rate, as tiles keep no
 //                          [T, ffn] tensor); remat-aware 2 T N / rate (the linear layers); full f_i;
 //                          skip f_i + the forward again of each layer from the nearest kept x to it,
@@ -34,6 +36,9 @@ export interface Rates {
 }
 
 export const DEFAULT_RATES: Rates = { flops: 550e12, pcie: 50e9 };
+
+/** An attention backward's FLOPs over its forward's: QK^T again, dV, dP, dQ and dK against QK^T and PV. */
+export const ATTENTION_BACKWARD = 2.5;
 
 /** Share of the overlapping compute that a copy can hide behind (see the header). */
 export const HIDE_FRACTION = 0.8;
@@ -81,7 +86,7 @@ export function stepCost(i: CostInput): StepCost {
   const attn = (4 * i.seqLen * i.seqLen * m.heads * m.headDim) / 2 / i.cp;
   const linear = (2 * T * N) / r.flops;
   const f = linear + attn / r.flops;
-  const b = 2 * f;
+  const b = 2 * linear + (ATTENTION_BACKWARD * attn) / r.flops;
   const gateUp = i.mlpTiled ? (4 * T * m.dim * m.ffn) / r.flops : 0;
   const rec = (l: number): number => {
     const k = kinds[l] as LayerKind;
