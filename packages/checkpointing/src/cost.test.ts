@@ -107,21 +107,20 @@ describe("stepCost", () => {
   // Whole 7B steps on one H200 (BENCHMARKS.md, issue 14: the planner's plans, tiled MLP, state on the host, median
   // step): the model, which leaves out the embedding, the loss and the host's gaps, within 5% of each. It was 6-12%
   // under with the attention backward counted as twice its forward (the error grew with the share of attention).
-  const rep = (k: LayerKind, n: number): LayerKind[] => Array.from({ length: n }, () => k);
   const steps: { T: number; plan: string; kinds: LayerKind[]; hostLayers: number; stepS: number }[] = [
-    { T: 65536, plan: "remat-aware x10 + none x22", kinds: [...rep("remat-aware", 10), ...rep("none", 22)], hostLayers: 0, stepS: 12.46 },
-    { T: 131072, plan: "remat-aware x27 + none x5", kinds: [...rep("remat-aware", 27), ...rep("none", 5)], hostLayers: 0, stepS: 39.31 },
+    { T: 65536, plan: "remat-aware x10 + none x22", kinds: [...all("remat-aware", 10), ...all("none", 22)], hostLayers: 0, stepS: 12.46 },
+    { T: 131072, plan: "remat-aware x27 + none x5", kinds: [...all("remat-aware", 27), ...all("none", 5)], hostLayers: 0, stepS: 39.31 },
     {
       T: 262144,
       plan: "full x11 + remat-aware x21 + spill",
-      kinds: [...rep("full", 11), ...rep("remat-aware", 21)],
+      kinds: [...all("full", 11), ...all("remat-aware", 21)],
       hostLayers: 13,
       stepS: 147.8,
     },
     {
       T: 524288,
       plan: "(full, skip) x14 + full x4 + spill",
-      kinds: [...Array.from({ length: 14 }, (): LayerKind[] => ["full", "skip"]).flat(), ...rep("full", 4)],
+      kinds: [...Array.from({ length: 14 }, (): LayerKind[] => ["full", "skip"]).flat(), ...all("full", 4)],
       hostLayers: 13,
       stepS: 727.24,
     },

@@ -37,7 +37,7 @@ export interface Rates {
 
 export const DEFAULT_RATES: Rates = { flops: 550e12, pcie: 50e9 };
 
-/** An attention backward's FLOPs over its forward's: QK^T again, dV, dP, dQ and dK against QK^T and PV. */
+/** An attention backward's FLOPs over its forward's: QK^T again, dV, dP, dQ and dK against QK^T and PV (as @lightseq/attention's attentionCost counts them). */
 export const ATTENTION_BACKWARD = 2.5;
 
 /** Share of the overlapping compute that a copy can hide behind (see the header). */
